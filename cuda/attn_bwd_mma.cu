@@ -1,0 +1,814 @@
+// attn_bwd_mma.cu: MoDA backward on tensor cores (mma.sync m16n8k16, bf16/fp16 in, fp32 accumulate),
+// FlashAttention-2 style, deterministic (no atomics anywhere: every gradient element is owned by
+// one warp that sums its contributions in a fixed order), so p->deterministic needs nothing extra.
+//
+// SPEC section 2. As in the forward, the G query heads of KV head g are packed: packed row
+// R = t*G + (h - g*G), R in [0, T*G). Four launches:
+//
+// 1. bwd_preprocess_kernel: per packed row, delta = <dO, O> and lse2 = lse*log2(e) (+inf where
+//    lse = -inf, i.e. the row sees nothing, so P = exp2(s - lse2) = 0), into the float32
+//    workspace [B, Hk, T*G] each. Packed order makes the main kernels' loads contiguous.
+// 2. bwd_dkv_mma_kernel<SEQ>: CTA = (key block of BN = 64 keys, kv head, batch); warp w owns keys
+//    16w..16w+15 and keeps dK, dV for them in registers. It loads the K/V block once and loops over
+//    the packed query rows that can see it in blocks of BQ (Q, dO double-buffered by cp.async):
+//        S^T = K Q^T, dP^T = V dO^T (16 x BQ per warp), P^T = exp2(S^T*scale*log2e - lse2),
+//        dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q.
+//    The G heads are summed for free: they are just more packed query rows.
+// 3. bwd_dkv_mma_kernel<DEPTH>: the same kernel with the depth rows as keys (flattened key index
+//    i = u*L + l of token u, slot l) and the depth visibility as the mask; its query range is the
+//    packed rows of the tokens that see the block (token: the block's own tokens; chunk: up to the
+//    end of their chunks), so dkd, dvd are complete sums over exactly the queries that see a row
+//    (token visibility: the G heads of its own token) without any cross-CTA reduction. Query
+//    blocks are trimmed to 16-row steps, so a block that only 8 rows see costs 16, not 64.
+// 4. bwd_dq_mma_kernel: CTA = 64 packed rows (16 per warp), Q and dO fragments in registers.
+//    Depth part first, per group of 8 rows, in the forward's transposed orientation (the depth
+//    rows are the long side): S^T = kd q^T, dP^T = vd dO^T, dS^T, dq^T += kd^T dS^T (dS^T turned
+//    into the B operand by movmatrix), then the sequence part FA2-style over K/V blocks:
+//    S = Q K^T, dP = dO V^T, dS, dQ += dS K. dq written once, in the output dtype.
+//
+// Cost over the FLOP minimum (5 GEMMs of the sequence part): S and dP are computed twice (in
+// kernels 2 and 4), 7 GEMMs in all: the price of determinism without a dQ atomic pass.
+//
+// Tuning (measured, docs/CUDA_NOTES.md): the per-step lse2/delta of kernel 2 arrive by 4-byte
+// cp.async with the Q/dO rows (a plain load stalled the loading warps every step); kernel 2's
+// grid is key-block-major so the heaviest causal CTAs of every head start first; the depth
+// instantiation steps 16 query rows with no K/V fragments in registers (3 CTAs/SM at d = 64);
+// the sequence instantiation has a 2-CTA/SM variant (64-row steps, K/V fragments in registers)
+// and a 3-CTA/SM one (32-row steps), picked by the mean number of query rows per key block.
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "moda_cuda_internal.cuh"
+#include "mma_helpers.cuh"
+
+namespace moda_cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <int D>
+struct BwdConfig {
+  static constexpr int NWARPS = 4;
+  static constexpr int NTHREADS = NWARPS * 32;
+  static constexpr int BN = 64;                  // dK/dV kernel: keys per CTA (16 per warp)
+  static constexpr int BQ = D <= 64 ? 64 : 32;   // dK/dV kernel: packed query rows per step (d=128: fewer
+                                                 // S^T/dP^T registers, no spills)
+  static constexpr int BM = 64;                  // dQ kernel: packed query rows per CTA (16 per warp)
+  static constexpr int BK = 64;                  // dQ kernel: keys per step
+  static constexpr int DL = D <= 64 ? 32 : 16;   // dQ kernel: depth rows per warp chunk
+  static constexpr int LDS = D + 8;              // smem row stride in elements (pad: no bank conflicts)
+  // d = 64: the warp's K/V (dK/dV kernel) and Q/dO (dQ kernel) A fragments live in registers for
+  // the whole loop; d = 128 would need 128 more registers, so they are re-read from smem per use.
+  static constexpr bool FRAGS_IN_REGS = D <= 64;
+
+  // The depth instantiation of the dK/dV kernel sees few query rows per key block (token
+  // visibility: the G rows of its one or two tokens), so it steps 16 rows at a time and keeps no
+  // K/V fragments in registers: fewer registers and less smem, more CTAs per SM for what is a
+  // memory-bound stream over kd/vd.
+  static constexpr int BQ_DEPTH = 16;
+  // The sequence instantiation with 3 CTAs/SM (168 registers) steps 32 query rows: half the
+  // S^T/dP^T accumulators of BQ = 64, so it fits without spills.
+  static constexpr int BQ_SEQ3 = 32;
+  // dK/dV kernel smem: K, V block; 2 stages of (Q, dO) rows; 2 stages of (lse2, delta) floats.
+  static constexpr int dkv_smem(int bq) { return (2 * BN * LDS + 2 * 2 * bq * LDS) * 2 + 2 * 2 * bq * 4; }
+  // dQ kernel smem: Q, dO rows and their (lse2, delta); then a union of the K/V stages and the
+  // depth phase's per-warp kd/vd chunks + dq^T scratch (16 rows x D floats per warp).
+  static constexpr int DQ_FIXED = 2 * BM * LDS * 2 + 2 * BM * 4;
+  static constexpr int DQ_KV = 2 * 2 * BK * LDS * 2;
+  static constexpr int DQ_DEPTH = NWARPS * (2 * DL * LDS * 2 + 16 * D * 4);
+  static constexpr int DQ_SMEM = DQ_FIXED + (DQ_KV > DQ_DEPTH ? DQ_KV : DQ_DEPTH);
+};
+
+// Copies `rows` rows of D elements (16-byte chunks) into smem rows of LDS elements with threads
+// tid, tid+nthreads, ...; row_ptr(r) gives the global row, or nullptr for a row to zero-fill (so
+// padding never feeds NaN/Inf garbage into an mma).
+template <int D, int LDS, typename T, typename RowPtr>
+__device__ __forceinline__ void bwd_load_rows(T *smem, int rows, int tid, int nthreads, RowPtr row_ptr) {
+  constexpr int CHUNKS = D / 8;
+  for (int i = tid; i < rows * CHUNKS; i += nthreads) {
+    int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    const T *src = row_ptr(r);
+    T *dst = smem + r * LDS + c;
+    if (src) cp_async_16(dst, src + c);
+    else *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
+  }
+}
+
+// Depth visibility (SPEC section 1): does query token t see the depth rows of token u?
+__device__ __forceinline__ bool depth_visible(int64_t u, int64_t t, int64_t chunk, bool causal) {
+  if (u < 0) return false;  // padding row
+  if (chunk <= 0) return u == t;
+  return u / chunk == t / chunk && (!causal || u <= t);
+}
+
+// 4-byte cp.async (cp.async.ca: the .cg form takes 16 bytes only): the per-row lse2 / delta of
+// the next query block land with its Q/dO rows, no thread stalls on a plain load.
+__device__ __forceinline__ void cp_async_4(void *smem_dst, const void *gmem_src) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(smem_dst)), "l"(gmem_src));
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pair(T *dst, uint32_t packed) {
+  *reinterpret_cast<uint32_t *>(dst) = packed;
+}
+
+// ---------------- 1. preprocess: delta = <dO, O>, lse2 = lse * log2(e) ----------------
+template <typename T, int D>
+__global__ void __launch_bounds__(256) bwd_preprocess_kernel(const moda_attn_params p, float *lse2,
+                                                             float *delta) {
+  constexpr int TPR = D / 8;  // threads per row, 8 elements (16 bytes) each
+  const int64_t TG = p.T * p.G;
+  const int64_t nrows = p.B * p.Hk * TG;
+  const int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / TPR;  // packed (b, g, R)
+  const int part = threadIdx.x % TPR;
+  const bool ok = row < nrows;
+  float acc = 0.f;
+  int64_t b = 0, g = 0, t = 0, h = 0;
+  if (ok) {
+    const int64_t R = row % TG, bg = row / TG;
+    g = bg % p.Hk; b = bg / p.Hk; t = R / p.G; h = g * p.G + R % p.G;
+    const T *dor = static_cast<const T *>(p.dout) + b * p.dout_stride[0] + t * p.dout_stride[1] + h * p.dout_stride[2];
+    const T *orow = static_cast<const T *>(p.o) + b * p.o_stride[0] + t * p.o_stride[1] + h * p.o_stride[2];
+    uint4 x = *reinterpret_cast<const uint4 *>(dor + part * 8);
+    uint4 y = *reinterpret_cast<const uint4 *>(orow + part * 8);
+    const T *xe = reinterpret_cast<const T *>(&x);
+    const T *ye = reinterpret_cast<const T *>(&y);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc += Elem<T>::to_float(xe[e]) * Elem<T>::to_float(ye[e]);
+  }
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (ok && part == 0) {
+    delta[row] = acc;
+    float l = p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]];
+    lse2[row] = l == -INFINITY ? INFINITY : l * kLog2e;
+  }
+}
+
+// ---------------- 2./3. dK, dV (sequence keys) and dkd, dvd (depth keys) ----------------
+// MINB: CTAs per SM the register budget is cut for (__launch_bounds__). With MINB = 1 (d = 64:
+// 255 registers, 2 CTAs/SM) the warp keeps its K/V A fragments in registers; otherwise they are
+// re-read from smem per use to fit the smaller budget.
+template <typename T, int D, bool DEPTH, int MINB>
+__global__ void __launch_bounds__(BwdConfig<D>::NTHREADS, MINB)
+bwd_dkv_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta) {
+  using Cfg = BwdConfig<D>;
+  using Mma = MmaOp<T>;
+  constexpr int BN = Cfg::BN, LDS = Cfg::LDS, NTHREADS = Cfg::NTHREADS;
+  constexpr int BQ = DEPTH ? Cfg::BQ_DEPTH : (MINB >= 3 ? Cfg::BQ_SEQ3 : Cfg::BQ);
+  constexpr int KSTEPS = D / 16, NT = BQ / 8;
+  constexpr bool REGS = Cfg::FRAGS_IN_REGS && MINB == 1;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T *sK = reinterpret_cast<T *>(smem_raw);
+  T *sV = sK + BN * LDS;
+  T *sQstage = sV + BN * LDS;                                   // stage s: Q at s*2*BQ*LDS, dO after
+  float *sStat = reinterpret_cast<float *>(sQstage + 2 * 2 * BQ * LDS);  // stage s: lse2, delta
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int qr = lane / 4, qc = lane % 4;
+  // blockIdx.x = kblk * Hk + g: the key blocks of every head are launched block 0 first; with
+  // the causal mask block 0 sees the most queries, so the heaviest CTAs of all heads start in the
+  // first wave (measured: head-major order left the heavy CTAs of the last heads for a late wave).
+  const int64_t kblk = blockIdx.x / p.Hk, g = blockIdx.x % p.Hk, b = blockIdx.z;
+  const int64_t G = p.G, T_ = p.T, S = p.S, L = p.L, TG = T_ * G;
+  const int64_t nkeys = DEPTH ? T_ * L : S;
+  const int64_t i0 = kblk * BN;
+  const bool causal = p.causal != 0;
+  const int64_t chunk = p.chunk;
+  const float scale_log2 = (float)p.scale * kLog2e;
+
+  const T *kbase = static_cast<const T *>(DEPTH ? p.kd : p.k);
+  const T *vbase = static_cast<const T *>(DEPTH ? p.vd : p.v);
+  auto key_offset = [&](const int64_t *st, int64_t i) -> int64_t {
+    if (DEPTH) return b * st[0] + (i / L) * st[1] + (i % L) * st[2] + g * st[3];
+    return b * st[0] + i * st[1] + g * st[2];
+  };
+  const int64_t *kst = DEPTH ? p.kd_stride : p.k_stride;
+  const int64_t *vst = DEPTH ? p.vd_stride : p.v_stride;
+
+  bwd_load_rows<D, LDS>(sK, BN, tid, NTHREADS, [&](int r) -> const T * {
+    int64_t i = i0 + r;
+    return i < nkeys ? kbase + key_offset(kst, i) : nullptr;
+  });
+  bwd_load_rows<D, LDS>(sV, BN, tid, NTHREADS, [&](int r) -> const T * {
+    int64_t i = i0 + r;
+    return i < nkeys ? vbase + key_offset(vst, i) : nullptr;
+  });
+  cp_async_commit();
+
+  // Packed query rows [R_begin, R_end) that can see some key of this block.
+  const int64_t i_last = (i0 + BN < nkeys ? i0 + BN : nkeys) - 1;
+  int64_t t_lo, t_hi;
+  if (DEPTH) {
+    const int64_t u_first = i0 / L, u_last = i_last / L;
+    if (chunk <= 0) { t_lo = u_first; t_hi = u_last; }
+    else {
+      int64_t end = (u_last / chunk) * chunk + chunk - 1;
+      t_hi = end < T_ - 1 ? end : T_ - 1;
+      t_lo = causal ? u_first : (u_first / chunk) * chunk;
+    }
+  } else {
+    t_lo = causal ? i0 - (S - T_) : 0;
+    if (t_lo < 0) t_lo = 0;
+    t_hi = T_ - 1;
+  }
+  const int64_t R_begin = t_lo * G, R_end = (t_hi + 1) * G;
+  const int n_qblk = R_end > R_begin ? (int)((R_end - R_begin + BQ - 1) / BQ) : 0;
+
+  const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * TG;
+  const float *delta_bg = ws_delta + (b * p.Hk + g) * TG;
+  const T *q = static_cast<const T *>(p.q);
+  const T *dout = static_cast<const T *>(p.dout);
+  auto sQ = [&](int stage) { return sQstage + stage * 2 * BQ * LDS; };
+  auto sdO = [&](int stage) { return sQstage + stage * 2 * BQ * LDS + BQ * LDS; };
+  auto sLse = [&](int stage) { return sStat + stage * 2 * BQ; };
+  auto sDelta = [&](int stage) { return sStat + stage * 2 * BQ + BQ; };
+
+  auto load_q_block = [&](int blk, int stage) {
+    const int64_t Rq = R_begin + (int64_t)blk * BQ;
+    bwd_load_rows<D, LDS>(sQ(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
+      int64_t R = Rq + r;
+      if (R >= R_end) return nullptr;
+      return q + b * p.q_stride[0] + (R / G) * p.q_stride[1] + (g * G + R % G) * p.q_stride[2];
+    });
+    bwd_load_rows<D, LDS>(sdO(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
+      int64_t R = Rq + r;
+      if (R >= R_end) return nullptr;
+      return dout + b * p.dout_stride[0] + (R / G) * p.dout_stride[1] + (g * G + R % G) * p.dout_stride[2];
+    });
+    // Rows outside the range get lse2 = +inf: P = 0 there with no further mask.
+    for (int r = tid; r < BQ; r += NTHREADS) {
+      int64_t R = Rq + r;
+      if (R < R_end) {
+        cp_async_4(sLse(stage) + r, lse2_bg + R);
+        cp_async_4(sDelta(stage) + r, delta_bg + R);
+      } else {
+        sLse(stage)[r] = INFINITY;
+        sDelta(stage)[r] = 0.f;
+      }
+    }
+    cp_async_commit();
+  };
+
+  // This lane's two key rows (qr, qr + 8 of the warp's 16): the key index (sequence) or the
+  // key's token (depth, -1 for padding).
+  int64_t key_pos[2];
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    int64_t i = i0 + warp * 16 + qr + 8 * h2;
+    key_pos[h2] = DEPTH ? (i < nkeys ? i / L : -1) : i;
+  }
+
+  float acc_dk[D / 8][4], acc_dv[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_dk[j][e] = acc_dv[j][e] = 0.f;
+
+  uint32_t k_a[REGS ? KSTEPS : 1][4], v_a[REGS ? KSTEPS : 1][4];
+  const T *sKw = sK + warp * 16 * LDS, *sVw = sV + warp * 16 * LDS;
+  auto a_frag = [&](uint32_t (&a)[4], const T *base, int ks) {
+    ldmatrix_x4(a, base + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
+  };
+
+  if (n_qblk > 0) load_q_block(0, 0);
+  for (int blk = 0; blk < n_qblk; ++blk) {
+    const int stage = blk & 1;
+    if (blk + 1 < n_qblk) { load_q_block(blk + 1, stage ^ 1); cp_async_wait<1>(); }
+    else cp_async_wait<0>();
+    __syncthreads();
+    if (REGS && blk == 0) {
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) { a_frag(k_a[REGS ? ks : 0], sKw, ks); a_frag(v_a[REGS ? ks : 0], sVw, ks); }
+    }
+    const int64_t Rq = R_begin + (int64_t)blk * BQ;
+    const int64_t nvalid = R_end - Rq < BQ ? R_end - Rq : BQ;
+    const int nk16 = (int)((nvalid + 15) / 16);  // 16-row steps of this block that hold rows
+    const T *q_s = sQ(stage), *do_s = sdO(stage);
+    const float *lse_s = sLse(stage), *delta_s = sDelta(stage);
+
+    // S^T = K_w Q^T and dP^T = V_w dO^T: 16 keys x BQ queries per warp.
+    float s[NT][4], dp[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      uint32_t ka[4], va[4];
+      if (REGS) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) { ka[e] = k_a[REGS ? ks : 0][e]; va[e] = v_a[REGS ? ks : 0][e]; }
+      } else {
+        a_frag(ka, sKw, ks);
+        a_frag(va, sVw, ks);
+      }
+#pragma unroll
+      for (int np = 0; np < BQ / 16; ++np) {
+        if (np < nk16) {
+          const int off = (np * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS + ks * 16 + ((lane >> 3) & 1) * 8;
+          uint32_t qb[4], db[4];
+          ldmatrix_x4(qb, q_s + off);
+          ldmatrix_x4(db, do_s + off);
+          Mma::run(s[2 * np], ka, qb[0], qb[1]);
+          Mma::run(s[2 * np + 1], ka, qb[2], qb[3]);
+          Mma::run(dp[2 * np], va, db[0], db[1]);
+          Mma::run(dp[2 * np + 1], va, db[2], db[3]);
+        }
+      }
+    }
+
+    // P^T and dS^T (in place). The causal mask matters only where the block's first query row
+    // cannot see the block's last key; depth keys are always masked (the block mixes tokens).
+    const bool need_mask = DEPTH || (causal && S - T_ + Rq / G < i0 + BN - 1);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      // this lane's two columns' lse2 / delta, one 8-byte smem load each
+      const float2 l2 = *reinterpret_cast<const float2 *>(lse_s + nt * 8 + 2 * qc);
+      const float2 dl = *reinterpret_cast<const float2 *>(delta_s + nt * 8 + 2 * qc);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = nt * 8 + 2 * qc + (e & 1);
+        bool vis = true;
+        if (need_mask) {
+          const int64_t t = (Rq + col) / G;
+          const int64_t kp = key_pos[e >> 1];
+          vis = DEPTH ? depth_visible(kp, t, chunk, causal) : kp <= S - T_ + t;
+        }
+        const float pe = vis ? exp2f(s[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
+        s[nt][e] = pe;
+        dp[nt][e] = pe * (dp[nt][e] - ((e & 1) ? dl.y : dl.x));
+      }
+    }
+
+    // dV += P^T dO, dK += dS^T Q: A from the accumulators, B = dO / Q rows by ldmatrix.trans.
+#pragma unroll
+    for (int kq = 0; kq < BQ / 16; ++kq) {
+      if (kq < nk16) {
+        uint32_t pa[4], da[4];
+        pa[0] = Mma::pack(s[2 * kq][0], s[2 * kq][1]);
+        pa[1] = Mma::pack(s[2 * kq][2], s[2 * kq][3]);
+        pa[2] = Mma::pack(s[2 * kq + 1][0], s[2 * kq + 1][1]);
+        pa[3] = Mma::pack(s[2 * kq + 1][2], s[2 * kq + 1][3]);
+        da[0] = Mma::pack(dp[2 * kq][0], dp[2 * kq][1]);
+        da[1] = Mma::pack(dp[2 * kq][2], dp[2 * kq][3]);
+        da[2] = Mma::pack(dp[2 * kq + 1][0], dp[2 * kq + 1][1]);
+        da[3] = Mma::pack(dp[2 * kq + 1][2], dp[2 * kq + 1][3]);
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          const int off = (kq * 16 + (lane & 15)) * LDS + dn * 16 + (lane >> 4) * 8;
+          uint32_t ob[4], qb[4];
+          ldmatrix_x4_trans(ob, do_s + off);
+          ldmatrix_x4_trans(qb, q_s + off);
+          Mma::run(acc_dv[2 * dn], pa, ob[0], ob[1]);
+          Mma::run(acc_dv[2 * dn + 1], pa, ob[2], ob[3]);
+          Mma::run(acc_dk[2 * dn], da, qb[0], qb[1]);
+          Mma::run(acc_dk[2 * dn + 1], da, qb[2], qb[3]);
+        }
+      }
+    }
+    __syncthreads();  // this stage is free for the load two blocks ahead
+  }
+  cp_async_wait<0>();  // (n_qblk == 0: the K/V copies must land before the CTA exits)
+
+  // Every key row of the block is written, zeros where no query sees it: outputs fully overwritten.
+  T *dkb = static_cast<T *>(DEPTH ? p.dkd : p.dk);
+  T *dvb = static_cast<T *>(DEPTH ? p.dvd : p.dv);
+  const int64_t *dkst = DEPTH ? p.dkd_stride : p.dk_stride;
+  const int64_t *dvst = DEPTH ? p.dvd_stride : p.dv_stride;
+  const float scale = (float)p.scale;
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    const int64_t i = i0 + warp * 16 + qr + 8 * h2;
+    if (i >= nkeys) continue;
+    T *dkr = dkb + key_offset(dkst, i);
+    T *dvr = dvb + key_offset(dvst, i);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      store_pair(dkr + j * 8 + 2 * qc, Mma::pack(acc_dk[j][2 * h2] * scale, acc_dk[j][2 * h2 + 1] * scale));
+      store_pair(dvr + j * 8 + 2 * qc, Mma::pack(acc_dv[j][2 * h2], acc_dv[j][2 * h2 + 1]));
+    }
+  }
+}
+
+// ---------------- 4. dQ: depth part (transposed) + sequence part ----------------
+template <typename T, int D>
+__global__ void __launch_bounds__(BwdConfig<D>::NTHREADS)
+bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta) {
+  using Cfg = BwdConfig<D>;
+  using Mma = MmaOp<T>;
+  constexpr int BM = Cfg::BM, BK = Cfg::BK, DL = Cfg::DL, LDS = Cfg::LDS, NTHREADS = Cfg::NTHREADS;
+  constexpr int KSTEPS = D / 16;
+  constexpr bool REGS = Cfg::FRAGS_IN_REGS;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T *sQ = reinterpret_cast<T *>(smem_raw);
+  T *sdO = sQ + BM * LDS;
+  float *sLse = reinterpret_cast<float *>(sdO + BM * LDS);
+  float *sDelta = sLse + BM;
+  unsigned char *sUnion = smem_raw + Cfg::DQ_FIXED;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int qr = lane / 4, qc = lane % 4;
+  const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) causal tiles first
+  const int64_t g = blockIdx.y, b = blockIdx.z;
+  const int64_t G = p.G, T_ = p.T, S = p.S, L = p.L, TG = T_ * G;
+  const int64_t R0 = tile * BM, Rw = R0 + warp * 16;
+  const bool causal = p.causal != 0;
+  const int64_t chunk = p.chunk;
+  const float scale_log2 = (float)p.scale * kLog2e;
+  const T *q = static_cast<const T *>(p.q);
+  const T *dout = static_cast<const T *>(p.dout);
+  const T *k = static_cast<const T *>(p.k);
+  const T *v = static_cast<const T *>(p.v);
+  const T *kd = static_cast<const T *>(p.kd);
+  const T *vd = static_cast<const T *>(p.vd);
+
+  bwd_load_rows<D, LDS>(sQ, BM, tid, NTHREADS, [&](int r) -> const T * {
+    int64_t R = R0 + r;
+    if (R >= TG) return nullptr;
+    return q + b * p.q_stride[0] + (R / G) * p.q_stride[1] + (g * G + R % G) * p.q_stride[2];
+  });
+  bwd_load_rows<D, LDS>(sdO, BM, tid, NTHREADS, [&](int r) -> const T * {
+    int64_t R = R0 + r;
+    if (R >= TG) return nullptr;
+    return dout + b * p.dout_stride[0] + (R / G) * p.dout_stride[1] + (g * G + R % G) * p.dout_stride[2];
+  });
+  cp_async_commit();
+  const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * TG;
+  const float *delta_bg = ws_delta + (b * p.Hk + g) * TG;
+  for (int r = tid; r < BM; r += NTHREADS) {
+    int64_t R = R0 + r;
+    sLse[r] = R < TG ? lse2_bg[R] : INFINITY;
+    sDelta[r] = R < TG ? delta_bg[R] : 0.f;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  float row_lse2[2], row_delta[2];
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    row_lse2[h2] = sLse[warp * 16 + qr + 8 * h2];
+    row_delta[h2] = sDelta[warp * 16 + qr + 8 * h2];
+  }
+  float acc_dq[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) acc_dq[j][0] = acc_dq[j][1] = acc_dq[j][2] = acc_dq[j][3] = 0.f;
+
+  // ================= depth part: transposed small GEMMs per group of 8 rows =================
+  if (L > 0) {
+    T *sKd = reinterpret_cast<T *>(sUnion) + warp * 2 * DL * LDS;
+    T *sVd = sKd + DL * LDS;
+    float *scratch = reinterpret_cast<float *>(sUnion + Cfg::NWARPS * 2 * DL * LDS * 2) + warp * 16 * D;
+
+    for (int grp = 0; grp < 2; ++grp) {
+      const int64_t rb = Rw + grp * 8;  // packed row of column 0
+      int64_t col_t[2];
+      float col_lse2[2], col_delta[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t R = rb + 2 * qc + e;
+        col_t[e] = R < TG ? R / G : -1;
+        col_lse2[e] = sLse[warp * 16 + grp * 8 + 2 * qc + e];
+        col_delta[e] = sDelta[warp * 16 + grp * 8 + 2 * qc + e];
+      }
+      // Depth rows the group can see: tokens u_lo.., flattened i = (u - u_lo)*L + l, i < nkeys.
+      int64_t nkeys = 0, u_lo = 0;
+      if (rb < TG) {
+        const int64_t t_first = rb / G, t_last = (rb + 7 < TG ? rb + 7 : TG - 1) / G;
+        int64_t u_hi;
+        if (chunk <= 0) { u_lo = t_first; u_hi = t_last; }
+        else {
+          u_lo = (t_first / chunk) * chunk;
+          if (causal) u_hi = t_last;
+          else { u_hi = (t_last / chunk) * chunk + chunk - 1; if (u_hi > T_ - 1) u_hi = T_ - 1; }
+        }
+        nkeys = (u_hi - u_lo + 1) * L;
+      }
+      // q^T and dO^T of the group's 8 rows as B operands (n = row, k = head dim).
+      uint32_t q_b[KSTEPS][2], do_b[KSTEPS][2];
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS / 2; ++kk) {
+        const int off = (warp * 16 + grp * 8 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8;
+        uint32_t r4[4];
+        ldmatrix_x4(r4, sQ + off);
+        q_b[2 * kk][0] = r4[0]; q_b[2 * kk][1] = r4[1]; q_b[2 * kk + 1][0] = r4[2]; q_b[2 * kk + 1][1] = r4[3];
+        ldmatrix_x4(r4, sdO + off);
+        do_b[2 * kk][0] = r4[0]; do_b[2 * kk][1] = r4[1]; do_b[2 * kk + 1][0] = r4[2]; do_b[2 * kk + 1][1] = r4[3];
+      }
+      float acc_t[D / 16][4];  // dq^T: m-tile md = head dims md*16.., n = the 8 rows
+#pragma unroll
+      for (int md = 0; md < D / 16; ++md) acc_t[md][0] = acc_t[md][1] = acc_t[md][2] = acc_t[md][3] = 0.f;
+
+      for (int64_t kc = 0; kc < nkeys; kc += DL) {
+        __syncwarp();  // the previous chunk's ldmatrix reads are done
+        auto depth_row = [&](const T *base, const int64_t *st, int r) -> const T * {
+          const int64_t i = kc + r;
+          if (i >= nkeys) return nullptr;
+          return base + b * st[0] + (u_lo + i / L) * st[1] + (i % L) * st[2] + g * st[3];
+        };
+        bwd_load_rows<D, LDS>(sKd, DL, lane, 32, [&](int r) { return depth_row(kd, p.kd_stride, r); });
+        bwd_load_rows<D, LDS>(sVd, DL, lane, 32, [&](int r) { return depth_row(vd, p.vd_stride, r); });
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncwarp();
+#pragma unroll
+        for (int mt = 0; mt < DL / 16; ++mt) {
+          float st4[4] = {0.f, 0.f, 0.f, 0.f}, dpt4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int ks = 0; ks < KSTEPS; ++ks) {
+            const int off = (mt * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8;
+            uint32_t a[4];
+            ldmatrix_x4(a, sKd + off);
+            Mma::run(st4, a, q_b[ks][0], q_b[ks][1]);
+            ldmatrix_x4(a, sVd + off);
+            Mma::run(dpt4, a, do_b[ks][0], do_b[ks][1]);
+          }
+          float ds4[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int64_t i = kc + mt * 16 + qr + (e >= 2 ? 8 : 0);
+            const int c = e & 1;
+            const bool vis = i < nkeys && col_t[c] >= 0 && depth_visible(u_lo + i / L, col_t[c], chunk, causal);
+            const float pe = vis ? exp2f(st4[e] * scale_log2 - col_lse2[c]) : 0.f;
+            ds4[e] = pe * (dpt4[e] - col_delta[c]);
+          }
+          // dq^T += kd^T dS^T: A = kd^T by ldmatrix.trans, B = dS^T (k = depth rows) by movmatrix.
+          const uint32_t b0 = movmatrix_trans(Mma::pack(ds4[0], ds4[1]));
+          const uint32_t b1 = movmatrix_trans(Mma::pack(ds4[2], ds4[3]));
+#pragma unroll
+          for (int md = 0; md < D / 16; ++md) {
+            uint32_t a[4];
+            ldmatrix_x4_trans(a, sKd + (mt * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS + md * 16 +
+                                     ((lane >> 3) & 1) * 8);
+            Mma::run(acc_t[md], a, b0, b1);
+          }
+        }
+      }
+      // Columns -> per-row scratch (row grp*8 + column of the warp's 16).
+#pragma unroll
+      for (int md = 0; md < D / 16; ++md)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          scratch[(grp * 8 + 2 * qc + (e & 1)) * D + md * 16 + qr + (e >= 2 ? 8 : 0)] = acc_t[md][e];
+    }
+    __syncwarp();
+#pragma unroll
+    for (int h2 = 0; h2 < 2; ++h2) {
+      const int row = qr + 8 * h2;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        acc_dq[j][2 * h2] = scratch[row * D + j * 8 + 2 * qc];
+        acc_dq[j][2 * h2 + 1] = scratch[row * D + j * 8 + 2 * qc + 1];
+      }
+    }
+    __syncthreads();  // every warp is done with the depth buffers before K/V reuse them
+  }
+
+  // ================= sequence part: FA2 over K/V blocks =================
+  T *sKV = reinterpret_cast<T *>(sUnion);
+  auto sK = [&](int stage) { return sKV + stage * 2 * BK * LDS; };
+  auto sV = [&](int stage) { return sKV + stage * 2 * BK * LDS + BK * LDS; };
+  const int64_t t_first_cta = R0 / G;
+  const int64_t t_last_cta = (R0 + BM - 1 < TG ? R0 + BM - 1 : TG - 1) / G;
+  int64_t kv_end = S;
+  if (causal) { int64_t e = S - T_ + t_last_cta + 1; kv_end = e < S ? e : S; }
+  if (kv_end < 0) kv_end = 0;
+  const int n_blocks = (int)((kv_end + BK - 1) / BK);
+  const int64_t unmasked_end = causal ? (S - T_ + t_first_cta + 1 < S ? S - T_ + t_first_cta + 1 : S) : S;
+  int64_t row_lim[2];  // last visible key of this lane's two rows
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    const int64_t R = Rw + qr + 8 * h2;
+    const int64_t t = (R < TG ? R : TG - 1) / G;
+    row_lim[h2] = causal ? S - T_ + t : S - 1;
+  }
+  auto load_kv = [&](int blk, int stage) {
+    const int64_t j0 = (int64_t)blk * BK;
+    bwd_load_rows<D, LDS>(sK(stage), BK, tid, NTHREADS, [&](int r) -> const T * {
+      int64_t j = j0 + r;
+      return j < S ? k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] : nullptr;
+    });
+    bwd_load_rows<D, LDS>(sV(stage), BK, tid, NTHREADS, [&](int r) -> const T * {
+      int64_t j = j0 + r;
+      return j < S ? v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] : nullptr;
+    });
+    cp_async_commit();
+  };
+
+  if (n_blocks > 0) {
+    const T *sQw = sQ + warp * 16 * LDS, *sdOw = sdO + warp * 16 * LDS;
+    auto a_frag = [&](uint32_t (&a)[4], const T *base, int ks) {
+      ldmatrix_x4(a, base + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
+    };
+    uint32_t q_a[REGS ? KSTEPS : 1][4], do_a[REGS ? KSTEPS : 1][4];
+    if (REGS) {
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) { a_frag(q_a[REGS ? ks : 0], sQw, ks); a_frag(do_a[REGS ? ks : 0], sdOw, ks); }
+    }
+    load_kv(0, 0);
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int stage = blk & 1;
+      if (blk + 1 < n_blocks) { load_kv(blk + 1, stage ^ 1); cp_async_wait<1>(); }
+      else cp_async_wait<0>();
+      __syncthreads();
+      const T *k_s = sK(stage), *v_s = sV(stage);
+
+      float s[BK / 8][4], dp[BK / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) {
+        uint32_t qa[4], da[4];
+        if (REGS) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) { qa[e] = q_a[REGS ? ks : 0][e]; da[e] = do_a[REGS ? ks : 0][e]; }
+        } else {
+          a_frag(qa, sQw, ks);
+          a_frag(da, sdOw, ks);
+        }
+#pragma unroll
+        for (int np = 0; np < BK / 16; ++np) {
+          const int off = (np * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS + ks * 16 + ((lane >> 3) & 1) * 8;
+          uint32_t kb[4], vb[4];
+          ldmatrix_x4(kb, k_s + off);
+          ldmatrix_x4(vb, v_s + off);
+          Mma::run(s[2 * np], qa, kb[0], kb[1]);
+          Mma::run(s[2 * np + 1], qa, kb[2], kb[3]);
+          Mma::run(dp[2 * np], da, vb[0], vb[1]);
+          Mma::run(dp[2 * np + 1], da, vb[2], vb[3]);
+        }
+      }
+      const int64_t j0 = (int64_t)blk * BK;
+      const bool need_mask = j0 + BK > unmasked_end;
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h2 = e >> 1;
+          bool vis = true;
+          if (need_mask) vis = j0 + nt * 8 + 2 * qc + (e & 1) <= row_lim[h2];
+          const float pe = vis ? exp2f(s[nt][e] * scale_log2 - row_lse2[h2]) : 0.f;
+          dp[nt][e] = pe * (dp[nt][e] - row_delta[h2]);
+        }
+      // dQ += dS K: A = dS from the accumulators, B = K rows by ldmatrix.trans.
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; ++kk) {
+        uint32_t dsa[4];
+        dsa[0] = Mma::pack(dp[2 * kk][0], dp[2 * kk][1]);
+        dsa[1] = Mma::pack(dp[2 * kk][2], dp[2 * kk][3]);
+        dsa[2] = Mma::pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+        dsa[3] = Mma::pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          uint32_t kb[4];
+          ldmatrix_x4_trans(kb, k_s + (kk * 16 + (lane & 15)) * LDS + dn * 16 + (lane >> 4) * 8);
+          Mma::run(acc_dq[2 * dn], dsa, kb[0], kb[1]);
+          Mma::run(acc_dq[2 * dn + 1], dsa, kb[2], kb[3]);
+        }
+      }
+      __syncthreads();  // this stage is free for the load two blocks ahead
+    }
+  }
+
+  T *dq = static_cast<T *>(p.dq);
+  const float scale = (float)p.scale;
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    const int64_t R = Rw + qr + 8 * h2;
+    if (R >= TG) continue;
+    T *dqr = dq + b * p.dq_stride[0] + (R / G) * p.dq_stride[1] + (g * G + R % G) * p.dq_stride[2];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+      store_pair(dqr + j * 8 + 2 * qc, Mma::pack(acc_dq[j][2 * h2] * scale, acc_dq[j][2 * h2 + 1] * scale));
+  }
+}
+
+// ---------------- host ----------------
+bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
+bool strides_mult(const int64_t *st, int n, int m) {
+  for (int i = 0; i < n; ++i) if (st[i] % m != 0) return false;
+  return true;
+}
+// Inputs are read in 16-byte pieces (pointer 16-byte aligned, strides multiples of 8 elements);
+// outputs are written as element pairs (4-byte aligned, even strides).
+bool readable16(const void *ptr, const int64_t *st, int n) { return aligned16(ptr) && strides_mult(st, n, 8); }
+bool writable4(const void *ptr, const int64_t *st, int n) { return ((uintptr_t)ptr & 3) == 0 && strides_mult(st, n, 2); }
+
+template <typename KernelFn>
+int set_smem(KernelFn kernel, int bytes, const char *what) {
+  MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
+  return MODA_OK;
+}
+
+// Sequence dK/dV kernel variant (d = 64): MINB 1 (255 registers, 2 CTAs/SM, 64-row query steps)
+// or 3 (168 registers, 3 CTAs/SM, 32-row steps). Measured (docs/CUDA_NOTES.md): 3 is 13% faster
+// at T=16384 (long query loops: more warps hide the per-step latency), 1 is 5% faster at T=4096.
+// Rule: 3 when a key block sees >= 32768 packed query rows on average.
+// MODA_CUDA_BWD_SEQ_MINB=1|3 forces a variant (tests, benchmarks).
+int seq_minb(const moda_attn_params *p) {
+  static int forced = -1;
+  if (forced < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_SEQ_MINB");
+    forced = e && (e[0] == '1' || e[0] == '3') ? e[0] - '0' : 0;
+  }
+  if (forced) return forced;
+  const int64_t mean_rows = (p->causal ? p->T / 2 : p->T) * p->G;
+  return mean_rows >= 32768 ? 3 : 1;
+}
+
+template <typename T, int D>
+int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace) {
+  using Cfg = BwdConfig<D>;
+  constexpr int DEPTH_MINB = D <= 64 ? 3 : 2;
+  const bool seq3 = D <= 64 && seq_minb(p) == 3;
+  static bool attr_set = false;  // per instantiation
+  if (!attr_set) {
+    int st;
+    if ((st = set_smem(bwd_dkv_mma_kernel<T, D, false, 1>, Cfg::dkv_smem(Cfg::BQ), "cudaFuncSetAttribute(bwd_dkv_mma)")) ||
+        (st = set_smem(bwd_dkv_mma_kernel<T, D, true, DEPTH_MINB>, Cfg::dkv_smem(Cfg::BQ_DEPTH), "cudaFuncSetAttribute(bwd_dkvd_mma)")) ||
+        (st = set_smem(bwd_dq_mma_kernel<T, D>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_mma)")))
+      return st;
+    if constexpr (D <= 64) {
+      if ((st = set_smem(bwd_dkv_mma_kernel<T, D, false, 3>, Cfg::dkv_smem(Cfg::BQ_SEQ3), "cudaFuncSetAttribute(bwd_dkv_mma)")))
+        return st;
+    }
+    attr_set = true;
+  }
+  const int64_t TG = p->T * p->G;
+  const int64_t rows = p->B * p->Hk * TG;
+  float *ws_lse2 = workspace, *ws_delta = workspace + rows;
+  if (rows > 0) {
+    constexpr int TPR = D / 8;
+    const int64_t blocks = (rows * TPR + 255) / 256;
+    if (blocks > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: too many rows");
+    bwd_preprocess_kernel<T, D><<<(unsigned)blocks, 256, 0, stream>>>(*p, ws_lse2, ws_delta);
+    MODA_CUDA_CHECK_LAUNCH("bwd_preprocess_kernel");
+    const int64_t tiles = (TG + Cfg::BM - 1) / Cfg::BM;
+    dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
+    bwd_dq_mma_kernel<T, D><<<grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta);
+    MODA_CUDA_CHECK_LAUNCH("bwd_dq_mma_kernel");
+  }
+  if (p->B * p->S > 0) {
+    dim3 grid((unsigned)(((p->S + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
+    bool launched = false;
+    if constexpr (D <= 64) {
+      if (seq3) {
+        bwd_dkv_mma_kernel<T, D, false, 3><<<grid, Cfg::NTHREADS, Cfg::dkv_smem(Cfg::BQ_SEQ3), stream>>>(*p, ws_lse2, ws_delta);
+        launched = true;
+      }
+    }
+    if (!launched)
+      bwd_dkv_mma_kernel<T, D, false, 1><<<grid, Cfg::NTHREADS, Cfg::dkv_smem(Cfg::BQ), stream>>>(*p, ws_lse2, ws_delta);
+    MODA_CUDA_CHECK_LAUNCH("bwd_dkv_mma_kernel");
+  }
+  if (p->L > 0 && rows > 0) {
+    dim3 grid((unsigned)(((p->T * p->L + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
+    bwd_dkv_mma_kernel<T, D, true, DEPTH_MINB><<<grid, Cfg::NTHREADS, Cfg::dkv_smem(Cfg::BQ_DEPTH), stream>>>(*p, ws_lse2, ws_delta);
+    MODA_CUDA_CHECK_LAUNCH("bwd_dkvd_mma_kernel");
+  }
+  return MODA_OK;
+}
+
+}  // namespace
+
+bool bwd_mma_supported(const moda_attn_params *p, int cc) {
+  if (cc < 80) return false;
+  if (p->dtype != MODA_BF16 && p->dtype != MODA_F16) return false;
+  if (p->d != 64 && p->d != 128) return false;
+  if (!readable16(p->q, p->q_stride, 3) || !readable16(p->k, p->k_stride, 3) ||
+      !readable16(p->v, p->v_stride, 3) || !readable16(p->o, p->o_stride, 3) ||
+      !readable16(p->dout, p->dout_stride, 3))
+    return false;
+  if (!writable4(p->dq, p->dq_stride, 3) || !writable4(p->dk, p->dk_stride, 3) || !writable4(p->dv, p->dv_stride, 3))
+    return false;
+  if (p->L > 0) {
+    if (!readable16(p->kd, p->kd_stride, 4) || !readable16(p->vd, p->vd_stride, 4)) return false;
+    if (!writable4(p->dkd, p->dkd_stride, 4) || !writable4(p->dvd, p->dvd_stride, 4)) return false;
+  }
+  if (p->B > 65535 || p->Hk > 65535) return false;
+  // grid.x: key blocks of 64 (sequence and depth) and query tiles of 64 packed rows
+  const int64_t lim = (1ll << 31) - 1;
+  if ((p->S + 63) / 64 * p->Hk > lim || (p->T * p->L + 63) / 64 * p->Hk > lim || (p->T * p->G + 63) / 64 > lim)
+    return false;
+  return true;
+}
+
+const char *bwd_mma_name(const moda_attn_params *p) { return p->d == 128 ? "mma_sync_d128" : "mma_sync_d64"; }
+
+int64_t bwd_mma_workspace_floats(const moda_attn_params *p) { return 2 * p->B * p->Hq * p->T; }
+
+int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace) {
+  if (p->dtype == MODA_BF16)
+    return p->d == 128 ? launch_bwd<__nv_bfloat16, 128>(p, stream, workspace)
+                       : launch_bwd<__nv_bfloat16, 64>(p, stream, workspace);
+  return p->d == 128 ? launch_bwd<__half, 128>(p, stream, workspace) : launch_bwd<__half, 64>(p, stream, workspace);
+}
+
+}  // namespace moda_cuda

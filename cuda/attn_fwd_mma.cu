@@ -1,0 +1,867 @@
+// attn_fwd_mma.cu: MoDA forward on tensor cores (mma.sync m16n8k16, bf16/fp16 in, fp32 accumulate).
+//
+// Layout (SPEC section 4). For one (batch b, KV head g) the G query heads of a token are packed
+// into consecutive "packed rows" R = t*G + (h - g*G), R in [0, T*G). A CTA of NWARPS warps owns
+// BM = 16*NWARPS packed rows; warp w owns 16 of them. Two phases per CTA:
+//
+// 1. Depth phase (L > 0), per warp, in the TRANSPOSED orientation: for each group of 8 packed
+//    rows (8 columns) the warp streams the depth rows those columns can see (token visibility:
+//    the L rows of the group's tokens; chunk visibility: the rows of the tokens of their chunks)
+//    through shared memory in chunks of DL rows and computes
+//        S^T[DL x 8] = kd_chunk[DL x d] * q_group^T[d x 8]      (A = kd, B = q rows)
+//        O^T[d x 8] += vd_chunk^T[d x DL] * P[DL x 8]            (A = vd^T, B = P via movmatrix)
+//    with an online softmax per column. No dense (rows x rows*L) tile: for G >= 8 nothing is
+//    masked; for G < 8 the 8 columns hold 8/G tokens and the waste is (8/G - 1)/(8/G).
+//    The per-row result (unnormalised O, max m, sum l) goes to shared memory and seeds phase 2.
+//    Default (v5): the warp's chunks of all its groups form one sequence streamed through a
+//    cp.async ring of RST stages of RDL = 16 rows (chunk c+1.. in flight while c is computed);
+//    MODA_CUDA_FWD_FLAGS bit 3 restores the single-buffered v1-v4 phase (load, wait, compute).
+// 2. Sequence phase, FlashAttention-2 style: Q fragments in registers, K/V blocks of BN keys
+//    double-buffered with cp.async, S = Q K^T, causal/bounds mask, online softmax, O += P V.
+//
+// Scores are kept in log2 units (scaled by scale*log2(e)) so exp2 is used throughout.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "moda_cuda_internal.cuh"
+#include "mma_helpers.cuh"
+
+namespace moda_cuda {
+
+template <int D, int MT_>
+struct FwdConfig {
+  static constexpr int NWARPS = 4;
+  // CTAs per SM the registers must allow on sm_90 (launch bounds): d=64 MT=1 keeps 3 (<= 168 regs)
+  static constexpr int MIN_CTAS = D == 64 && MT_ == 1 ? 3 : 2;
+  static constexpr int MT = MT_;                // 16-row m-tiles per warp (K/V fragments reused MT times)
+  static constexpr int WROWS = 16 * MT;         // packed rows per warp
+  static constexpr int BM = WROWS * NWARPS;     // packed rows per CTA
+  static constexpr int BN = 64;                 // keys per sequence block
+  static constexpr int DL = D <= 64 ? 32 : 16;  // depth rows per warp chunk
+  static constexpr int LDS = D + 8;             // smem row stride in elements (pad: no bank conflicts)
+  static constexpr int Q_ELEMS = BM * LDS;
+  static constexpr int KV_ELEMS = 2 /*stages*/ * 2 /*K,V*/ * BN * LDS;
+  static constexpr int DEPTH_ELEMS = NWARPS * 2 /*kd,vd*/ * DL * LDS;
+  // per warp: WROWS rows of D floats (unnormalised O), then WROWS maxima and WROWS sums
+  static constexpr int SCRATCH_FLOATS = NWARPS * (WROWS * D + 2 * WROWS);
+  static constexpr int DEPTH_BYTES = DEPTH_ELEMS * 2 + SCRATCH_FLOATS * 4;
+  static constexpr int UNION_BYTES = KV_ELEMS * 2 > DEPTH_BYTES ? KV_ELEMS * 2 : DEPTH_BYTES;
+  static constexpr int SMEM_BYTES = Q_ELEMS * 2 + UNION_BYTES;  // the single-buffered depth path (v1-v4)
+  // Depth ring (default since v5): per warp RST stages of RDL kd rows + RDL vd rows, a cp.async
+  // prefetch ring over the warp's flattened (group, chunk) sequence. Stages chosen to keep the
+  // occupancy the registers allow on sm_90 (228 KB smem/SM, 1 KB reserved per CTA):
+  //   d=64 MT=1 (3 CTAs/SM): 3 stages -> 73472 B;  d=64 MT=2 (2 CTAs/SM): 4 stages -> 101120 B;
+  //   d=128 (2 CTAs/SM): 2 stages -> 104192 B.
+  // Scratch: one 8-row group at a time (8 x RSD floats + 8 maxima + 8 sums per warp), merged
+  // into the row state right after each group (not WROWS rows kept until the end).
+  static constexpr int RDL = 16;
+  static constexpr int RST = D > 64 ? 2 : (MT_ == 1 ? 3 : 4);
+  static constexpr int RING_ELEMS = NWARPS * RST * 2 * RDL * LDS;
+  static constexpr int RSD = D + 4;  // scratch row stride in floats (pad: conflict-free column writes)
+  static constexpr int RSCRATCH_FLOATS = NWARPS * (8 * RSD + 16);
+  static constexpr int RING_BYTES = RING_ELEMS * 2 + RSCRATCH_FLOATS * 4;
+  static constexpr int RUNION_BYTES = KV_ELEMS * 2 > RING_BYTES ? KV_ELEMS * 2 : RING_BYTES;
+  static constexpr int SMEM_BYTES_RING = Q_ELEMS * 2 + RUNION_BYTES;
+  static constexpr int SMEM_BYTES_NODEPTH = Q_ELEMS * 2 + KV_ELEMS * 2;  // L = 0
+  // sm_90: 233472 B of shared memory per SM, 1 KB reserved per CTA
+  static_assert((SMEM_BYTES_RING + 1024) * MIN_CTAS <= 233472, "depth ring would cost occupancy on sm_90");
+  static_assert(RDL == 16 && (RDL * (D / 8)) % 32 == 0, "ring chunks: one m16 tile, whole warp passes");
+};
+
+// n / d for 0 <= n < 2^31 and a run-time d >= 1, by a multiply-high and a shift (the method of
+// CUTLASS's FastDivmod: mul = ceil(2^p / d), p = 31 + ceil(log2 d)). Checked exhaustively for
+// d < 3000 and n < 200000 and sampled up to n = 2^31 - 1 for d up to 2^30 (host copy).
+struct FastDivU31 {
+  uint32_t d, mul, shr;
+  __device__ __forceinline__ void init(uint32_t d_) {
+    d = d_; mul = 0; shr = 0;
+    if (d_ > 1) {
+      const int l = 32 - __clz((int)(d_ - 1));  // ceil(log2 d)
+      const int p = 31 + l;
+      mul = (uint32_t)(((1ull << p) + d_ - 1) / d_);
+      shr = (uint32_t)(p - 32);
+    }
+  }
+  __device__ __forceinline__ uint32_t div(uint32_t n) const { return d == 1 ? n : __umulhi(n, mul) >> shr; }
+};
+
+__device__ __forceinline__ float warp_quad_max(float x) {  // over the 4 lanes of a quad
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float warp_quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+// Over the 8 lanes that share lane%4 (the rows of a C fragment column).
+__device__ __forceinline__ float warp_col_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 4));
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 8));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 16));
+}
+__device__ __forceinline__ float warp_col_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 4);
+  x += __shfl_xor_sync(0xffffffffu, x, 8);
+  return x + __shfl_xor_sync(0xffffffffu, x, 16);
+}
+
+// Copies `rows` rows of D elements (16-byte chunks) into smem rows of LDS elements, using
+// `nthreads` threads starting at `tid`. row_ptr(r) returns the global row or nullptr for a row
+// to zero-fill.
+template <int D, int LDS, typename T, typename RowPtr>
+__device__ __forceinline__ void load_rows_async(T *smem, int rows, int tid, int nthreads,
+                                                RowPtr row_ptr) {
+  constexpr int CHUNKS = D / 8;
+  for (int i = tid; i < rows * CHUNKS; i += nthreads) {
+    int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    const T *src = row_ptr(r);
+    T *dst = smem + r * LDS + c;
+    if (src) cp_async_16(dst, src + c);
+    else *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
+  }
+}
+// Same, with an L2 cache policy (l2_policy_evict_first / _last) when use_policy.
+template <int D, int LDS, typename T, typename RowPtr>
+__device__ __forceinline__ void load_rows_async_hint(T *smem, int rows, int tid, int nthreads, bool use_policy,
+                                                     uint64_t policy, RowPtr row_ptr) {
+  constexpr int CHUNKS = D / 8;
+  for (int i = tid; i < rows * CHUNKS; i += nthreads) {
+    int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    const T *src = row_ptr(r);
+    T *dst = smem + r * LDS + c;
+    if (!src) *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
+    else if (use_policy) cp_async_16_hint(dst, src + c, policy);
+    else cp_async_16(dst, src + c);
+  }
+}
+
+// Forward flags (kernel argument; MODA_CUDA_FWD_FLAGS overrides the default, for measurements):
+// bit 0: depth rows loaded with L2 evict_first (each is read by one CTA, once), so the stream
+//        of depth rows (L times the size of K/V) does not evict the sequence K/V that every
+//        tile of a head re-reads; bit 1: sequence K/V loaded with L2 evict_last.
+// bit 2: the unfolded softmax arithmetic of v3 (FMUL + FADD instead of one FFMA), for A/B timing.
+// bit 3: the single-buffered depth phase of v1-v4 (one DL-row chunk per warp, load then wait),
+//        instead of the default cp.async ring (RING below), for A/B timing.
+constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_DEPTH_SINGLE = 8;
+constexpr int FWD_FLAGS_MASK = 15;
+
+template <typename T, int D, int MT_, bool FOLD = true, bool RING = true>
+__global__ void __launch_bounds__(FwdConfig<D, MT_>::NWARPS * 32, FwdConfig<D, MT_>::MIN_CTAS)
+fwd_mma_kernel(const moda_attn_params p, const int flags) {
+  using Cfg = FwdConfig<D, MT_>;
+  using Mma = MmaOp<T>;
+  constexpr int NWARPS = Cfg::NWARPS, BM = Cfg::BM, BN = Cfg::BN, DL = Cfg::DL, LDS = Cfg::LDS;
+  constexpr int MT = Cfg::MT, WROWS = Cfg::WROWS;
+  constexpr int NR = 2 * MT;      // rows per lane: row mt*16 + qr + 8*half, index r = 2*mt + half
+  constexpr int NTHREADS = NWARPS * 32;
+  constexpr int KSTEPS = D / 16;  // k-steps over the head dim
+  constexpr float LOG2E = 1.4426950408889634f;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T *sQ = reinterpret_cast<T *>(smem_raw);
+  unsigned char *sUnion = smem_raw + Cfg::Q_ELEMS * 2;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int qr = lane / 4, qc = lane % 4;  // fragment row / column of this lane
+  const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) causal tiles first
+  const int64_t g = blockIdx.y, b = blockIdx.z;
+  const int64_t G = p.G, T_ = p.T, S = p.S, L = p.L;
+  const int64_t TG = T_ * G;
+  const int64_t R0 = tile * BM;                   // first packed row of this CTA
+  const int64_t Rw = R0 + warp * WROWS;           // first packed row of this warp
+  const float scale_log2 = (float)p.scale * LOG2E;
+  const bool causal = p.causal != 0;
+  const int64_t chunk = p.chunk;
+
+  const T *q = static_cast<const T *>(p.q);
+  const T *k = static_cast<const T *>(p.k);
+  const T *v = static_cast<const T *>(p.v);
+  const T *kd = static_cast<const T *>(p.kd);
+  const T *vd = static_cast<const T *>(p.vd);
+
+  // ---- Q tile -> smem (rows past T*G are zero) ----
+  load_rows_async<D, LDS>(sQ, BM, tid, NTHREADS, [&](int r) -> const T * {
+    int64_t R = R0 + r;
+    if (R >= TG) return nullptr;
+    int64_t t = R / G, h = g * G + R % G;
+    return q + b * p.q_stride[0] + t * p.q_stride[1] + h * p.q_stride[2];
+  });
+  cp_async_commit();
+
+  // ---- depth ring (RING, L > 0): each warp streams the depth rows of its NGRP groups of 8
+  // packed rows as one flattened sequence of RDL-row chunks (group 0's chunks, then group 1's,
+  // ...) through RST smem stages: chunk c lives in stage c % RST, and while chunk c is computed
+  // chunks c+1 .. c+RST-1 are in flight. The loader cursor (ld_*) runs RST-1 chunks ahead of the
+  // compute loop; every issue commits one cp.async group (empty past the end), so "chunk c has
+  // landed" is always cp.async.wait_group RST-2. Index math in 32 bits (fwd_mma_supported bounds
+  // a group's visible depth rows below 2^31 - 64), the division by L by multiply-high.
+  constexpr int NGRP = 2 * MT;  // groups of 8 packed rows per warp
+  constexpr int RDL = Cfg::RDL, RST = Cfg::RST;
+  constexpr int CH = D / 8, RPP = 32 / CH, NLR = RDL / RPP;  // 16-byte pieces per row; rows per warp pass; rows per lane
+  const int Gi = (int)G, Li = (int)L, ci = p.chunk;
+  const bool r_hint = (flags & FWD_DEPTH_EVICT_FIRST) != 0;
+  uint64_t r_pol = 0;
+  T *ring_w = reinterpret_cast<T *>(sUnion) + warp * RST * 2 * RDL * LDS;  // this warp's stages
+  const int lr0 = lane / CH, lcol = (lane % CH) * 8;  // this lane's first row in a chunk, its 16-byte column
+  const T *kd_lane = nullptr, *vd_lane = nullptr;
+  FastDivU31 fL;
+  fL.d = 1; fL.mul = 0; fL.shr = 0;
+  int ld_grp = NGRP, ld_kc = 0, ld_ulo = 0, ld_nk = 0;  // loader cursor: group, chunk start, its u_lo, its rows
+
+  // Depth rows group grp (packed rows rb..rb+7) can see: tokens u_lo.., nk = tokens * L rows,
+  // flattened i = (u - u_lo) * L + l. nk = 0 for a group past T*G (then every later one is too).
+  auto group_range = [&](int grp, int &u_lo, int &nk) {
+    const int64_t rb = Rw + grp * 8;
+    u_lo = 0; nk = 0;
+    if (rb >= TG) return;
+    const int t_first = (int)rb / Gi, t_last = (int)(rb + 7 < TG ? rb + 7 : TG - 1) / Gi;
+    int u_hi;
+    if (ci <= 0) { u_lo = t_first; u_hi = t_last; }
+    else {
+      u_lo = (t_first / ci) * ci;
+      if (causal) u_hi = t_last;
+      else {
+        const int64_t e = (int64_t)(t_last / ci) * ci + ci - 1;
+        u_hi = (int)(e < T_ - 1 ? e : T_ - 1);
+      }
+    }
+    nk = (u_hi - u_lo + 1) * Li;
+  };
+  // Issues the chunk under the loader cursor into `stage` (zero rows past the group's end), commits
+  // (an empty group once the sequence is exhausted) and advances the cursor.
+  auto ring_issue = [&](int stage) {
+    if (ld_grp < NGRP) {
+      T *dk = ring_w + stage * 2 * RDL * LDS, *dv = dk + RDL * LDS;
+#pragma unroll
+      for (int j = 0; j < NLR; ++j) {
+        const int r = lr0 + j * RPP, i = ld_kc + r;
+        T *sk = dk + r * LDS + lcol, *sv = dv + r * LDS + lcol;
+        if (i < ld_nk) {
+          const int du = (int)fL.div((uint32_t)i), l = i - du * Li;
+          const int64_t u = ld_ulo + du;
+          const T *gk = kd_lane + u * p.kd_stride[1] + l * p.kd_stride[2];
+          const T *gv = vd_lane + u * p.vd_stride[1] + l * p.vd_stride[2];
+          if (r_hint) { cp_async_16_hint(sk, gk, r_pol); cp_async_16_hint(sv, gv, r_pol); }
+          else { cp_async_16(sk, gk); cp_async_16(sv, gv); }
+        } else {
+          // P is 0 on these rows, but 0 * NaN from stale smem would not be: zero kd and vd
+          *reinterpret_cast<uint4 *>(sk) = make_uint4(0, 0, 0, 0);
+          *reinterpret_cast<uint4 *>(sv) = make_uint4(0, 0, 0, 0);
+        }
+      }
+      ld_kc += RDL;
+      if (ld_kc >= ld_nk) {
+        ld_kc = 0;
+        if (++ld_grp < NGRP) {
+          group_range(ld_grp, ld_ulo, ld_nk);
+          if (ld_nk == 0) ld_grp = NGRP;
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
+  if (RING && L > 0) {
+    // prologue: chunks 0 .. RST-2 go out together with the Q tile
+    if (r_hint) r_pol = l2_policy_evict_first();
+    fL.init((uint32_t)Li);
+    kd_lane = kd + b * p.kd_stride[0] + g * p.kd_stride[3] + lcol;
+    vd_lane = vd + b * p.vd_stride[0] + g * p.vd_stride[3] + lcol;
+    ld_grp = 0;
+    group_range(0, ld_ulo, ld_nk);
+    if (ld_nk == 0) ld_grp = NGRP;
+#pragma unroll
+    for (int st = 0; st < RST - 1; ++st) ring_issue(st);
+    cp_async_wait<RST - 1>();  // the Q tile (the oldest group) has landed
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+
+  // Per-row online-softmax state of this lane's rows (Rw + mt*16 + qr + 8*half), log2 units.
+  float row_m[NR], row_l[NR];     // row_l: partial over this lane's columns (quad-reduced at the end)
+  float acc_o[MT][D / 8][4];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) { row_m[r] = -INFINITY; row_l[r] = 0.f; }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) acc_o[mt][j][0] = acc_o[mt][j][1] = acc_o[mt][j][2] = acc_o[mt][j][3] = 0.f;
+
+  // ================= phase 1: depth rows, transposed small GEMMs =================
+  if (RING && L > 0) {
+    // Ring path (default). Per group: S^T = kd_chunk * q^T, column online softmax, O^T += vd^T P
+    // per RDL-row chunk as below; the group's (O, m, l) then goes through an 8-row scratch into
+    // the row state (acc_o, row_m, row_l) of the lanes that own those rows.
+    float *scr = reinterpret_cast<float *>(sUnion + Cfg::RING_ELEMS * 2) + warp * (8 * Cfg::RSD + 16);
+    float *sO8 = scr, *sM8 = scr + 8 * Cfg::RSD, *sL8 = sM8 + 8;
+    int n_st = 0;  // stage of the chunk computed next
+    for (int grp = 0; grp < NGRP; ++grp) {
+      int u_lo, nk;
+      group_range(grp, u_lo, nk);
+      if (nk == 0) break;  // this group and the later ones lie past T*G: their rows keep the empty state
+      const int64_t rb = Rw + grp * 8;
+      // Visible tokens of this lane's columns 2*qc + e, relative to u_lo: [vlo, vhi] (empty: 1 > 0).
+      // Rows past nk belong to tokens past vhi, so this also masks the zero padding.
+      int vlo[2], vhi[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t R = rb + 2 * qc + e;
+        vlo[e] = 1; vhi[e] = 0;
+        if (R < TG) {
+          const int t = (int)R / Gi;
+          if (ci <= 0) { vlo[e] = t - u_lo; vhi[e] = t - u_lo; }
+          else {
+            const int cs = (t / ci) * ci;
+            vlo[e] = cs - u_lo;
+            const int64_t he = causal ? (int64_t)t : ((int64_t)cs + ci - 1 < T_ - 1 ? (int64_t)cs + ci - 1 : T_ - 1);
+            vhi[e] = (int)(he - u_lo);
+          }
+        }
+      }
+      uint32_t q_b[KSTEPS][2];
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS / 2; ++kk) {
+        uint32_t r4[4];
+        ldmatrix_x4(r4, sQ + (rb - R0 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8);
+        q_b[2 * kk][0] = r4[0]; q_b[2 * kk][1] = r4[1];
+        q_b[2 * kk + 1][0] = r4[2]; q_b[2 * kk + 1][1] = r4[3];
+      }
+      float col_m[2] = {-INFINITY, -INFINITY}, col_l[2] = {0.f, 0.f};
+      float acc_t[D / 16][4];
+#pragma unroll
+      for (int md = 0; md < D / 16; ++md) acc_t[md][0] = acc_t[md][1] = acc_t[md][2] = acc_t[md][3] = 0.f;
+
+      for (int kc = 0; kc < nk; kc += RDL) {
+        cp_async_wait<RST - 2>();  // this lane's copies of this chunk have landed
+        __syncwarp();              // every lane's have; every lane is done reading the previous stage
+        ring_issue(n_st == 0 ? RST - 1 : n_st - 1);  // refill the previous chunk's stage, RST-1 ahead
+        const T *sKd = ring_w + n_st * 2 * RDL * LDS, *sVd = sKd + RDL * LDS;
+        n_st = n_st + 1 == RST ? 0 : n_st + 1;
+
+        // S^T = kd * q^T: 16 depth rows x 8 columns
+        float s_t[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+          uint32_t a[4];
+          ldmatrix_x4(a, sKd + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
+          Mma::run(s_t, a, q_b[ks][0], q_b[ks][1]);
+        }
+        // mask (row kc + qr + 8h of token u_lo + du), scale, column max
+        float chunk_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int du = (int)fL.div((uint32_t)(kc + qr + 8 * h));
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const bool vis = du >= vlo[c] && du <= vhi[c];
+            const float sv = vis ? s_t[2 * h + c] * scale_log2 : -INFINITY;
+            s_t[2 * h + c] = sv;
+            chunk_max[c] = fmaxf(chunk_max[c], sv);
+          }
+        }
+        float corr[2], m_use[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          float m_new = fmaxf(col_m[c], warp_col_max(chunk_max[c]));
+          m_use[c] = m_new == -INFINITY ? 0.f : m_new;
+          corr[c] = exp2f(col_m[c] - m_use[c]);
+          col_m[c] = m_new;
+          col_l[c] *= corr[c];
+        }
+#pragma unroll
+        for (int md = 0; md < D / 16; ++md) {
+          acc_t[md][0] *= corr[0]; acc_t[md][1] *= corr[1];
+          acc_t[md][2] *= corr[0]; acc_t[md][3] *= corr[1];
+        }
+        // P = exp2(S - m), O^T += vd^T * P (one k-step of 16 depth rows)
+        float p4[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          p4[e] = exp2f(s_t[e] - m_use[e & 1]);
+          col_l[e & 1] += p4[e];
+        }
+        const uint32_t b0 = movmatrix_trans(Mma::pack(p4[0], p4[1]));
+        const uint32_t b1 = movmatrix_trans(Mma::pack(p4[2], p4[3]));
+#pragma unroll
+        for (int md = 0; md < D / 16; ++md) {
+          uint32_t a[4];
+          ldmatrix_x4_trans(a, sVd + ((lane & 7) + ((lane >> 4) & 1) * 8) * LDS + md * 16 + ((lane >> 3) & 1) * 8);
+          Mma::run(acc_t[md], a, b0, b1);
+        }
+      }
+      // The group's columns -> 8-row scratch -> the row state of this lane's row qr of the group.
+#pragma unroll
+      for (int c = 0; c < 2; ++c) col_l[c] = warp_col_sum(col_l[c]);
+#pragma unroll
+      for (int md = 0; md < D / 16; ++md)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          sO8[(2 * qc + (e & 1)) * Cfg::RSD + md * 16 + qr + (e >= 2 ? 8 : 0)] = acc_t[md][e];
+      if (qr == 0) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) { sM8[2 * qc + c] = col_m[c]; sL8[2 * qc + c] = col_l[c]; }
+      }
+      __syncwarp();
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2)
+          if (grp == 2 * mt + h2) {  // compile-time register indices; grp selects
+            row_m[2 * mt + h2] = sM8[qr];
+            row_l[2 * mt + h2] = qc == 0 ? sL8[qr] : 0.f;  // the quad's sum is reduced at the end
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j) {
+              const float2 v2 = *reinterpret_cast<const float2 *>(sO8 + qr * Cfg::RSD + j * 8 + 2 * qc);
+              acc_o[mt][j][h2 * 2 + 0] = v2.x;
+              acc_o[mt][j][h2 * 2 + 1] = v2.y;
+            }
+          }
+      __syncwarp();  // reads done before the next group's writes
+    }
+    cp_async_wait<0>();  // only empty groups can be pending here
+    __syncthreads();     // every warp is done with the ring and scratch before K/V reuse them
+  } else if (!RING && L > 0) {
+    // v1-v4 path (flag bit 3): one DL-row chunk per warp, load, wait, compute.
+    const bool depth_hint = (flags & FWD_DEPTH_EVICT_FIRST) != 0;
+    const uint64_t depth_pol = depth_hint ? l2_policy_evict_first() : 0;
+    T *sKd = reinterpret_cast<T *>(sUnion) + warp * 2 * DL * LDS;
+    T *sVd = sKd + DL * LDS;
+    float *scratch = reinterpret_cast<float *>(sUnion + Cfg::DEPTH_ELEMS * 2) + warp * (WROWS * D + 2 * WROWS);
+    float *sO = scratch, *sM = scratch + WROWS * D, *sL = sM + WROWS;
+
+    for (int grp = 0; grp < 2 * MT; ++grp) {
+      const int64_t rb = Rw + grp * 8;  // first packed row (column 0) of this group
+      // Columns of this lane: 2*qc and 2*qc+1.
+      int64_t col_t[2];
+      bool col_ok[2];
+      for (int e = 0; e < 2; ++e) {
+        int64_t R = rb + 2 * qc + e;
+        col_ok[e] = R < TG;
+        col_t[e] = col_ok[e] ? R / G : -1;
+      }
+      // Depth rows this group can see: tokens u_lo..u_hi, L rows each (flattened i = (u-u_lo)*L + l).
+      int64_t nkeys = 0, u_lo = 0;
+      if (rb < TG) {
+        int64_t t_first = rb / G, t_last = (rb + 7 < TG ? rb + 7 : TG - 1) / G;
+        int64_t u_hi;
+        if (chunk <= 0) { u_lo = t_first; u_hi = t_last; }
+        else {
+          u_lo = (t_first / chunk) * chunk;
+          if (causal) u_hi = t_last;
+          else { u_hi = (t_last / chunk) * chunk + chunk - 1; if (u_hi > T_ - 1) u_hi = T_ - 1; }
+        }
+        nkeys = (u_hi - u_lo + 1) * L;
+      }
+
+      // q^T as the B operand: rows rb..rb+7 of the Q tile, all k-steps.
+      uint32_t q_b[KSTEPS][2];
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS / 2; ++kk) {
+        uint32_t r4[4];
+        ldmatrix_x4(r4, sQ + (rb - R0 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8);
+        q_b[2 * kk][0] = r4[0]; q_b[2 * kk][1] = r4[1];
+        q_b[2 * kk + 1][0] = r4[2]; q_b[2 * kk + 1][1] = r4[3];
+      }
+
+      float col_m[2] = {-INFINITY, -INFINITY}, col_l[2] = {0.f, 0.f};
+      float acc_t[D / 16][4];  // O^T: m-tile md covers head-dim rows md*16..md*16+15
+#pragma unroll
+      for (int md = 0; md < D / 16; ++md) acc_t[md][0] = acc_t[md][1] = acc_t[md][2] = acc_t[md][3] = 0.f;
+
+      for (int64_t kc = 0; kc < nkeys; kc += DL) {
+        __syncwarp();  // the previous chunk's ldmatrix reads are done
+        auto depth_row = [&](const T *base, const int64_t *st, int r) -> const T * {
+          int64_t i = kc + r;
+          if (i >= nkeys) return nullptr;
+          int64_t u = u_lo + i / L, l = i % L;
+          return base + b * st[0] + u * st[1] + l * st[2] + g * st[3];
+        };
+        load_rows_async_hint<D, LDS>(sKd, DL, lane, 32, depth_hint, depth_pol,
+                                     [&](int r) { return depth_row(kd, p.kd_stride, r); });
+        load_rows_async_hint<D, LDS>(sVd, DL, lane, 32, depth_hint, depth_pol,
+                                     [&](int r) { return depth_row(vd, p.vd_stride, r); });
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncwarp();
+
+        // S^T = kd * q^T, DL/16 m-tiles of 16 depth rows x 8 columns.
+        float s_t[DL / 16][4];
+#pragma unroll
+        for (int mt = 0; mt < DL / 16; ++mt) {
+          s_t[mt][0] = s_t[mt][1] = s_t[mt][2] = s_t[mt][3] = 0.f;
+#pragma unroll
+          for (int ks = 0; ks < KSTEPS; ++ks) {
+            uint32_t a[4];
+            ldmatrix_x4(a, sKd + (mt * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+            Mma::run(s_t[mt], a, q_b[ks][0], q_b[ks][1]);
+          }
+        }
+        // Mask, scale, column max.
+        float chunk_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int mt = 0; mt < DL / 16; ++mt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            int64_t i = kc + mt * 16 + qr + (e >= 2 ? 8 : 0);
+            int c = e & 1;
+            bool vis = false;
+            if (i < nkeys && col_ok[c]) {
+              int64_t u = u_lo + i / L;
+              vis = chunk <= 0 ? (u == col_t[c])
+                               : (u / chunk == col_t[c] / chunk && (!causal || u <= col_t[c]));
+            }
+            float s = vis ? s_t[mt][e] * scale_log2 : -INFINITY;
+            s_t[mt][e] = s;
+            chunk_max[c] = fmaxf(chunk_max[c], s);
+          }
+        float corr[2], m_use[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          float m_new = fmaxf(col_m[c], warp_col_max(chunk_max[c]));
+          m_use[c] = m_new == -INFINITY ? 0.f : m_new;
+          corr[c] = exp2f(col_m[c] - m_use[c]);
+          col_m[c] = m_new;
+          col_l[c] *= corr[c];
+        }
+#pragma unroll
+        for (int md = 0; md < D / 16; ++md) {
+          acc_t[md][0] *= corr[0]; acc_t[md][1] *= corr[1];
+          acc_t[md][2] *= corr[0]; acc_t[md][3] *= corr[1];
+        }
+        // P = exp2(S - m) and O^T += vd^T * P.
+#pragma unroll
+        for (int ks = 0; ks < DL / 16; ++ks) {
+          float p4[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            p4[e] = exp2f(s_t[ks][e] - m_use[e & 1]);
+            col_l[e & 1] += p4[e];
+          }
+          // B = P rows ks*16..+15 (k) x 8 columns (n): transpose the two 8x8 halves.
+          uint32_t b0 = movmatrix_trans(Mma::pack(p4[0], p4[1]));
+          uint32_t b1 = movmatrix_trans(Mma::pack(p4[2], p4[3]));
+#pragma unroll
+          for (int md = 0; md < D / 16; ++md) {
+            uint32_t a[4];
+            ldmatrix_x4_trans(a, sVd + (ks * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS +
+                                     md * 16 + ((lane >> 3) & 1) * 8);
+            Mma::run(acc_t[md], a, b0, b1);
+          }
+        }
+      }
+      // Column results -> per-row scratch (row grp*8 + column).
+#pragma unroll
+      for (int c = 0; c < 2; ++c) col_l[c] = warp_col_sum(col_l[c]);
+#pragma unroll
+      for (int md = 0; md < D / 16; ++md)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          int row = grp * 8 + 2 * qc + (e & 1);
+          int dcol = md * 16 + qr + (e >= 2 ? 8 : 0);
+          sO[row * D + dcol] = acc_t[md][e];
+        }
+      if (qr == 0) {
+        for (int c = 0; c < 2; ++c) {
+          sM[grp * 8 + 2 * qc + c] = col_m[c];
+          sL[grp * 8 + 2 * qc + c] = col_l[c];
+        }
+      }
+    }
+    __syncwarp();
+    // Seed the row state of this lane's rows.
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      const int mt = r / 2, h2 = r % 2;
+      int row = mt * 16 + qr + h2 * 8;
+      row_m[r] = sM[row];
+      row_l[r] = qc == 0 ? sL[row] : 0.f;  // the quad's sum is reduced at the end
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        acc_o[mt][j][h2 * 2 + 0] = sO[row * D + j * 8 + 2 * qc];
+        acc_o[mt][j][h2 * 2 + 1] = sO[row * D + j * 8 + 2 * qc + 1];
+      }
+    }
+    __syncthreads();  // every warp is done with the depth buffers before K/V reuse them
+  }
+
+  // ================= phase 2: sequence keys, FlashAttention-2 =================
+  T *sKV = reinterpret_cast<T *>(sUnion);
+  auto sK = [&](int stage) { return sKV + stage * 2 * BN * LDS; };
+  auto sV = [&](int stage) { return sKV + stage * 2 * BN * LDS + BN * LDS; };
+
+  const int64_t t_first_cta = R0 / G;
+  const int64_t t_last_cta = (R0 + BM - 1 < TG ? R0 + BM - 1 : TG - 1) / G;
+  int64_t kv_end = S;
+  if (causal) { int64_t e = S - T_ + t_last_cta + 1; kv_end = e < S ? e : S; }
+  if (kv_end < 0) kv_end = 0;
+  const int n_blocks = (int)((kv_end + BN - 1) / BN);
+  // Keys below this need no mask for any row of the CTA.
+  const int unmasked_end = (int)(causal ? (S - T_ + t_first_cta + 1 < S ? S - T_ + t_first_cta + 1 : S) : S);
+
+  // Last visible key of this lane's rows.
+  int row_lim[NR];  // key indices fit in int: fwd_mma_supported requires S < 2^31
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    int64_t R = Rw + (r / 2) * 16 + qr + (r % 2) * 8;
+    int64_t t = (R < TG ? R : TG - 1) / G;
+    row_lim[r] = (int)(causal ? (S - T_ + t < S - 1 ? S - T_ + t : S - 1) : S - 1);
+  }
+
+  const bool kv_hint = (flags & FWD_KV_EVICT_LAST) != 0;
+  const uint64_t kv_pol = kv_hint ? l2_policy_evict_last() : 0;
+  auto load_kv = [&](int blk, int stage) {
+    int64_t j0 = (int64_t)blk * BN;
+    load_rows_async_hint<D, LDS>(sK(stage), BN, tid, NTHREADS, kv_hint, kv_pol, [&](int r) -> const T * {
+      int64_t j = j0 + r;
+      return j < S ? k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] : nullptr;
+    });
+    load_rows_async_hint<D, LDS>(sV(stage), BN, tid, NTHREADS, kv_hint, kv_pol, [&](int r) -> const T * {
+      int64_t j = j0 + r;
+      return j < S ? v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] : nullptr;
+    });
+    cp_async_commit();
+  };
+
+  if (n_blocks > 0) {
+    // Q fragments (A operand) of this warp's 16 rows.
+    uint32_t q_a[MT][KSTEPS][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks)
+        ldmatrix_x4(q_a[mt][ks], sQ + (warp * WROWS + mt * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+
+    load_kv(0, 0);
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int stage = blk & 1;
+      if (blk + 1 < n_blocks) { load_kv(blk + 1, stage ^ 1); cp_async_wait<1>(); }
+      else cp_async_wait<0>();
+      __syncthreads();
+
+      const T *k_s = sK(stage), *v_s = sV(stage);
+      float s[MT][BN / 8][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks)
+#pragma unroll
+        for (int np = 0; np < BN / 16; ++np) {
+          uint32_t kb[4];
+          ldmatrix_x4(kb, k_s + (np * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS + ks * 16 +
+                              ((lane >> 3) & 1) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            Mma::run(s[mt][2 * np], q_a[mt][ks], kb[0], kb[1]);
+            Mma::run(s[mt][2 * np + 1], q_a[mt][ks], kb[2], kb[3]);
+          }
+        }
+
+      const int j0 = blk * BN;
+      const bool need_mask = j0 + BN > unmasked_end;
+      float blk_max[NR];
+#pragma unroll
+      for (int r = 0; r < NR; ++r) blk_max[r] = -INFINITY;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = mt * 2 + (e >> 1);
+            // FOLD: raw q.k, the scale folded into the exp2 argument below (one FFMA);
+            // else the v3 code: scaled here (FMUL), then exp2(x - m) (FADD)
+            float x = FOLD ? s[mt][nt][e] : s[mt][nt][e] * scale_log2;
+            if (need_mask) {
+              int j = j0 + nt * 8 + 2 * qc + (e & 1);
+              if (j > row_lim[r]) x = -INFINITY;
+            }
+            s[mt][nt][e] = x;
+            blk_max[r] = fmaxf(blk_max[r], x);
+          }
+      float corr[NR], m_use[NR];
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        // scale > 0, so max(raw) * scale = max(scaled); -inf stays -inf
+        float m_new = fmaxf(row_m[r], warp_quad_max(blk_max[r]) * (FOLD ? scale_log2 : 1.f));
+        m_use[r] = m_new == -INFINITY ? 0.f : m_new;
+        corr[r] = exp2f(row_m[r] - m_use[r]);
+        row_m[r] = m_new;
+        row_l[r] *= corr[r];
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          acc_o[mt][j][0] *= corr[2 * mt]; acc_o[mt][j][1] *= corr[2 * mt];
+          acc_o[mt][j][2] *= corr[2 * mt + 1]; acc_o[mt][j][3] *= corr[2 * mt + 1];
+        }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = mt * 2 + (e >> 1);
+            // one FFMA + EX2 per score: exp2(s * scale * log2e - m)
+            float pe = FOLD ? exp2f(fmaf(s[mt][nt][e], scale_log2, -m_use[r])) : exp2f(s[mt][nt][e] - m_use[r]);
+            s[mt][nt][e] = pe;
+            row_l[r] += pe;
+          }
+      // O += P V: P from the S accumulators, V^T fragments by ldmatrix.trans.
+#pragma unroll
+      for (int ks = 0; ks < BN / 16; ++ks) {
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          pa[mt][0] = Mma::pack(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+          pa[mt][1] = Mma::pack(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+          pa[mt][2] = Mma::pack(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+          pa[mt][3] = Mma::pack(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+        }
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, v_s + (ks * 16 + (lane & 15)) * LDS + dn * 16 + (lane >> 4) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            Mma::run(acc_o[mt][2 * dn], pa[mt], vb[0], vb[1]);
+            Mma::run(acc_o[mt][2 * dn + 1], pa[mt], vb[2], vb[3]);
+          }
+        }
+      }
+      __syncthreads();  // this stage is free for the load two blocks ahead
+    }
+  }
+
+  // ---- epilogue: normalise, write O and lse ----
+  T *o = static_cast<T *>(p.o);
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    const int mt = r / 2, h2 = r % 2;
+    float l = warp_quad_sum(row_l[r]);
+    int64_t R = Rw + mt * 16 + qr + h2 * 8;
+    if (R >= TG) continue;
+    int64_t t = R / G, h = g * G + R % G;
+    float inv = l > 0.f ? 1.f / l : 0.f;
+    T *orow = o + b * p.o_stride[0] + t * p.o_stride[1] + h * p.o_stride[2];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      uint32_t packed = Mma::pack(acc_o[mt][j][h2 * 2] * inv, acc_o[mt][j][h2 * 2 + 1] * inv);
+      *reinterpret_cast<uint32_t *>(orow + j * 8 + 2 * qc) = packed;
+    }
+    if (qc == 0) {
+      float lse = l > 0.f ? row_m[r] * 0.6931471805599453f + logf(l) : -INFINITY;
+      p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]] = lse;
+    }
+  }
+}
+
+// ---- host side ----
+static bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
+static bool strides_mult8(const int64_t *st, int n) {
+  for (int i = 0; i < n; ++i) if (st[i] % 8 != 0) return false;
+  return true;
+}
+
+bool fwd_mma_supported(const moda_attn_params *p, int cc) {
+  if (cc < 80) return false;
+  if (p->dtype != MODA_BF16 && p->dtype != MODA_F16) return false;
+  if (p->d != 64 && p->d != 128) return false;
+  if (!aligned16(p->q) || !aligned16(p->k) || !aligned16(p->v)) return false;
+  if (!strides_mult8(p->q_stride, 3) || !strides_mult8(p->k_stride, 3) ||
+      !strides_mult8(p->v_stride, 3))
+    return false;
+  if (((uintptr_t)p->o & 3) != 0 || p->o_stride[0] % 2 || p->o_stride[1] % 2 || p->o_stride[2] % 2)
+    return false;
+  if (p->L > 0) {
+    if (!aligned16(p->kd) || !aligned16(p->vd)) return false;
+    if (!strides_mult8(p->kd_stride, 4) || !strides_mult8(p->vd_stride, 4)) return false;
+  }
+  if (p->B > 65535 || p->Hk > 65535) return false;
+  if (p->S >= (1ll << 31) - 256 || p->T * p->G >= (1ll << 31)) return false;
+  // the depth ring's 32-bit index math: a group's visible depth rows (8 tokens, or a chunk's
+  // tokens up to T) times L stay below 2^31 - 64 (kd alone would be >= 256 GB otherwise)
+  if (p->L > 0 && (p->chunk > 0 ? p->T + 8 : 8) * p->L >= (1ll << 31) - 64) return false;
+  return true;
+}
+
+// m-tiles per warp: 2 (32 rows, K/V fragments reused twice) pays where the sequence part
+// dominates; where depth dominates (short T, large L) 1 keeps more warps per SM for the
+// latency-bound depth phase (measured: docs/CUDA_NOTES.md). MODA_CUDA_FWD_MT=1|2 forces it (tests).
+static int fwd_mt(const moda_attn_params *p) {
+  static int forced = -1;
+  if (forced < 0) {
+    const char *e = getenv("MODA_CUDA_FWD_MT");
+    forced = e && (e[0] == '1' || e[0] == '2') ? e[0] - '0' : 0;
+  }
+  if (p->d != 64) return 1;
+  if (forced) return forced;
+  int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
+  return seq_keys >= 1024 && seq_keys >= 16 * p->L ? 2 : 1;
+}
+
+const char *fwd_mma_name(const moda_attn_params *p) {
+  if (p->d == 128) return "mma_sync_d128";
+  return fwd_mt(p) == 2 ? "mma_sync_d64x2" : "mma_sync_d64";
+}
+
+static int g_fwd_flags = -1;  // -1: not read yet
+static int fwd_flags() {
+  if (g_fwd_flags < 0) {
+    const char *e = getenv("MODA_CUDA_FWD_FLAGS");
+    g_fwd_flags = e && *e ? atoi(e) & FWD_FLAGS_MASK : FWD_DEPTH_EVICT_FIRST;
+  }
+  return g_fwd_flags;
+}
+void fwd_set_flags(int flags) { g_fwd_flags = flags < 0 ? -1 : flags & FWD_FLAGS_MASK; }
+
+template <typename T, int D, int MT, bool FOLD, bool RING>
+static int launch_fwd_variant(const moda_attn_params *p, cudaStream_t stream, int flags) {
+  using Cfg = FwdConfig<D, MT>;
+  // the ring path takes only the Q tile and the K/V stages when there is no depth phase
+  const int smem = !RING ? Cfg::SMEM_BYTES : p->L > 0 ? Cfg::SMEM_BYTES_RING : Cfg::SMEM_BYTES_NODEPTH;
+  static bool attr_set = false;  // per instantiation
+  if (!attr_set) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_mma_kernel<T, D, MT, FOLD, RING>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         RING ? Cfg::SMEM_BYTES_RING : Cfg::SMEM_BYTES),
+                    "cudaFuncSetAttribute(fwd_mma)");
+    attr_set = true;
+  }
+  int64_t tiles = (p->T * p->G + Cfg::BM - 1) / Cfg::BM;
+  if (tiles <= 0) return MODA_OK;
+  if (tiles > 0x7fffffff)
+    return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
+  dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
+  fwd_mma_kernel<T, D, MT, FOLD, RING><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
+  MODA_CUDA_CHECK_LAUNCH("fwd_mma_kernel");
+  return MODA_OK;
+}
+
+template <typename T, int D, int MT>
+static int launch_fwd(const moda_attn_params *p, cudaStream_t stream) {
+  const int flags = fwd_flags();
+  // FWD_NO_FOLD (bit 2): the v3 softmax arithmetic; FWD_DEPTH_SINGLE (bit 3): the v1-v4 depth
+  // phase (both for A/B measurements)
+  const bool fold = (flags & FWD_NO_FOLD) == 0, ring = (flags & FWD_DEPTH_SINGLE) == 0;
+  if (fold) return ring ? launch_fwd_variant<T, D, MT, true, true>(p, stream, flags)
+                        : launch_fwd_variant<T, D, MT, true, false>(p, stream, flags);
+  return ring ? launch_fwd_variant<T, D, MT, false, true>(p, stream, flags)
+              : launch_fwd_variant<T, D, MT, false, false>(p, stream, flags);
+}
+
+int fwd_mma_launch(const moda_attn_params *p, cudaStream_t stream) {
+  const int mt = fwd_mt(p);
+  if (p->dtype == MODA_BF16) {
+    if (p->d == 128) return launch_fwd<__nv_bfloat16, 128, 1>(p, stream);
+    return mt == 2 ? launch_fwd<__nv_bfloat16, 64, 2>(p, stream) : launch_fwd<__nv_bfloat16, 64, 1>(p, stream);
+  }
+  if (p->d == 128) return launch_fwd<__half, 128, 1>(p, stream);
+  return mt == 2 ? launch_fwd<__half, 64, 2>(p, stream) : launch_fwd<__half, 64, 1>(p, stream);
+}
+
+}  // namespace moda_cuda

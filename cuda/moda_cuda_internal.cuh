@@ -1,0 +1,69 @@
+// moda_cuda_internal.cuh: helpers shared by the .cu files of libmoda_cuda.so (not installed).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "moda.h"
+#include "moda_attn.h"
+#include "moda_cuda.h"
+
+// Returns from the enclosing function with MODA_ERR_CUDA and the CUDA error text when a CUDA call
+// fails. `what` names the operation for the message.
+#define MODA_CUDA_CHECK(call, what)                                                          \
+  do {                                                                                       \
+    cudaError_t moda_err_ = (call);                                                          \
+    if (moda_err_ != cudaSuccess)                                                            \
+      return moda_set_error(MODA_ERR_CUDA, "cuda: %s: %s (%s)", (what),                      \
+                            cudaGetErrorString(moda_err_), cudaGetErrorName(moda_err_));      \
+  } while (0)
+
+// After a kernel launch: a launch error (bad configuration, a sticky error from earlier work).
+#define MODA_CUDA_CHECK_LAUNCH(what) MODA_CUDA_CHECK(cudaGetLastError(), what)
+
+namespace moda_cuda {
+
+// ---- element conversions (device) ----
+template <typename T> struct Elem;
+template <> struct Elem<float> {
+  static __device__ __forceinline__ float to_float(float x) { return x; }
+  static __device__ __forceinline__ float from_float(float x) { return x; }
+};
+template <> struct Elem<__half> {
+  static __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
+};
+template <> struct Elem<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+
+// The library-owned grow-only workspace (backend.cu).
+int workspace_get(void **ptr, int64_t bytes);
+
+// Forward / backward launchers (attn_fwd_mma.cu, attn_simt.cu). They assume validated params.
+bool fwd_mma_supported(const moda_attn_params *p, int cc);
+const char *fwd_mma_name(const moda_attn_params *p);
+int fwd_mma_launch(const moda_attn_params *p, cudaStream_t stream);
+// Overrides MODA_CUDA_FWD_FLAGS (attn_fwd_mma.cu's bits) for later launches; -1 re-reads the
+// environment. For tests and A/B timing in one process (attn_check depthbench); not thread-safe.
+void fwd_set_flags(int flags);
+int fwd_simt_launch(const moda_attn_params *p, cudaStream_t stream);
+int bwd_simt_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace);
+// Tensor-core backward (attn_bwd_mma.cu): bf16/fp16, d = 64/128, aligned rows; deterministic.
+bool bwd_mma_supported(const moda_attn_params *p, int cc);
+const char *bwd_mma_name(const moda_attn_params *p);
+int64_t bwd_mma_workspace_floats(const moda_attn_params *p);
+int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace);
+
+// Decode path (attn_decode.cu): T <= 16 queries against a long cache, split-K + combine.
+bool fwd_decode_selected(const moda_attn_params *p);
+int64_t fwd_decode_workspace_bytes(const moda_attn_params *p);
+const char *fwd_decode_name(const moda_attn_params *p);
+int fwd_decode_launch(const moda_attn_params *p, cudaStream_t stream, void *workspace);
+
+int current_cc();  // compute capability major*10+minor of the current device (cached)
+
+}  // namespace moda_cuda

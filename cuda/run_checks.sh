@@ -1,0 +1,83 @@
+#!/bin/bash
+# cuda/run_checks.sh: build the CUDA kernels with the standalone checker and run it (device machine).
+# Usage: cuda/run_checks.sh [quick|full] [bench] [sanitize]
+#        cuda/run_checks.sh depthring   (the forward's depth ring vs the single-buffered depth
+#        phase, MODA_CUDA_FWD_FLAGS bit 3: checker grids both ways, compute-sanitizer on the ring,
+#        A/B timing table last; ~3-4 minutes on an H100)
+# Writes logs under $OUT (device tool) or /tmp/moda_out.
+set -u
+MODE=${1:-quick}; BENCH=${2:-}; SAN=${3:-}
+OUTDIR=${OUT:-/tmp/moda_out}; mkdir -p "$OUTDIR"
+OBJ=/tmp/moda_check_obj; mkdir -p $OBJ
+ARCH=${CHECK_ARCH:--gencode arch=compute_90a,code=sm_90a}
+FLAGS="-O3 -std=c++17 -Xcompiler -fPIC -I c -I cuda $ARCH --expt-relaxed-constexpr -lineinfo"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+pids=()
+for f in cuda/*.cu cuda/tests/attn_check.cu; do
+  nvcc $FLAGS -Xptxas -v -c "$f" -o $OBJ/$(basename "$f" .cu).o > $OBJ/$(basename "$f" .cu).log 2>&1 &
+  pids+=($!)
+done
+rc=0; for p in "${pids[@]}"; do wait $p || rc=1; done
+if [ $rc != 0 ]; then cat $OBJ/*.log | grep -B2 -A2 error; exit 1; fi
+grep -h -A3 "Compiling entry function.*fwd_mma" $OBJ/attn_fwd_mma.log | grep -E "registers|spill" > "$OUTDIR/ptxas.txt"
+nvcc -o $OBJ/attn_check $OBJ/*.o -lcudart || exit 1
+if [ "$MODE" = depthring ]; then
+  # registers / spills of the forward instantiations (RING=1: the depth ring; RING=0: bit 3)
+  awk '/Compiling entry function .*fwd_mma_kernel/ { n = $0; sub(/.*fwd_mma_kernelI/, "", n); sub(/EEEv16moda.*/, "", n); next }
+       n != "" && /spill stores/ { sp = $0; sub(/^.*ptxas info *: */, "", sp) }
+       n != "" && /Used [0-9]+ registers/ { r = $0; sub(/.*Used /, "", r); sub(/ registers.*/, "", r);
+                                           printf "%-44s %4s regs  %s\n", n, r, sp; n = "" }' \
+      $OBJ/attn_fwd_mma.log | sed 's/13__nv_bfloat16/bf16 /; s/6__half/f16 /; s/Li\([0-9]*\)E/ \1 /g; s/Lb\([01]\)E*/ \1/g' \
+      | sort -u > "$OUTDIR/ptxas_fwd.txt"
+  echo "== ptxas, fwd kernels (dtype D MT FOLD RING) =="; grep bf16 "$OUTDIR/ptxas_fwd.txt"
+  SUM="$OUTDIR/depthring_summary.txt"; : > "$SUM"
+  step() {  # step NAME ENV... -- ARGS: run the checker, keep its log, one summary line
+    local name=$1; shift; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
+    local log="$OUTDIR/dr_${name}.log"
+    env "${envs[@]}" $OBJ/attn_check "$@" > "$log" 2>&1; local rc=$?
+    local line; line=$(grep -E "^[0-9]+ cases" "$log" | tail -1)
+    printf "%-28s rc=%d  %s  %s\n" "$name" $rc "${line:-NO RESULT (see $log)}" "$(grep -c FAIL "$log") FAIL lines" | tee -a "$SUM"
+  }
+  step quick_ring        -- quick
+  step quick_single      MODA_CUDA_FWD_FLAGS=9 -- quick
+  step quick_ring_mt2    MODA_CUDA_FWD_MT=2 -- quick
+  step decode_ring       -- decode
+  step decode_single     MODA_CUDA_FWD_FLAGS=9 -- decode
+  step depth_ring        -- depth
+  step depth_ring_mt2    MODA_CUDA_FWD_MT=2 -- depth
+  step depth_single      MODA_CUDA_FWD_FLAGS=9 -- depth
+  step depth_single_mt2  MODA_CUDA_FWD_FLAGS=9 MODA_CUDA_FWD_MT=2 -- depth
+  step depth_ring_nohint MODA_CUDA_FWD_FLAGS=0 -- depth
+  for mt in 1 2; do
+    for tool in memcheck racecheck; do
+      log="$OUTDIR/dr_san_${tool}_mt${mt}.log"
+      MODA_CUDA_FWD_MT=$mt timeout 90 compute-sanitizer --tool $tool $OBJ/attn_check depthsan > "$log" 2>&1
+      printf "%-28s rc=%d  %s | %s\n" "san_${tool}_mt${mt}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
+        "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
+    done
+  done
+  $OBJ/attn_check depthbench > "$OUTDIR/dr_bench.log" 2>&1 || echo "depthbench rc=$?" | tee -a "$SUM"
+  echo; echo "== depthring summary (every rc must be 0, every '0 failed', sanitizer 0 errors / 0 hazards) =="
+  cat "$SUM"
+  echo; grep -A20 "^forward, bf16" "$OUTDIR/dr_bench.log"
+  exit 0
+fi
+if [ "$SAN" = sanitize ]; then
+  compute-sanitizer --tool memcheck $OBJ/attn_check quick 2>&1 | tail -5 | tee "$OUTDIR/memcheck.log"
+  compute-sanitizer --tool racecheck $OBJ/attn_check quick 2>&1 | tail -5 | tee "$OUTDIR/racecheck.log"
+  # the decode path (attn_decode.cu): split + combine kernels on its small cases
+  compute-sanitizer --tool memcheck $OBJ/attn_check decsmall 2>&1 | tail -2 | tee -a "$OUTDIR/memcheck.log"
+  compute-sanitizer --tool racecheck $OBJ/attn_check decsmall 2>&1 | tail -2 | tee -a "$OUTDIR/racecheck.log"
+  # the tensor-core backward (attn_bwd_mma.cu), both sequence dK/dV variants, on small cases
+  for v in 1 3; do
+    MODA_CUDA_BWD_SEQ_MINB=$v compute-sanitizer --tool memcheck $OBJ/attn_check san 2>&1 | tail -2 | tee -a "$OUTDIR/memcheck.log"
+    MODA_CUDA_BWD_SEQ_MINB=$v compute-sanitizer --tool racecheck $OBJ/attn_check san 2>&1 | tail -2 | tee -a "$OUTDIR/racecheck.log"
+  done
+fi
+# the backward grid with the sequence dK/dV variant the size rule does not pick at these sizes
+echo "== backward grid, 3-CTA/SM sequence dK/dV variant forced (MODA_CUDA_BWD_SEQ_MINB=3) ==" | tee "$OUTDIR/check_bwd3.log"
+MODA_CUDA_BWD_SEQ_MINB=3 $OBJ/attn_check bwd 2>&1 | tee -a "$OUTDIR/check_bwd3.log" | grep -E "FAIL|DIFF|cases"
+echo "== forward with 32 rows per warp forced (MODA_CUDA_FWD_MT=2) ==" | tee "$OUTDIR/check_mt2.log"
+MODA_CUDA_FWD_MT=2 $OBJ/attn_check "$MODE" 2>&1 | tee -a "$OUTDIR/check_mt2.log" | grep -E "FAIL|cases"
+echo "== default kernel choice ==" 
+$OBJ/attn_check "$MODE" "$BENCH" 2>&1 | tee "$OUTDIR/check.log"
