@@ -86,9 +86,23 @@ local function to64(x)
   return y
 end
 
-local function compare(got, want, tol, c)
+-- With L = 0 and S = 1 every query sees exactly one key: its softmax is the constant 1, so dq and
+-- dk are exactly zero and both implementations return rounding noise, which a relative error
+-- cannot judge. There they must be small against the size of their terms, scale * d * |dO||v||k|.
+local function single_key_grad_ok(got, c, x, tol)
+  local bound = tol * c.d / math.sqrt(c.d) * x.dout:abs():max() * x.v:abs():max() * x.k:abs():max()
+  for _, name in ipairs({ "dq", "dk" }) do
+    local m = got[name]:to("float64"):abs():max()
+    assert(m <= bound, string.format("%s: %s must be ~0 with one key per query, max |%s| = %.3g > %.3g",
+                                     describe_case(c), name, name, m, bound))
+  end
+end
+
+local function compare(got, want, tol, c, x)
+  local single_key = c.L == 0 and c.S == 1 and x ~= nil
+  if single_key then single_key_grad_ok(got, c, x, tol) end
   for _, name in ipairs({ "o", "lse", "dq", "dk", "dv", "dkd", "dvd" }) do
-    if want[name] then
+    if want[name] and not (single_key and (name == "dq" or name == "dk")) then
       -- lse is float32 in both: its own tolerance is float32 rounding
       assert_close(got[name], want[name], name == "lse" and math.max(tol, 1e-6) or tol,
                    describe_case(c) .. ": " .. name, name == "lse" and lse_errors or nil)
@@ -223,7 +237,7 @@ describe("fast attention against the reference", function()
     local fast = run(x, c, "fast")
     -- the oracle is the float64 reference fed the same (possibly float32-rounded) inputs
     local ref = run(to64(x), c, "reference")
-    compare(fast, ref, dtype == "float64" and 1e-10 or 1e-5, c)
+    compare(fast, ref, dtype == "float64" and 1e-10 or 1e-5, c, x)
   end
 
   local fixed = {

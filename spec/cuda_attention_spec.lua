@@ -136,7 +136,15 @@ local function run_case(c)
     errs.repro = 0
     for i, name in ipairs({ "dq", "dk", "dv", "dkd", "dvd" }) do
       if r[i] ~= nil then
-        errs[name] = rel_err(g[i], r[i])
+        if S == 1 and L == 0 and (name == "dq" or name == "dk") then
+          -- one key per query: the softmax is the constant 1, dq and dk are exactly zero and any
+          -- value is rounding noise; judge it against the size of its terms, scale*d*|dO||v||k|
+          local g64 = g[i]:to("cpu"):to("float64")
+          local terms = math.sqrt(d) * dout64:absmax() * v64:absmax() * k64:absmax()
+          errs[name] = g64:count_nan() > 0 and math.huge or g64:absmax() / terms
+        else
+          errs[name] = rel_err(g[i], r[i])
+        end
         if not g[i]:to("cpu"):equal(g2[i]:to("cpu")) then errs.repro = math.huge end  -- bits differ
       end
     end
