@@ -116,4 +116,59 @@ template <> struct MmaOp<__half> {
   }
 };
 
+// ---- sm_90a warpgroup MMA (wgmma) support; the MMA wrappers themselves are in wgmma_ops.cuh ----
+// 128-byte-swizzled tile layout (CUTLASS's Swizzle<3,4,3>, the layout wgmma descriptors with
+// swizzle mode 1 read): a [rows x D] tile of 2-byte elements is stored as D/64 "atom columns",
+// each [rows][64 elements] with 128-byte rows; 16-byte chunk j of row r sits at chunk j ^ (r % 8).
+// The tile base must be 1024-byte aligned (the swizzle is applied to address bits 4-6 ^ 7-9).
+// Returns the byte offset of element (r, c).
+__device__ __forceinline__ uint32_t sw128_offset(int r, int c, int rows) {
+  return (uint32_t)((c >> 6) * rows * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4) + (c & 7) * 2);
+}
+// Shared-memory matrix descriptor (PTX ISA "matrix descriptor format"): bits 0-13 start address
+// >> 4, 16-29 leading-dimension byte offset >> 4, 32-45 stride-dimension byte offset >> 4,
+// 49-51 base offset (0: atoms 1024-byte aligned), 62-63 swizzle mode (1 = 128 B).
+// K-major operand (k contiguous; Q, K): lbo unused (16), sbo = 1024 (8 rows of 128 B); the k16
+// step s of an atom starts at +32*s bytes. MN-major operand (n contiguous; V): lbo = byte distance
+// between atom columns (64 n-elements each), sbo = 1024 (8 k-rows of 128 B).
+__device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_addr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((smem_addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |
+         ((uint64_t)((sbo >> 4) & 0x3FFF) << 32) | (1ull << 62);
+}
+// wgmma.fence: orders this thread's register/smem accesses before the next wgmma (needed before
+// the first wgmma and whenever the accumulators were touched by ordinary instructions).
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// Pins accumulator registers at this point of the program: the compiler sees wgmma's asm write
+// them at issue, while the hardware writes them until wgmma_wait; no copy or reuse of them may
+// be scheduled in between (CUTLASS's warpgroup_fence_operand does the same).
+template <int N>
+__device__ __forceinline__ void wgmma_fence_operand(float (&d)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(d[i][j])::"memory");
+}
+// Makes this thread's generic-proxy shared-memory writes (st.shared, cp.async) visible to the
+// async proxy that wgmma reads operands through; then a barrier publishes them to the warpgroup.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
 }  // namespace moda_cuda

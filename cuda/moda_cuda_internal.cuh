@@ -50,6 +50,10 @@ int fwd_mma_launch(const moda_attn_params *p, cudaStream_t stream);
 // Overrides MODA_CUDA_FWD_FLAGS (attn_fwd_mma.cu's bits) for later launches; -1 re-reads the
 // environment. For tests and A/B timing in one process (attn_check depthbench); not thread-safe.
 void fwd_set_flags(int flags);
+// wgmma forward (attn_fwd_wgmma.cu, sm_90a): taken by fwd_mma_launch where supported.
+bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags);
+const char *fwd_wgmma_name(const moda_attn_params *p);
+int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags);
 int fwd_simt_launch(const moda_attn_params *p, cudaStream_t stream);
 int bwd_simt_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace);
 // Tensor-core backward (attn_bwd_mma.cu): bf16/fp16, d = 64/128, aligned rows; deterministic.

@@ -4,6 +4,10 @@
 #        cuda/run_checks.sh depthring   (the forward's depth ring vs the single-buffered depth
 #        phase, MODA_CUDA_FWD_FLAGS bit 3: checker grids both ways, compute-sanitizer on the ring,
 #        A/B timing table last; ~3-4 minutes on an H100)
+#        cuda/run_checks.sh wgmma [diag] [sanitize]   (the sm_90a wgmma helpers alone:
+#        cuda/tests/wgmma_check.cu, S = Q K^T and O = P V descriptors vs a float64 reference;
+#        diag: also run the alternative (lbo, sbo) encodings on passing cases; sanitize: then
+#        again under compute-sanitizer memcheck; exit status = the checker's; < 1 minute)
 # Writes logs under $OUT (device tool) or /tmp/moda_out.
 set -u
 MODE=${1:-quick}; BENCH=${2:-}; SAN=${3:-}
@@ -12,6 +16,19 @@ OBJ=/tmp/moda_check_obj; mkdir -p $OBJ
 ARCH=${CHECK_ARCH:--gencode arch=compute_90a,code=sm_90a}
 FLAGS="-O3 -std=c++17 -Xcompiler -fPIC -I c -I cuda $ARCH --expt-relaxed-constexpr -lineinfo"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+if [ "$MODE" = wgmma ]; then
+  WG_DIAG=; WG_SAN=
+  for a in $BENCH $SAN; do [ "$a" = diag ] && WG_DIAG=diag; [ "$a" = sanitize ] && WG_SAN=1; done
+  nvcc -O2 -std=c++17 -I cuda $ARCH -lineinfo -Xptxas -v cuda/tests/wgmma_check.cu -o $OBJ/wgmma_check \
+      > $OBJ/wgmma_check.build.log 2>&1 || { cat $OBJ/wgmma_check.build.log; exit 1; }
+  grep -iE "warning|Performance Loss|spill" $OBJ/wgmma_check.build.log | sort -u | tee "$OUTDIR/wgmma_ptxas.txt"
+  $OBJ/wgmma_check $WG_DIAG 2>&1 | tee "$OUTDIR/wgmma_check.log"; rc=${PIPESTATUS[0]}
+  if [ -n "$WG_SAN" ]; then
+    timeout 300 compute-sanitizer --tool memcheck $OBJ/wgmma_check > "$OUTDIR/wgmma_memcheck.log" 2>&1
+    echo "memcheck rc=$?: $(grep -E '^wgmma_check:' "$OUTDIR/wgmma_memcheck.log" | tail -1) | $(grep 'ERROR SUMMARY' "$OUTDIR/wgmma_memcheck.log" | tail -1)"
+  fi
+  exit $rc
+fi
 pids=()
 for f in cuda/*.cu cuda/tests/attn_check.cu; do
   nvcc $FLAGS -Xptxas -v -c "$f" -o $OBJ/$(basename "$f" .cu).o > $OBJ/$(basename "$f" .cu).log 2>&1 &

@@ -357,14 +357,18 @@ static double time_fwd_flags(const moda_attn_params &p, int flags, int reps) {
   std::sort(ts.begin(), ts.end());
   return ts[ts.size() / 2];
 }
-static void depth_bench() {
+// A/B forward timing in one process: flags `a` vs flags `b` (MODA_CUDA_FWD_FLAGS bits) on the
+// paper and model shapes. depthbench: the single-buffered depth phase (bit 3) vs the ring;
+// wgmmabench: the mma.sync kernel (bit 4) vs the wgmma kernel (run with MODA_CUDA_WGMMA=1).
+static void ab_bench(int a, int b, const char *a_name, const char *b_name) {
   const BenchShape shapes[] = {
       {"paper T=4096", 1, 4096, 8, 8, 64, 1},       {"paper T=16384", 1, 16384, 8, 8, 64, 1},
       {"paper T=16384 L=0", 1, 16384, 8, 8, 0, 1},  {"DeiT-Tiny L=22", 256, 197, 1, 4, 22, 0},
-      {"DeiT-Tiny-64 L=126", 256, 197, 1, 4, 126, 0}, {"LM-64 L=126", 8, 2048, 2, 4, 126, 1}};
-  const int OLD = 1 | 8, NEW = 1;  // bit 0 (depth evict_first, the default) both; bit 3: single-buffered depth
+      {"DeiT-Tiny-64 L=126", 256, 197, 1, 4, 126, 0}, {"LM-64 L=126", 8, 2048, 2, 4, 126, 1},
+      {"paper T=65536", 1, 65536, 8, 8, 64, 1}};
+  const int OLD = a, NEW = b;
   const int d = 64, rounds = 3;
-  struct Row { std::string label, kernel; double old_ms, new_ms, floor_ms; };
+  struct Row { std::string label, kernel_a, kernel_b; double old_ms, new_ms, floor_ms; };
   std::vector<Row> rows;
   for (const BenchShape &sh : shapes) {
     const int B = sh.B, T = sh.T, Hk = sh.Hk, G = sh.G, L = sh.L, Hq = Hk * G;
@@ -391,19 +395,24 @@ static void depth_bench() {
     }
     // bytes every forward must move (q, k, v, kd, vd read, o written) at 3.0 TB/s
     double bytes = 2.0 * (2.0 * nq + 2.0 * nk + 2.0 * nd);
-    rows.push_back({sh.label, moda_attn_fwd_cuda_kernel_name(&p), t_old, t_new, bytes / 3.0e12 * 1e3});
-    printf("bench %-20s %-15s single-buffered %8.3f ms  ring %8.3f ms\n", sh.label, rows.back().kernel.c_str(), t_old, t_new);
+    moda_cuda::fwd_set_flags(OLD);
+    std::string ka = moda_attn_fwd_cuda_kernel_name(&p);
+    moda_cuda::fwd_set_flags(NEW);
+    std::string kb = moda_attn_fwd_cuda_kernel_name(&p);
+    rows.push_back({sh.label, ka, kb, t_old, t_new, bytes / 3.0e12 * 1e3});
+    printf("bench %-20s %s %-15s %8.3f ms  %s %-15s %8.3f ms\n", sh.label, a_name, ka.c_str(), t_old, b_name, kb.c_str(), t_new);
     fflush(stdout);
     for (void *x : {q, k, v, kd, vd, o}) cudaFree(x);
     cudaFree(lse);
   }
   moda_cuda::fwd_set_flags(-1);
   printf("\nforward, bf16, d=64, ms (best of %d interleaved 10-run medians); floor = compulsory bytes at 3.0 TB/s\n", rounds);
-  printf("| %-20s | %-15s | %9s | %9s | %8s | %8s |\n", "shape", "kernel", "old (bit3)", "ring", "old/ring", "floor");
-  printf("|%s|%s|%s|%s|%s|%s|\n", "----------------------", "-----------------", "------------", "-----------", "----------", "----------");
+  printf("| %-20s | %-15s | %-15s | %10s | %10s | %8s | %8s |\n", "shape", a_name, b_name, "ms", "ms", "ratio", "floor");
+  printf("|%s|%s|%s|%s|%s|%s|%s|\n", "----------------------", "-----------------", "-----------------", "------------",
+         "------------", "----------", "----------");
   for (const Row &r : rows)
-    printf("| %-20s | %-15s | %10.3f | %9.3f | %8.2f | %8.3f |\n", r.label.c_str(), r.kernel.c_str(), r.old_ms, r.new_ms,
-           r.old_ms / r.new_ms, r.floor_ms);
+    printf("| %-20s | %-15s | %-15s | %10.3f | %10.3f | %8.2f | %8.3f |\n", r.label.c_str(), r.kernel_a.c_str(),
+           r.kernel_b.c_str(), r.old_ms, r.new_ms, r.old_ms / r.new_ms, r.floor_ms);
 }
 
 int main(int argc, char **argv) {
@@ -413,7 +422,8 @@ int main(int argc, char **argv) {
   char name[256]; int cc = 0;
   if (moda_cuda_device_info(name, sizeof name, &cc)) { fprintf(stderr, "%s\n", moda_last_error()); return 2; }
   printf("device: %s (sm_%d)\n", name, cc);
-  if (argc > 1 && !strcmp(argv[1], "depthbench")) { depth_bench(); return 0; }
+  if (argc > 1 && !strcmp(argv[1], "depthbench")) { ab_bench(1 | 8, 1, "single-buf", "ring"); return 0; }
+  if (argc > 1 && !strcmp(argv[1], "wgmmabench")) { ab_bench(1 | 16, 1, "mma.sync", "wgmma"); return 0; }
   std::vector<Case> cases;
   int dts[3] = {MODA_BF16, MODA_F16, MODA_F32};
   // name: B T S Hk G L d causal chunk dtype bwd

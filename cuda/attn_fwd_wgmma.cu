@@ -1,0 +1,335 @@
+// attn_fwd_wgmma.cu: MoDA forward for Hopper (sm_90a): the sequence phase on wgmma.
+//
+// Why: the mma.sync forward (attn_fwd_mma.cu) runs its sequence phase at ~195 TF/s on an H100,
+// against ~310 for FA2 and ~800 for the card's bf16 rate; mma.sync must feed every B fragment
+// through registers (ldmatrix), wgmma reads B straight from shared memory and runs asynchronously.
+//
+// Layout (SPEC section 4, as in attn_fwd_mma.cu): packed rows R = t*G + i for one (batch, KV
+// head). CTA = two warpgroups (8 warps) = BM = 128 packed rows; warp w owns rows 16w..16w+15
+// (warpgroup w/4 owns 64, in the order wgmma's m64 expects).
+// 1. Depth phase (L > 0): FwdDepthRing (attn_fwd_common.cuh), the same per-warp transposed
+//    mma.sync code as the sm_80 kernel; it seeds each row's (O, m, l) in the mma C layout, which
+//    is also the layout of a wgmma m64nN accumulator for the warp's 16 rows.
+// 2. Sequence phase: K/V blocks of BN = 128 keys double-buffered by cp.async into 128-byte-
+//    swizzled tiles (the layout wgmma descriptors read); per block
+//        S = Q K^T    wgmma m64n128k16, A = Q fragments in registers (loaded once), B = K tile
+//        online softmax on the S accumulators (exp2, scale folded into one FFMA)
+//        O += P V     wgmma m64nDk16, A = P (the S accumulators packed to 16-bit: the C layout
+//                     of a k16 column pair is the A layout), B = V tile read MN-major (trans-b)
+//    Each warpgroup waits for its own wgmma groups (no intra-warpgroup overlap yet); the two
+//    warpgroups of a CTA interleave on the SM's tensor cores.
+// Only the sm_90a pass of nvcc compiles the body; fwd_wgmma_supported() keeps other devices away.
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "attn_fwd_common.cuh"
+#include "wgmma_ops.cuh"
+
+namespace moda_cuda {
+
+template <int D>
+struct WgmmaFwdConfig {
+  static constexpr int NWARPS = 8;              // two warpgroups
+  static constexpr int BM = 16 * NWARPS;        // 128 packed rows per CTA
+  static constexpr int BN = 128;                // keys per sequence block (wgmma n of S = Q K^T)
+  static constexpr int LDS = D + 8;             // Q tile row stride in elements (padded, for ldmatrix)
+  static constexpr int Q_BYTES = BM * LDS * 2;
+  static constexpr int TILE_BYTES = BN * D * 2; // one swizzled K or V block
+  static constexpr int KV_BYTES = 2 /*stages*/ * 2 /*K,V*/ * TILE_BYTES;
+  static constexpr int RST = D > 64 ? 2 : 3;    // depth ring stages per warp
+  static constexpr int RSD = D + 4;             // depth scratch row stride in floats
+  static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2, SCRATCH_WARP_BYTES = (8 * RSD + 16) * 4;
+  static constexpr int RING_BYTES = NWARPS * (RING_WARP_BYTES + SCRATCH_WARP_BYTES);
+  static constexpr int UNION_BYTES = KV_BYTES > RING_BYTES ? KV_BYTES : RING_BYTES;
+  // + 1024: the dynamic smem base is rounded up to 1024 bytes in the kernel (swizzle atoms)
+  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + UNION_BYTES;
+  static constexpr int SMEM_BYTES_NODEPTH = 1024 + Q_BYTES + KV_BYTES;
+  static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "swizzled tiles stay 1024-byte aligned");
+  static_assert(SMEM_BYTES + 1024 <= 233472, "one CTA per SM on sm_90");
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(WgmmaFwdConfig<D>::NWARPS * 32, 1)
+fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Cfg = WgmmaFwdConfig<D>;
+  using Mma = MmaOp<T>;
+  constexpr int NWARPS = Cfg::NWARPS, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS;
+  constexpr int NTHREADS = NWARPS * 32;
+  constexpr int KSTEPS = D / 16;  // k-steps over the head dim
+  constexpr int CH = D / 8;       // 16-byte chunks per row
+  constexpr float LOG2E = 1.4426950408889634f;
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  T *sQ = reinterpret_cast<T *>(smem);
+  unsigned char *sUnion = smem + Cfg::Q_BYTES;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int qc = lane % 4;
+  const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) causal tiles first
+  const int64_t g = blockIdx.y, b = blockIdx.z;
+  const int64_t G = p.G, T_ = p.T, S = p.S, L = p.L;
+  const int64_t TG = T_ * G;
+  const int64_t R0 = tile * BM;        // first packed row of this CTA
+  const int64_t Rw = R0 + warp * 16;   // first packed row of this warp
+  const float scale_log2 = (float)p.scale * LOG2E;
+  const bool causal = p.causal != 0;
+
+  const T *q = static_cast<const T *>(p.q);
+  const T *k = static_cast<const T *>(p.k);
+  const T *v = static_cast<const T *>(p.v);
+
+  // ---- Q tile -> smem (rows past T*G are zero) ----
+  load_rows_async<D, LDS>(sQ, BM, tid, NTHREADS, [&](int r) -> const T * {
+    int64_t R = R0 + r;
+    if (R >= TG) return nullptr;
+    int64_t t = R / G, h = g * G + R % G;
+    return q + b * p.q_stride[0] + t * p.q_stride[1] + h * p.q_stride[2];
+  });
+  cp_async_commit();
+
+  using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
+  static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES &&
+                Ring::WARP_SCRATCH_FLOATS * 4 == Cfg::SCRATCH_WARP_BYTES, "ring layout");
+  Ring ring;
+  if (L > 0) {
+    ring.init(p, flags, reinterpret_cast<T *>(sUnion) + warp * Ring::WARP_RING_ELEMS, Rw, b, g, lane);
+    ring.prologue(p);
+    cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+
+  // Row state of this lane's rows Rw + lane/4 + 8*half (log2 units), the mma/wgmma C layout.
+  float row_m[2], row_l[2];  // row_l: partial over this lane's columns (quad-reduced at the end)
+  float acc_o[1][D / 8][4];
+  row_m[0] = row_m[1] = -INFINITY;
+  row_l[0] = row_l[1] = 0.f;
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
+
+  // ================= phase 1: depth rows (attn_fwd_common.cuh) =================
+  if (L > 0) {
+    float *scr = reinterpret_cast<float *>(sUnion + NWARPS * Ring::WARP_RING_ELEMS * 2) + warp * Ring::WARP_SCRATCH_FLOATS;
+    ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
+    __syncthreads();  // every warp is done with the ring and scratch before K/V reuse them
+  }
+
+  // ================= phase 2: sequence keys on wgmma =================
+  auto sK = [&](int stage) { return sUnion + stage * 2 * Cfg::TILE_BYTES; };
+  auto sV = [&](int stage) { return sUnion + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
+
+  const int64_t t_first_cta = R0 / G;
+  const int64_t t_last_cta = (R0 + BM - 1 < TG ? R0 + BM - 1 : TG - 1) / G;
+  int64_t kv_end = S;
+  if (causal) { int64_t e = S - T_ + t_last_cta + 1; kv_end = e < S ? e : S; }
+  if (kv_end < 0) kv_end = 0;
+  const int n_blocks = (int)((kv_end + BN - 1) / BN);
+  // Keys below this need no mask for any row of the CTA.
+  const int unmasked_end = (int)(causal ? (S - T_ + t_first_cta + 1 < S ? S - T_ + t_first_cta + 1 : S) : S);
+
+  // Last visible key of this lane's two rows.
+  int row_lim[2];  // key indices fit in int: fwd_wgmma_supported requires S < 2^31
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    int64_t R = Rw + lane / 4 + r * 8;
+    int64_t t = (R < TG ? R : TG - 1) / G;
+    row_lim[r] = (int)(causal ? (S - T_ + t < S - 1 ? S - T_ + t : S - 1) : S - 1);
+  }
+
+  const bool kv_hint = (flags & FWD_KV_EVICT_LAST) != 0;
+  const uint64_t kv_pol = kv_hint ? l2_policy_evict_last() : 0;
+  // One K/V block into the swizzled tiles of `stage`; rows past S are zeroed (P is 0 there, but
+  // 0 * stale NaN would not be).
+  auto load_kv = [&](int blk, int stage) {
+    const int64_t j0 = (int64_t)blk * BN;
+    unsigned char *dk = sK(stage), *dv = sV(stage);
+    for (int i = tid; i < BN * CH; i += NTHREADS) {
+      const int r = i / CH, c = i % CH;
+      const int64_t j = j0 + r;
+      const uint32_t off = sw128_offset(r, c * 8, BN);
+      if (j < S) {
+        const T *gk = k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] + c * 8;
+        const T *gv = v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] + c * 8;
+        if (kv_hint) { cp_async_16_hint(dk + off, gk, kv_pol); cp_async_16_hint(dv + off, gv, kv_pol); }
+        else { cp_async_16(dk + off, gk); cp_async_16(dv + off, gv); }
+      } else {
+        *reinterpret_cast<uint4 *>(dk + off) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4 *>(dv + off) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    cp_async_commit();
+  };
+
+  if (n_blocks > 0) {
+    // Q fragments (A operand) of this warp's 16 rows, all k-steps: loaded once.
+    uint32_t q_a[KSTEPS][4];
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      ldmatrix_x4(q_a[ks], sQ + (warp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+
+    load_kv(0, 0);
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int stage = blk & 1;
+      if (blk + 1 < n_blocks) { load_kv(blk + 1, stage ^ 1); cp_async_wait<1>(); }
+      else cp_async_wait<0>();
+      fence_proxy_async_smem();  // this thread's cp.async / zero stores -> visible to wgmma
+      __syncthreads();
+
+      const uint32_t k_base = smem_u32(sK(stage)), v_base = smem_u32(sV(stage));
+      // S = Q K^T (raw q.k; the scale is folded into the exp2 argument)
+      float s[BN / 8][4];
+      wgmma_fence_operand(s);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) {
+        // K-major B: atom column ks/4, k16 step ks%4 of it starts 32 bytes further
+        const uint64_t desc = wgmma_desc_sw128(k_base + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024);
+        WgmmaRS<T, BN, 0>::run(s, q_a[ks], desc, ks > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operand(s);
+
+      const int j0 = blk * BN;
+      const bool need_mask = j0 + BN > unmasked_end;
+      float blk_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1;
+          float x = s[nt][e];
+          if (need_mask) {
+            const int j = j0 + nt * 8 + 2 * qc + (e & 1);
+            if (j > row_lim[r]) x = -INFINITY;
+          }
+          s[nt][e] = x;
+          blk_max[r] = fmaxf(blk_max[r], x);
+        }
+      float m_use[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        // scale > 0, so max(raw) * scale = max(scaled); -inf stays -inf
+        const float m_new = fmaxf(row_m[r], warp_quad_max(blk_max[r]) * scale_log2);
+        m_use[r] = m_new == -INFINITY ? 0.f : m_new;
+        const float corr = exp2f(row_m[r] - m_use[r]);
+        row_m[r] = m_new;
+        row_l[r] *= corr;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) { acc_o[0][j][2 * r] *= corr; acc_o[0][j][2 * r + 1] *= corr; }
+      }
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1;
+          const float pe = exp2f(fmaf(s[nt][e], scale_log2, -m_use[r]));
+          s[nt][e] = pe;
+          row_l[r] += pe;
+        }
+      // O += P V: the S accumulators of key columns 16ks..16ks+15 are the A fragment of k-step ks
+      uint32_t pa[BN / 16][4];
+#pragma unroll
+      for (int ks = 0; ks < BN / 16; ++ks) {
+        pa[ks][0] = Mma::pack(s[2 * ks][0], s[2 * ks][1]);
+        pa[ks][1] = Mma::pack(s[2 * ks][2], s[2 * ks][3]);
+        pa[ks][2] = Mma::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+        pa[ks][3] = Mma::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+      }
+      wgmma_fence_operand(acc_o[0]);
+      wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
+#pragma unroll
+      for (int ks = 0; ks < BN / 16; ++ks) {
+        // MN-major B (V [keys][D]): 16 keys = 2048 bytes further per k-step; atom columns BN*128 apart
+        const uint64_t desc = wgmma_desc_sw128(v_base + ks * 16 * 128, BN * 128, 1024);
+        WgmmaRS<T, D, 1>::run(acc_o[0], pa[ks], desc, 1);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operand(acc_o[0]);
+      __syncthreads();  // this stage is free for the load two blocks ahead
+    }
+  }
+
+  // ---- epilogue: normalise, write O and lse ----
+  T *o = static_cast<T *>(p.o);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float l = warp_quad_sum(row_l[r]);
+    const int64_t R = Rw + lane / 4 + r * 8;
+    if (R >= TG) continue;
+    const int64_t t = R / G, h = g * G + R % G;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    T *orow = o + b * p.o_stride[0] + t * p.o_stride[1] + h * p.o_stride[2];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      const uint32_t packed = Mma::pack(acc_o[0][j][2 * r] * inv, acc_o[0][j][2 * r + 1] * inv);
+      *reinterpret_cast<uint32_t *>(orow + j * 8 + 2 * qc) = packed;
+    }
+    if (qc == 0) {
+      const float lse = l > 0.f ? row_m[r] * 0.6931471805599453f + logf(l) : -INFINITY;
+      p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]] = lse;
+    }
+  }
+#endif
+}
+
+// ---- host side ----
+
+// Experimental until it has passed the checker and the spec on an H100 (written in a session
+// without device time): MODA_CUDA_WGMMA=1 turns it on where the shape rule below picks it, =2
+// for every shape it can run (tests), 0 or unset: off. The forward flags' bit 4 (FWD_NO_WGMMA)
+// turns it off for A/B timing.
+static int wgmma_mode() {
+  static int mode = -1;
+  if (mode < 0) {
+    const char *e = getenv("MODA_CUDA_WGMMA");
+    mode = e && (e[0] == '1' || e[0] == '2') ? e[0] - '0' : 0;
+  }
+  return mode;
+}
+
+bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
+  const int mode = wgmma_mode();
+  if (cc != 90 || mode == 0 || (flags & FWD_NO_WGMMA)) return false;
+  if (!fwd_mma_supported(p, cc)) return false;  // same dtype, dim, alignment and size rules
+  if (mode == 2) return true;
+  // where the sequence part dominates; depth-heavy shapes keep the mma.sync kernel's 12 warps/SM
+  const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
+  return seq_keys >= 1024 && seq_keys >= 16 * p->L;
+}
+
+const char *fwd_wgmma_name(const moda_attn_params *p) { return p->d == 128 ? "wgmma_d128" : "wgmma_d64"; }
+
+template <typename T, int D>
+static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, int flags) {
+  using Cfg = WgmmaFwdConfig<D>;
+  static bool attr_set = false;  // per instantiation
+  if (!attr_set) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         Cfg::SMEM_BYTES),
+                    "cudaFuncSetAttribute(fwd_wgmma)");
+    attr_set = true;
+  }
+  const int smem = p->L > 0 ? Cfg::SMEM_BYTES : Cfg::SMEM_BYTES_NODEPTH;
+  const int64_t tiles = (p->T * p->G + Cfg::BM - 1) / Cfg::BM;
+  if (tiles <= 0) return MODA_OK;
+  if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
+  dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
+  fwd_wgmma_kernel<T, D><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
+  MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_kernel");
+  return MODA_OK;
+}
+
+int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) {
+  if (p->dtype == MODA_BF16)
+    return p->d == 128 ? launch_fwd_wgmma_t<__nv_bfloat16, 128>(p, stream, flags)
+                       : launch_fwd_wgmma_t<__nv_bfloat16, 64>(p, stream, flags);
+  return p->d == 128 ? launch_fwd_wgmma_t<__half, 128>(p, stream, flags)
+                     : launch_fwd_wgmma_t<__half, 64>(p, stream, flags);
+}
+
+}  // namespace moda_cuda
