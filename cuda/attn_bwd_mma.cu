@@ -41,6 +41,7 @@
 
 #include "moda_cuda_internal.cuh"
 #include "mma_helpers.cuh"
+#include "wgmma_ops.cuh"
 
 namespace moda_cuda {
 namespace {
@@ -395,6 +396,212 @@ bwd_dkv_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *
   }
 }
 
+// ---------------- 2'. sm_90a: dK, dV (sequence keys) on wgmma ----------------
+// Kernel 2 for Hopper, d = 64: the CTA's BN = 64 keys are one warpgroup's m64 (warp w: keys
+// 16w..16w+15, the same per-warp rows and accumulator layout as bwd_dkv_mma_kernel), each step
+// takes BQ = 64 packed query rows, whose Q and dO rows land in 128-byte-swizzled tiles that the
+// wgmmas read by descriptor both ways:
+//     S^T  = K Q^T      m64n64k16, A = K fragments (registers, loaded once), B = Q tile K-major
+//     dP^T = V dO^T     m64n64k16, A = V fragments, B = dO tile K-major
+//     P^T, dS^T on the accumulators (as kernel 2)
+//     dV  += P^T dO     m64n64k16, A = P^T packed from the S^T accumulators, B = dO tile MN-major
+//     dK  += dS^T Q     m64n64k16, A = dS^T, B = Q tile MN-major
+// Experimental (written without device time; MODA_CUDA_WGMMA=1|2 enables it, as the forward).
+// d = 128 stays on mma.sync: its K/V fragments (64 registers) do not fit beside the accumulators.
+template <typename T>
+__global__ void __launch_bounds__(128, 2)
+bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int D = 64, BN = 64, BQ = 64, LDS = D + 8, NTHREADS = 128;
+  constexpr int KSTEPS = D / 16, NT = BQ / 8, CH = D / 8;
+  constexpr int TILE = BQ * D * 2;  // bytes of one swizzled Q or dO tile
+  using Mma = MmaOp<T>;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  auto sQ = [&](int stage) { return smem + stage * 2 * TILE; };
+  auto sdO = [&](int stage) { return smem + stage * 2 * TILE + TILE; };
+  T *sK = reinterpret_cast<T *>(smem + 4 * TILE);
+  T *sV = sK + BN * LDS;
+  float *sStat = reinterpret_cast<float *>(sV + BN * LDS);  // stage s: lse2 at s*2*BQ, delta after
+  auto sLse = [&](int stage) { return sStat + stage * 2 * BQ; };
+  auto sDelta = [&](int stage) { return sStat + stage * 2 * BQ + BQ; };
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int qr = lane / 4, qc = lane % 4;
+  const int64_t kblk = blockIdx.x / p.Hk, g = blockIdx.x % p.Hk, b = blockIdx.z;  // key-block-major, as kernel 2
+  const int64_t G = p.G, T_ = p.T, S = p.S, TG = T_ * G;
+  const int64_t i0 = kblk * BN;
+  const bool causal = p.causal != 0;
+  const float scale_log2 = (float)p.scale * kLog2e;
+
+  const T *kg = static_cast<const T *>(p.k);
+  const T *vg = static_cast<const T *>(p.v);
+  bwd_load_rows<D, LDS>(sK, BN, tid, NTHREADS, [&](int r) -> const T * {
+    const int64_t i = i0 + r;
+    return i < S ? kg + b * p.k_stride[0] + i * p.k_stride[1] + g * p.k_stride[2] : nullptr;
+  });
+  bwd_load_rows<D, LDS>(sV, BN, tid, NTHREADS, [&](int r) -> const T * {
+    const int64_t i = i0 + r;
+    return i < S ? vg + b * p.v_stride[0] + i * p.v_stride[1] + g * p.v_stride[2] : nullptr;
+  });
+  cp_async_commit();
+
+  // Packed query rows [R_begin, R_end) that can see some key of this block.
+  int64_t t_lo = causal ? i0 - (S - T_) : 0;
+  if (t_lo < 0) t_lo = 0;
+  const int64_t R_begin = t_lo * G, R_end = TG;
+  const int n_qblk = R_end > R_begin ? (int)((R_end - R_begin + BQ - 1) / BQ) : 0;
+
+  const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * TG;
+  const float *delta_bg = ws_delta + (b * p.Hk + g) * TG;
+  const T *q = static_cast<const T *>(p.q);
+  const T *dout = static_cast<const T *>(p.dout);
+  auto load_q_block = [&](int blk, int stage) {
+    const int64_t Rq = R_begin + (int64_t)blk * BQ;
+    unsigned char *dq_ = sQ(stage), *ddo = sdO(stage);
+    for (int i = tid; i < BQ * CH; i += NTHREADS) {
+      const int r = i / CH, c = i % CH;
+      const int64_t R = Rq + r;
+      const uint32_t off = sw128_offset(r, c * 8, BQ);
+      if (R < R_end) {
+        const int64_t t = R / G, h = g * G + R % G;
+        cp_async_16(dq_ + off, q + b * p.q_stride[0] + t * p.q_stride[1] + h * p.q_stride[2] + c * 8);
+        cp_async_16(ddo + off, dout + b * p.dout_stride[0] + t * p.dout_stride[1] + h * p.dout_stride[2] + c * 8);
+      } else {
+        *reinterpret_cast<uint4 *>(dq_ + off) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4 *>(ddo + off) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    // Rows outside the range get lse2 = +inf: P = 0 there with no further mask.
+    for (int r = tid; r < BQ; r += NTHREADS) {
+      const int64_t R = Rq + r;
+      if (R < R_end) {
+        cp_async_4(sLse(stage) + r, lse2_bg + R);
+        cp_async_4(sDelta(stage) + r, delta_bg + R);
+      } else {
+        sLse(stage)[r] = INFINITY;
+        sDelta(stage)[r] = 0.f;
+      }
+    }
+    cp_async_commit();
+  };
+
+  int64_t key_pos[2];
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) key_pos[h2] = i0 + warp * 16 + qr + 8 * h2;
+
+  float acc_dk[D / 8][4], acc_dv[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_dk[j][e] = acc_dv[j][e] = 0.f;
+
+  uint32_t k_a[KSTEPS][4], v_a[KSTEPS][4];
+  const T *sKw = sK + warp * 16 * LDS, *sVw = sV + warp * 16 * LDS;
+
+  if (n_qblk > 0) load_q_block(0, 0);
+  for (int blk = 0; blk < n_qblk; ++blk) {
+    const int stage = blk & 1;
+    if (blk + 1 < n_qblk) { load_q_block(blk + 1, stage ^ 1); cp_async_wait<1>(); }
+    else cp_async_wait<0>();
+    fence_proxy_async_smem();  // this thread's cp.async / zero stores -> visible to wgmma
+    __syncthreads();
+    if (blk == 0) {
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) {
+        ldmatrix_x4(k_a[ks], sKw + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
+        ldmatrix_x4(v_a[ks], sVw + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
+      }
+    }
+    const int64_t Rq = R_begin + (int64_t)blk * BQ;
+    const uint32_t q_base = smem_u32(sQ(stage)), do_base = smem_u32(sdO(stage));
+    const float *lse_s = sLse(stage), *delta_s = sDelta(stage);
+
+    // S^T = K_w Q^T and dP^T = V_w dO^T: the warpgroup's 64 keys x BQ queries.
+    float s[NT][4], dp[NT][4];
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      WgmmaRS<T, BQ, 0>::run(s, k_a[ks], wgmma_desc_sw128(q_base + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      WgmmaRS<T, BQ, 0>::run(dp, v_a[ks], wgmma_desc_sw128(do_base + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+
+    // P^T and dS^T (in place), as kernel 2.
+    const bool need_mask = causal && S - T_ + Rq / G < i0 + BN - 1;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const float2 l2 = *reinterpret_cast<const float2 *>(lse_s + nt * 8 + 2 * qc);
+      const float2 dl = *reinterpret_cast<const float2 *>(delta_s + nt * 8 + 2 * qc);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = nt * 8 + 2 * qc + (e & 1);
+        bool vis = true;
+        if (need_mask) vis = key_pos[e >> 1] <= S - T_ + (Rq + col) / G;
+        const float pe = vis ? exp2f(s[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
+        s[nt][e] = pe;
+        dp[nt][e] = pe * (dp[nt][e] - ((e & 1) ? dl.y : dl.x));
+      }
+    }
+
+    // dV += P^T dO, dK += dS^T Q: A from the accumulators, B = the dO / Q tiles read MN-major.
+    uint32_t pa[BQ / 16][4], da[BQ / 16][4];
+#pragma unroll
+    for (int kq = 0; kq < BQ / 16; ++kq) {
+      pa[kq][0] = Mma::pack(s[2 * kq][0], s[2 * kq][1]);
+      pa[kq][1] = Mma::pack(s[2 * kq][2], s[2 * kq][3]);
+      pa[kq][2] = Mma::pack(s[2 * kq + 1][0], s[2 * kq + 1][1]);
+      pa[kq][3] = Mma::pack(s[2 * kq + 1][2], s[2 * kq + 1][3]);
+      da[kq][0] = Mma::pack(dp[2 * kq][0], dp[2 * kq][1]);
+      da[kq][1] = Mma::pack(dp[2 * kq][2], dp[2 * kq][3]);
+      da[kq][2] = Mma::pack(dp[2 * kq + 1][0], dp[2 * kq + 1][1]);
+      da[kq][3] = Mma::pack(dp[2 * kq + 1][2], dp[2 * kq + 1][3]);
+    }
+    wgmma_fence_operand(acc_dv);
+    wgmma_fence_operand(acc_dk);
+    wgmma_fence();
+#pragma unroll
+    for (int kq = 0; kq < BQ / 16; ++kq)
+      WgmmaRS<T, D, 1>::run(acc_dv, pa[kq], wgmma_desc_sw128(do_base + kq * 16 * 128, BQ * 128, 1024), 1);
+#pragma unroll
+    for (int kq = 0; kq < BQ / 16; ++kq)
+      WgmmaRS<T, D, 1>::run(acc_dk, da[kq], wgmma_desc_sw128(q_base + kq * 16 * 128, BQ * 128, 1024), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operand(acc_dv);
+    wgmma_fence_operand(acc_dk);
+    __syncthreads();  // this stage is free for the load two blocks ahead
+  }
+  cp_async_wait<0>();  // (n_qblk == 0: the K/V copies must land before the CTA exits)
+
+  T *dkb = static_cast<T *>(p.dk);
+  T *dvb = static_cast<T *>(p.dv);
+  const float scale = (float)p.scale;
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    const int64_t i = key_pos[h2];
+    if (i >= S) continue;
+    T *dkr = dkb + b * p.dk_stride[0] + i * p.dk_stride[1] + g * p.dk_stride[2];
+    T *dvr = dvb + b * p.dv_stride[0] + i * p.dv_stride[1] + g * p.dv_stride[2];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      store_pair(dkr + j * 8 + 2 * qc, Mma::pack(acc_dk[j][2 * h2] * scale, acc_dk[j][2 * h2 + 1] * scale));
+      store_pair(dvr + j * 8 + 2 * qc, Mma::pack(acc_dv[j][2 * h2], acc_dv[j][2 * h2 + 1]));
+    }
+  }
+#endif
+}
+// smem of bwd_dkv_wgmma_kernel: 1024 alignment slack, 2 stages of swizzled (Q, dO) tiles, the
+// padded K/V block, 2 stages of (lse2, delta).
+constexpr int kDkvWgmmaSmem = 1024 + 4 * 64 * 64 * 2 + 2 * 64 * (64 + 8) * 2 + 2 * 2 * 64 * 4;
+
 // ---------------- 4. dQ: depth part (transposed) + sequence part ----------------
 template <typename T, int D>
 __global__ void __launch_bounds__(BwdConfig<D>::NTHREADS)
@@ -712,6 +919,12 @@ int set_smem(KernelFn kernel, int bytes, const char *what) {
 // at T=16384 (long query loops: more warps hide the per-step latency), 1 is 5% faster at T=4096.
 // Rule: 3 when a key block sees >= 32768 packed query rows on average.
 // MODA_CUDA_BWD_SEQ_MINB=1|3 forces a variant (tests, benchmarks).
+// The sm_90a sequence dK/dV kernel: on an sm_90 device, d = 64, when MODA_CUDA_WGMMA is 1 or 2
+// (experimental until verified on the device, as the wgmma forward).
+bool bwd_wgmma_selected(const moda_attn_params *p) {
+  return p->d == 64 && current_cc() == 90 && wgmma_mode() > 0;
+}
+
 int seq_minb(const moda_attn_params *p) {
   static int forced = -1;
   if (forced < 0) {
@@ -758,8 +971,19 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   if (p->B * p->S > 0) {
     dim3 grid((unsigned)(((p->S + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
     bool launched = false;
+    if constexpr (D == 64) {
+      if (bwd_wgmma_selected(p)) {
+        static bool wg_attr = false;
+        if (!wg_attr) {
+          if (int st = set_smem(bwd_dkv_wgmma_kernel<T>, kDkvWgmmaSmem, "cudaFuncSetAttribute(bwd_dkv_wgmma)")) return st;
+          wg_attr = true;
+        }
+        bwd_dkv_wgmma_kernel<T><<<grid, 128, kDkvWgmmaSmem, stream>>>(*p, ws_lse2, ws_delta);
+        launched = true;
+      }
+    }
     if constexpr (D <= 64) {
-      if (seq3) {
+      if (!launched && seq3) {
         bwd_dkv_mma_kernel<T, D, false, 3><<<grid, Cfg::NTHREADS, Cfg::dkv_smem(Cfg::BQ_SEQ3), stream>>>(*p, ws_lse2, ws_delta);
         launched = true;
       }
@@ -800,7 +1024,10 @@ bool bwd_mma_supported(const moda_attn_params *p, int cc) {
   return true;
 }
 
-const char *bwd_mma_name(const moda_attn_params *p) { return p->d == 128 ? "mma_sync_d128" : "mma_sync_d64"; }
+const char *bwd_mma_name(const moda_attn_params *p) {
+  if (bwd_wgmma_selected(p)) return "wgmma_d64";  // the sequence dK/dV kernel; the others are mma.sync
+  return p->d == 128 ? "mma_sync_d128" : "mma_sync_d64";
+}
 
 int64_t bwd_mma_workspace_floats(const moda_attn_params *p) { return 2 * p->B * p->Hq * p->T; }
 

@@ -60,7 +60,7 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
   constexpr int CH = D / 8;       // 16-byte chunks per row
   constexpr float LOG2E = 1.4426950408889634f;
 
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
   unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   T *sQ = reinterpret_cast<T *>(smem);
   unsigned char *sUnion = smem + Cfg::Q_BYTES;
@@ -283,7 +283,7 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 // without device time): MODA_CUDA_WGMMA=1 turns it on where the shape rule below picks it, =2
 // for every shape it can run (tests), 0 or unset: off. The forward flags' bit 4 (FWD_NO_WGMMA)
 // turns it off for A/B timing.
-static int wgmma_mode() {
+int wgmma_mode() {
   static int mode = -1;
   if (mode < 0) {
     const char *e = getenv("MODA_CUDA_WGMMA");

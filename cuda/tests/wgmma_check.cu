@@ -6,14 +6,16 @@
 //   use 2, O += P V: B = V, V stored [keys][D] swizzled (MN-major B, TRANS_B = 1); k16 step ks
 //          starts at tile + ks*16*128, lbo = keys*128 (atom-column distance), sbo = 1024.
 // One warpgroup (128 threads) per launch; A fragments built by hand from a plain row-major smem
-// copy in the mma.sync m16n8k16 A layout; B written with sw128_offset into 1024-byte-aligned
-// dynamic smem; fence.proxy.async + barrier + wgmma.fence; k-steps (first scale_d = 0 unless the
-// case says otherwise); commit; wait<0>; accumulators written out in the m16n8 C layout per warp.
+// copy in the mma.sync m16n8k16 A layout; B written by 16-byte cp.async at sw128_offset into
+// 1024-byte-aligned dynamic smem; cp.async.wait_group 0 + fence.proxy.async + barrier +
+// wgmma.fence; k-steps (first scale_d = 0 unless the case says otherwise); commit; wait<0>;
+// accumulators written out in the m16n8 C layout per warp.
 // Reference: float64 on the host. A failing primary case is re-run with alternative (lbo, sbo)
 // encodings and the log says which of them pass.
-// Build / run (device machine):
-//   nvcc -O2 -std=c++17 -I cuda -gencode arch=compute_90a,code=sm_90a \
+// Build / run (device machine), from the repository root:
+//   nvcc -O2 -std=c++17 -I cuda -gencode arch=compute_90a,code=sm_90a
 //        cuda/tests/wgmma_check.cu -o build/wgmma_check && build/wgmma_check [diag]
+//   or: cuda/run_checks.sh wgmma [diag] [sanitize]
 //   (diag: run the alternative encodings for every case, not only the failing ones)
 // Exit status: 0 when every primary case passes (or the device is not sm_90: skipped), 1 otherwise.
 #include <cuda_runtime.h>
@@ -59,13 +61,16 @@ __device__ __forceinline__ uint8_t *align1024(uint8_t *p) {
 // Swizzled tile size in bytes: rows x (atom columns of 64 elements, 128 B per row each).
 __host__ __device__ inline int tile_bytes(int rows, int cols) { return rows * 128 * ((cols + 63) / 64); }
 
-// Writes src [rows][cols] (row-major) into the swizzled tile at dst.
+// Copies src [rows][cols] (row-major, global) into the swizzled tile at dst with 16-byte
+// cp.async chunks, as the forward loads K/V; the caller waits, fences the proxy and syncs.
 template <typename T>
 __device__ void fill_swizzled(uint8_t *dst, const T *src, int rows, int cols) {
-  for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
-    int r = i / cols, c = i % cols;
-    *(T *)(dst + sw128_offset(r, c, rows)) = src[i];
+  const int cch = cols / 8;  // 16-byte chunks per row
+  for (int i = threadIdx.x; i < rows * cch; i += blockDim.x) {
+    int r = i / cch, c = (i % cch) * 8;
+    cp_async_16(dst + sw128_offset(r, c, rows), src + (size_t)r * cols + c);
   }
+  cp_async_commit();
 }
 
 // A fragment of k16 step ks for this thread (mma.sync m16n8k16 A layout of rows 16w..16w+15).
@@ -102,6 +107,7 @@ __global__ void __launch_bounds__(128) single_kernel(SingleArgs<T> p) {
   T *As = (T *)(tile + tile_bytes(p.brows, p.bcols));
   fill_swizzled(tile, p.B, p.brows, p.bcols);
   for (int i = threadIdx.x; i < 64 * K; i += blockDim.x) As[i] = p.A[i];
+  cp_async_wait<0>();
   fence_proxy_async_smem();
   __syncthreads();
 
@@ -115,6 +121,7 @@ __global__ void __launch_bounds__(128) single_kernel(SingleArgs<T> p) {
     for (int e = 0; e < 4; ++e) d[j][e] = p.acc_init;
 
   const uint32_t base = smem_u32(tile);
+  wgmma_fence_operand(d);
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks) {
@@ -127,6 +134,7 @@ __global__ void __launch_bounds__(128) single_kernel(SingleArgs<T> p) {
   }
   wgmma_commit();
   wgmma_wait<0>();
+  wgmma_fence_operand(d);
   store_acc<N>(p.out, d);
 }
 
@@ -146,6 +154,7 @@ __global__ void __launch_bounds__(128) chain_kernel(ChainArgs<T> p) {
   fill_swizzled(ktile, p.Kt, NK, D);
   fill_swizzled(vtile, p.V, NK, D);
   for (int i = threadIdx.x; i < 64 * D; i += blockDim.x) Qs[i] = p.Q[i];
+  cp_async_wait<0>();
   fence_proxy_async_smem();
   __syncthreads();
 
@@ -158,6 +167,7 @@ __global__ void __launch_bounds__(128) chain_kernel(ChainArgs<T> p) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
   const uint32_t kb = smem_u32(ktile), vb = smem_u32(vtile);
+  wgmma_fence_operand(s);
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks)
@@ -165,6 +175,7 @@ __global__ void __launch_bounds__(128) chain_kernel(ChainArgs<T> p) {
                            ks > 0);
   wgmma_commit();
   wgmma_wait<0>();
+  wgmma_fence_operand(s);
   store_acc<NK>(p.S, s);
 
   uint32_t ap[NK / 16][4];
@@ -180,12 +191,14 @@ __global__ void __launch_bounds__(128) chain_kernel(ChainArgs<T> p) {
   for (int j = 0; j < D / 8; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
+  wgmma_fence_operand(o);
   wgmma_fence();
 #pragma unroll
   for (int t = 0; t < NK / 16; ++t)
     WgmmaRS<T, D, 1>::run(o, ap[t], wgmma_desc_sw128(vb + t * 16 * 128, NK * 128, 1024), t > 0);
   wgmma_commit();
   wgmma_wait<0>();
+  wgmma_fence_operand(o);
   store_acc<D>(p.O, o);
 }
 
