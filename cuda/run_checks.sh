@@ -4,6 +4,8 @@
 #        cuda/run_checks.sh depthring   (the forward's depth ring vs the single-buffered depth
 #        phase, MODA_CUDA_FWD_FLAGS bit 3: checker grids both ways, compute-sanitizer on the ring,
 #        A/B timing table last; ~3-4 minutes on an H100)
+#        cuda/run_checks.sh v6          (session-4 work: the checker grids on the default path and
+#        with both wgmma kernels forced, compute-sanitizer, mma.sync vs wgmma timing)
 #        cuda/run_checks.sh wgmma [diag] [sanitize]   (the sm_90a wgmma helpers alone:
 #        cuda/tests/wgmma_check.cu, S = Q K^T and O = P V descriptors vs a float64 reference;
 #        diag: also run the alternative (lbo, sbo) encodings on passing cases; sanitize: then
@@ -38,6 +40,42 @@ rc=0; for p in "${pids[@]}"; do wait $p || rc=1; done
 if [ $rc != 0 ]; then cat $OBJ/*.log | grep -B2 -A2 error; exit 1; fi
 grep -h -A3 "Compiling entry function.*fwd_mma" $OBJ/attn_fwd_mma.log | grep -E "registers|spill" > "$OUTDIR/ptxas.txt"
 nvcc -o $OBJ/attn_check $OBJ/*.o -lcudart || exit 1
+step() {  # step NAME ENV... -- ARGS: run the checker, keep its log ($OUTDIR/dr_NAME.log), one line in $SUM
+  local name=$1; shift; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
+  local log="$OUTDIR/dr_${name}.log"
+  env "${envs[@]}" $OBJ/attn_check "$@" > "$log" 2>&1; local rc=$?
+  local line; line=$(grep -E "^[0-9]+ cases" "$log" | tail -1)
+  printf "%-28s rc=%d  %s  %s\n" "$name" $rc "${line:-NO RESULT (see $log)}" "$(grep -c FAIL "$log") FAIL lines" | tee -a "$SUM"
+}
+if [ "$MODE" = v6 ]; then
+  # Session-4 work in one run (it was written without device time): the FwdDepthRing refactor
+  # on the default (mma.sync) path, both wgmma kernels through every checker grid
+  # (MODA_CUDA_WGMMA=2: every shape they can run), compute-sanitizer on small cases, then the
+  # A/B timing mma.sync vs wgmma. Run `cuda/run_checks.sh wgmma diag` first. ~6-8 min on an H100.
+  grep -h -A3 "Compiling entry function.*wgmma" $OBJ/attn_fwd_wgmma.log $OBJ/attn_bwd_mma.log \
+    | grep -E "Compiling|registers|spill" | sed 's/.*entry function//' | tee "$OUTDIR/ptxas_wgmma.txt"
+  grep -hiE "Performance Loss|serializ" $OBJ/*.log | sort -u | tee -a "$OUTDIR/ptxas_wgmma.txt"
+  SUM="$OUTDIR/v6_summary.txt"; : > "$SUM"
+  step quick_default     -- quick
+  step depth_default     -- depth
+  step decode_default    -- decode
+  step bwd_default       -- bwd
+  step quick_wgmma       MODA_CUDA_WGMMA=2 -- quick
+  step depth_wgmma       MODA_CUDA_WGMMA=2 -- depth
+  step bwd_wgmma         MODA_CUDA_WGMMA=2 -- bwd
+  for t in depthsan san; do
+    for tool in memcheck racecheck; do
+      log="$OUTDIR/v6_san_${tool}_${t}.log"
+      MODA_CUDA_WGMMA=2 timeout 120 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
+      printf "%-28s rc=%d  %s | %s\n" "wgmma_${tool}_${t}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
+        "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
+    done
+  done
+  MODA_CUDA_WGMMA=1 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
+  echo; echo "== v6 summary (every rc 0, every '0 failed', sanitizer 0 errors / 0 hazards) =="; cat "$SUM"
+  echo; grep -A20 "^forward, bf16" "$OUTDIR/v6_bench.log"
+  exit 0
+fi
 if [ "$MODE" = depthring ]; then
   # registers / spills of the forward instantiations (RING=1: the depth ring; RING=0: bit 3)
   awk '/Compiling entry function .*fwd_mma_kernel/ { n = $0; sub(/.*fwd_mma_kernelI/, "", n); sub(/EEEv16moda.*/, "", n); next }
@@ -48,13 +86,6 @@ if [ "$MODE" = depthring ]; then
       | sort -u > "$OUTDIR/ptxas_fwd.txt"
   echo "== ptxas, fwd kernels (dtype D MT FOLD RING) =="; grep bf16 "$OUTDIR/ptxas_fwd.txt"
   SUM="$OUTDIR/depthring_summary.txt"; : > "$SUM"
-  step() {  # step NAME ENV... -- ARGS: run the checker, keep its log, one summary line
-    local name=$1; shift; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
-    local log="$OUTDIR/dr_${name}.log"
-    env "${envs[@]}" $OBJ/attn_check "$@" > "$log" 2>&1; local rc=$?
-    local line; line=$(grep -E "^[0-9]+ cases" "$log" | tail -1)
-    printf "%-28s rc=%d  %s  %s\n" "$name" $rc "${line:-NO RESULT (see $log)}" "$(grep -c FAIL "$log") FAIL lines" | tee -a "$SUM"
-  }
   step quick_ring        -- quick
   step quick_single      MODA_CUDA_FWD_FLAGS=9 -- quick
   step quick_ring_mt2    MODA_CUDA_FWD_MT=2 -- quick
