@@ -79,6 +79,12 @@ struct BwdConfig {
   static constexpr int DQ_KV = 2 * 2 * BK * LDS * 2;
   static constexpr int DQ_DEPTH = NWARPS * (2 * DL * LDS * 2 + 16 * D * 4);
   static constexpr int DQ_SMEM = DQ_FIXED + (DQ_KV > DQ_DEPTH ? DQ_KV : DQ_DEPTH);
+  // The sm_90a variant (WG: sequence part on wgmma, d = 64): the K/V stages are unpadded
+  // 128-byte-swizzled tiles, 1024-byte aligned (the base is rounded up in the kernel).
+  static constexpr int DQ_FIXED_WG = (DQ_FIXED + 1023) / 1024 * 1024;
+  static constexpr int DQ_KV_WG = 2 * 2 * BK * D * 2;
+  static constexpr int DQ_SMEM_WG = 1024 + DQ_FIXED_WG + (DQ_KV_WG > DQ_DEPTH ? DQ_KV_WG : DQ_DEPTH);
+  static_assert(DQ_SMEM_WG <= 232448 - 1024, "dQ wgmma variant: within the sm_90 opt-in shared memory");
 };
 
 // Copies `rows` rows of D elements (16-byte chunks) into smem rows of LDS elements with threads
@@ -596,6 +602,8 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
       store_pair(dvr + j * 8 + 2 * qc, Mma::pack(acc_dv[j][2 * h2], acc_dv[j][2 * h2 + 1]));
     }
   }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // a build without sm_90a code: fail loudly rather than leave dK and dV unwritten
 #endif
 }
 // smem of bwd_dkv_wgmma_kernel: 1024 alignment slack, 2 stages of swizzled (Q, dO) tiles, the
@@ -603,7 +611,11 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
 constexpr int kDkvWgmmaSmem = 1024 + 4 * 64 * 64 * 2 + 2 * 64 * (64 + 8) * 2 + 2 * 2 * 64 * 4;
 
 // ---------------- 4. dQ: depth part (transposed) + sequence part ----------------
-template <typename T, int D>
+// WG (sm_90a, d = 64; experimental, MODA_CUDA_WGMMA=1|2): the CTA's 64 rows are one warpgroup's
+// m64 and the sequence part runs on wgmma: S = Q K^T and dP = dO V^T (A = Q / dO fragments in
+// registers, B = swizzled K / V tiles read K-major), dQ += dS K (A = dS packed from the
+// accumulators, B = the K tile read MN-major). The depth part is the same code either way.
+template <typename T, int D, bool WG = false>
 __global__ void __launch_bounds__(BwdConfig<D>::NTHREADS)
 bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta) {
   using Cfg = BwdConfig<D>;
@@ -611,13 +623,20 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
   constexpr int BM = Cfg::BM, BK = Cfg::BK, DL = Cfg::DL, LDS = Cfg::LDS, NTHREADS = Cfg::NTHREADS;
   constexpr int KSTEPS = D / 16;
   constexpr bool REGS = Cfg::FRAGS_IN_REGS;
+  static_assert(!WG || (D == 64 && REGS && Cfg::NWARPS == 4), "WG: one warpgroup, fragments in registers");
+#if !(defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
+  // only the sm_90a pass builds the wgmma variant: elsewhere fail loudly (the launcher never
+  // starts it there); the run-time condition keeps the compiler from calling the rest unreachable
+  if (WG && blockDim.x != 0) __trap();
+#endif
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T *sQ = reinterpret_cast<T *>(smem_raw);
+  unsigned char *smem = WG ? smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u) : smem_raw;
+  T *sQ = reinterpret_cast<T *>(smem);
   T *sdO = sQ + BM * LDS;
   float *sLse = reinterpret_cast<float *>(sdO + BM * LDS);
   float *sDelta = sLse + BM;
-  unsigned char *sUnion = smem_raw + Cfg::DQ_FIXED;
+  unsigned char *sUnion = smem + (WG ? Cfg::DQ_FIXED_WG : Cfg::DQ_FIXED);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int qr = lane / 4, qc = lane % 4;
@@ -794,8 +813,28 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
     const int64_t t = (R < TG ? R : TG - 1) / G;
     row_lim[h2] = causal ? S - T_ + t : S - 1;
   }
+  // WG: stage s holds the swizzled K tile at s * 2 * TILE_WG bytes, the V tile after it
+  constexpr int TILE_WG = BK * D * 2;
   auto load_kv = [&](int blk, int stage) {
     const int64_t j0 = (int64_t)blk * BK;
+    if constexpr (WG) {
+      constexpr int CH = D / 8;
+      unsigned char *dk = sUnion + stage * 2 * TILE_WG, *dv = dk + TILE_WG;
+      for (int i = tid; i < BK * CH; i += NTHREADS) {
+        const int r = i / CH, c = i % CH;
+        const int64_t j = j0 + r;
+        const uint32_t off = sw128_offset(r, c * 8, BK);
+        if (j < S) {
+          cp_async_16(dk + off, k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] + c * 8);
+          cp_async_16(dv + off, v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] + c * 8);
+        } else {  // dS is 0 there, but 0 * stale NaN would not be
+          *reinterpret_cast<uint4 *>(dk + off) = make_uint4(0, 0, 0, 0);
+          *reinterpret_cast<uint4 *>(dv + off) = make_uint4(0, 0, 0, 0);
+        }
+      }
+      cp_async_commit();
+      return;
+    }
     bwd_load_rows<D, LDS>(sK(stage), BK, tid, NTHREADS, [&](int r) -> const T * {
       int64_t j = j0 + r;
       return j < S ? k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] : nullptr;
@@ -822,10 +861,27 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
       const int stage = blk & 1;
       if (blk + 1 < n_blocks) { load_kv(blk + 1, stage ^ 1); cp_async_wait<1>(); }
       else cp_async_wait<0>();
+      if constexpr (WG) fence_proxy_async_smem();  // this thread's cp.async / zero stores -> visible to wgmma
       __syncthreads();
       const T *k_s = sK(stage), *v_s = sV(stage);
+      const uint32_t kt_base = smem_u32(sUnion + stage * 2 * TILE_WG), vt_base = kt_base + TILE_WG;
 
       float s[BK / 8][4], dp[BK / 8][4];
+      if constexpr (WG) {
+        wgmma_fence_operand(s);
+        wgmma_fence_operand(dp);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks)
+          WgmmaRS<T, BK, 0>::run(s, q_a[ks], wgmma_desc_sw128(kt_base + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks)
+          WgmmaRS<T, BK, 0>::run(dp, do_a[ks], wgmma_desc_sw128(vt_base + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(s);
+        wgmma_fence_operand(dp);
+      } else {
 #pragma unroll
       for (int nt = 0; nt < BK / 8; ++nt)
 #pragma unroll
@@ -852,6 +908,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
           Mma::run(dp[2 * np + 1], da, vb[2], vb[3]);
         }
       }
+      }  // !WG
       const int64_t j0 = (int64_t)blk * BK;
       const bool need_mask = j0 + BK > unmasked_end;
 #pragma unroll
@@ -864,6 +921,25 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
           const float pe = vis ? exp2f(s[nt][e] * scale_log2 - row_lse2[h2]) : 0.f;
           dp[nt][e] = pe * (dp[nt][e] - row_delta[h2]);
         }
+      if constexpr (WG) {
+        // dQ += dS K: A = dS packed from the accumulators, B = the K tile read MN-major
+        uint32_t dsa[BK / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+          dsa[kk][0] = Mma::pack(dp[2 * kk][0], dp[2 * kk][1]);
+          dsa[kk][1] = Mma::pack(dp[2 * kk][2], dp[2 * kk][3]);
+          dsa[kk][2] = Mma::pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+          dsa[kk][3] = Mma::pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+        }
+        wgmma_fence_operand(acc_dq);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk)
+          WgmmaRS<T, D, 1>::run(acc_dq, dsa[kk], wgmma_desc_sw128(kt_base + kk * 16 * 128, BK * 128, 1024), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(acc_dq);
+      } else {
       // dQ += dS K: A = dS from the accumulators, B = K rows by ldmatrix.trans.
 #pragma unroll
       for (int kk = 0; kk < BK / 16; ++kk) {
@@ -880,6 +956,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
           Mma::run(acc_dq[2 * dn + 1], dsa, kb[2], kb[3]);
         }
       }
+      }  // !WG
       __syncthreads();  // this stage is free for the load two blocks ahead
     }
   }
@@ -919,10 +996,11 @@ int set_smem(KernelFn kernel, int bytes, const char *what) {
 // at T=16384 (long query loops: more warps hide the per-step latency), 1 is 5% faster at T=4096.
 // Rule: 3 when a key block sees >= 32768 packed query rows on average.
 // MODA_CUDA_BWD_SEQ_MINB=1|3 forces a variant (tests, benchmarks).
-// The sm_90a sequence dK/dV kernel: on an sm_90 device, d = 64, when MODA_CUDA_WGMMA is 1 or 2
-// (experimental until verified on the device, as the wgmma forward).
+// The sm_90a backward kernels (sequence dK/dV, dQ with its sequence part on wgmma): on an sm_90
+// device, d = 64, when MODA_CUDA_WGMMA is 1 or 2 or MODA_CUDA_WGMMA_BWD=1 (experimental until
+// verified on the device, as the wgmma forward).
 bool bwd_wgmma_selected(const moda_attn_params *p) {
-  return p->d == 64 && current_cc() == 90 && wgmma_mode() > 0;
+  return p->d == 64 && current_cc() == 90 && wgmma_bwd_mode() > 0;
 }
 
 int seq_minb(const moda_attn_params *p) {
@@ -948,6 +1026,10 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
         (st = set_smem(bwd_dkv_mma_kernel<T, D, true, DEPTH_MINB>, Cfg::dkv_smem(Cfg::BQ_DEPTH), "cudaFuncSetAttribute(bwd_dkvd_mma)")) ||
         (st = set_smem(bwd_dq_mma_kernel<T, D>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_mma)")))
       return st;
+    if constexpr (D == 64) {
+      if ((st = set_smem(bwd_dq_mma_kernel<T, D, true>, Cfg::DQ_SMEM_WG, "cudaFuncSetAttribute(bwd_dq_wgmma)")))
+        return st;
+    }
     if constexpr (D <= 64) {
       if ((st = set_smem(bwd_dkv_mma_kernel<T, D, false, 3>, Cfg::dkv_smem(Cfg::BQ_SEQ3), "cudaFuncSetAttribute(bwd_dkv_mma)")))
         return st;
@@ -965,7 +1047,14 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     MODA_CUDA_CHECK_LAUNCH("bwd_preprocess_kernel");
     const int64_t tiles = (TG + Cfg::BM - 1) / Cfg::BM;
     dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-    bwd_dq_mma_kernel<T, D><<<grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta);
+    bool wg = false;
+    if constexpr (D == 64) {
+      if (bwd_wgmma_selected(p)) {
+        bwd_dq_mma_kernel<T, D, true><<<grid, Cfg::NTHREADS, Cfg::DQ_SMEM_WG, stream>>>(*p, ws_lse2, ws_delta);
+        wg = true;
+      }
+    }
+    if (!wg) bwd_dq_mma_kernel<T, D><<<grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta);
     MODA_CUDA_CHECK_LAUNCH("bwd_dq_mma_kernel");
   }
   if (p->B * p->S > 0) {

@@ -274,6 +274,8 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
       p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]] = lse;
     }
   }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // a build without sm_90a code: fail loudly rather than leave O and lse unwritten
 #endif
 }
 
@@ -281,8 +283,8 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 
 // Experimental until it has passed the checker and the spec on an H100 (written in a session
 // without device time): MODA_CUDA_WGMMA=1 turns it on where the shape rule below picks it, =2
-// for every shape it can run (tests), 0 or unset: off. The forward flags' bit 4 (FWD_NO_WGMMA)
-// turns it off for A/B timing.
+// for every shape it can run (tests), 0 or unset: off. The forward flags' bits 2, 3 and 4
+// (FWD_NO_FOLD, FWD_DEPTH_SINGLE, FWD_NO_WGMMA) turn it off for A/B timing.
 int wgmma_mode() {
   static int mode = -1;
   if (mode < 0) {
@@ -291,10 +293,21 @@ int wgmma_mode() {
   }
   return mode;
 }
+// The backward's wgmma kernels follow MODA_CUDA_WGMMA unless MODA_CUDA_WGMMA_BWD=0|1 says
+// otherwise (to tell a failure of one from the other on a first device run).
+int wgmma_bwd_mode() {
+  static int mode = -1;
+  if (mode < 0) {
+    const char *e = getenv("MODA_CUDA_WGMMA_BWD");
+    mode = e && (e[0] == '0' || e[0] == '1') ? e[0] - '0' : wgmma_mode() > 0;
+  }
+  return mode;
+}
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   const int mode = wgmma_mode();
-  if (cc != 90 || mode == 0 || (flags & FWD_NO_WGMMA)) return false;
+  // the A/B flags of the mma.sync kernel (v3 arithmetic, single-buffered depth) keep it
+  if (cc != 90 || mode == 0 || (flags & (FWD_NO_WGMMA | FWD_NO_FOLD | FWD_DEPTH_SINGLE))) return false;
   if (!fwd_mma_supported(p, cc)) return false;  // same dtype, dim, alignment and size rules
   if (mode == 2) return true;
   // where the sequence part dominates; depth-heavy shapes keep the mma.sync kernel's 12 warps/SM

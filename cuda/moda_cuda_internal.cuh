@@ -53,6 +53,7 @@ void fwd_set_flags(int flags);
 // wgmma kernels (sm_90a), experimental: MODA_CUDA_WGMMA = 0 (unset: off), 1 (where the shape
 // rules pick them), 2 (wherever they can run; tests). attn_fwd_wgmma.cu.
 int wgmma_mode();
+int wgmma_bwd_mode();  // MODA_CUDA_WGMMA_BWD=0|1, else on when wgmma_mode() > 0
 // wgmma forward (attn_fwd_wgmma.cu, sm_90a): taken by fwd_mma_launch where supported.
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags);
 const char *fwd_wgmma_name(const moda_attn_params *p);

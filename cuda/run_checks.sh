@@ -60,9 +60,11 @@ if [ "$MODE" = v6 ]; then
   step depth_default     -- depth
   step decode_default    -- decode
   step bwd_default       -- bwd
-  step quick_wgmma       MODA_CUDA_WGMMA=2 -- quick
-  step depth_wgmma       MODA_CUDA_WGMMA=2 -- depth
-  step bwd_wgmma         MODA_CUDA_WGMMA=2 -- bwd
+  step quick_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- quick
+  step depth_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- depth
+  step bwd_wgmma_bwd     MODA_CUDA_WGMMA_BWD=1 -- bwd
+  step quick_wgmma_both  MODA_CUDA_WGMMA=2 -- quick
+  step bwd_wgmma_both    MODA_CUDA_WGMMA=2 -- bwd
   for t in depthsan san; do
     for tool in memcheck racecheck; do
       log="$OUTDIR/v6_san_${tool}_${t}.log"
