@@ -85,9 +85,10 @@ __device__ __forceinline__ void load_rows_async_hint(T *smem, int rows, int tid,
 // bit 3: the single-buffered depth phase of v1-v4 (one DL-row chunk per warp, load then wait),
 //        instead of the default cp.async ring (FwdDepthRing), for A/B timing.
 // bit 4: never the wgmma kernel (sm_90a), i.e. the mma.sync kernel everywhere, for A/B timing.
+// bit 5: the wgmma kernel with one warpgroup per CTA (64 rows, 2 CTAs/SM) instead of two.
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_DEPTH_SINGLE = 8,
-              FWD_NO_WGMMA = 16;
-constexpr int FWD_FLAGS_MASK = 31;
+              FWD_NO_WGMMA = 16, FWD_WGMMA_1WG = 32;
+constexpr int FWD_FLAGS_MASK = 63;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----
 // The warp owns NGRP groups of 8 packed rows (rows Rw .. Rw + 8*NGRP - 1). For each group (8

@@ -27,10 +27,15 @@
 
 namespace moda_cuda {
 
-template <int D>
+// NWG warpgroups per CTA. 2 (default): K/V blocks shared by 128 rows, one CTA per SM (244
+// registers x 256 threads). 1: 64 rows per CTA, two CTAs per SM, so one CTA's depth phase (memory
+// bound) can overlap another's sequence phase (MMA bound), for twice the K/V traffic from L2.
+// Which wins depends on L/T: measured by `attn_check wgmmabench` (flag bit 5 picks 1).
+template <int D, int NWG>
 struct WgmmaFwdConfig {
-  static constexpr int NWARPS = 8;              // two warpgroups
-  static constexpr int BM = 16 * NWARPS;        // 128 packed rows per CTA
+  static constexpr int NWARPS = 4 * NWG;
+  static constexpr int MIN_CTAS = NWG == 1 ? 2 : 1;
+  static constexpr int BM = 16 * NWARPS;        // packed rows per CTA
   static constexpr int BN = 128;                // keys per sequence block (wgmma n of S = Q K^T)
   static constexpr int LDS = D + 8;             // Q tile row stride in elements (padded, for ldmatrix)
   static constexpr int Q_BYTES = BM * LDS * 2;
@@ -45,14 +50,14 @@ struct WgmmaFwdConfig {
   static constexpr int SMEM_BYTES = 1024 + Q_BYTES + UNION_BYTES;
   static constexpr int SMEM_BYTES_NODEPTH = 1024 + Q_BYTES + KV_BYTES;
   static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "swizzled tiles stay 1024-byte aligned");
-  static_assert(SMEM_BYTES + 1024 <= 233472, "one CTA per SM on sm_90");
+  static_assert((SMEM_BYTES + 1024) * MIN_CTAS <= 233472, "MIN_CTAS CTAs per SM on sm_90");
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(WgmmaFwdConfig<D>::NWARPS * 32, 1)
+template <typename T, int D, int NWG>
+__global__ void __launch_bounds__(WgmmaFwdConfig<D, NWG>::NWARPS * 32, WgmmaFwdConfig<D, NWG>::MIN_CTAS)
 fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Cfg = WgmmaFwdConfig<D>;
+  using Cfg = WgmmaFwdConfig<D, NWG>;
   using Mma = MmaOp<T>;
   constexpr int NWARPS = Cfg::NWARPS, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS;
   constexpr int NTHREADS = NWARPS * 32;
@@ -315,14 +320,18 @@ bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   return seq_keys >= 1024 && seq_keys >= 16 * p->L;
 }
 
-const char *fwd_wgmma_name(const moda_attn_params *p) { return p->d == 128 ? "wgmma_d128" : "wgmma_d64"; }
+static bool use_1wg(const moda_attn_params *p, int flags);
+const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
+  if (p->d == 128) return "wgmma_d128";
+  return use_1wg(p, flags) ? "wgmma_d64_1wg" : "wgmma_d64";
+}
 
-template <typename T, int D>
+template <typename T, int D, int NWG>
 static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, int flags) {
-  using Cfg = WgmmaFwdConfig<D>;
+  using Cfg = WgmmaFwdConfig<D, NWG>;
   static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D, NWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          Cfg::SMEM_BYTES),
                     "cudaFuncSetAttribute(fwd_wgmma)");
     attr_set = true;
@@ -332,17 +341,25 @@ static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, in
   if (tiles <= 0) return MODA_OK;
   if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-  fwd_wgmma_kernel<T, D><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
+  fwd_wgmma_kernel<T, D, NWG><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
   MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_kernel");
   return MODA_OK;
 }
 
+// One warpgroup per CTA only at d = 64: at d = 128 two 128-key K/V stages (128 KB) leave room
+// for one CTA per SM anyway, so the flag is ignored there.
+static bool use_1wg(const moda_attn_params *p, int flags) { return (flags & FWD_WGMMA_1WG) && p->d == 64; }
+
 int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) {
-  if (p->dtype == MODA_BF16)
-    return p->d == 128 ? launch_fwd_wgmma_t<__nv_bfloat16, 128>(p, stream, flags)
-                       : launch_fwd_wgmma_t<__nv_bfloat16, 64>(p, stream, flags);
-  return p->d == 128 ? launch_fwd_wgmma_t<__half, 128>(p, stream, flags)
-                     : launch_fwd_wgmma_t<__half, 64>(p, stream, flags);
+  const bool bf16 = p->dtype == MODA_BF16;
+  if (p->d == 128)
+    return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 128, 2>(p, stream, flags)
+                : launch_fwd_wgmma_t<__half, 128, 2>(p, stream, flags);
+  if (use_1wg(p, flags))
+    return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 1>(p, stream, flags)
+                : launch_fwd_wgmma_t<__half, 64, 1>(p, stream, flags);
+  return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 2>(p, stream, flags)
+              : launch_fwd_wgmma_t<__half, 64, 2>(p, stream, flags);
 }
 
 }  // namespace moda_cuda

@@ -423,7 +423,11 @@ int main(int argc, char **argv) {
   if (moda_cuda_device_info(name, sizeof name, &cc)) { fprintf(stderr, "%s\n", moda_last_error()); return 2; }
   printf("device: %s (sm_%d)\n", name, cc);
   if (argc > 1 && !strcmp(argv[1], "depthbench")) { ab_bench(1 | 8, 1, "single-buf", "ring"); return 0; }
-  if (argc > 1 && !strcmp(argv[1], "wgmmabench")) { ab_bench(1 | 16, 1, "mma.sync", "wgmma"); return 0; }
+  if (argc > 1 && !strcmp(argv[1], "wgmmabench")) {  // run with MODA_CUDA_WGMMA=1 (or 2)
+    ab_bench(1 | 16, 1, "mma.sync", "wgmma");
+    ab_bench(1, 1 | 32, "wgmma 2wg", "wgmma 1wg");
+    return 0;
+  }
   std::vector<Case> cases;
   int dts[3] = {MODA_BF16, MODA_F16, MODA_F32};
   // name: B T S Hk G L d causal chunk dtype bwd
