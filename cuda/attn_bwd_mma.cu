@@ -615,7 +615,12 @@ constexpr int kDkvWgmmaSmem = 1024 + 4 * 64 * 64 * 2 + 2 * 64 * (64 + 8) * 2 + 2
 // m64 and the sequence part runs on wgmma: S = Q K^T and dP = dO V^T (A = Q / dO fragments in
 // registers, B = swizzled K / V tiles read K-major), dQ += dS K (A = dS packed from the
 // accumulators, B = the K tile read MN-major). The depth part is the same code either way.
-template <typename T, int D, bool WG = false>
+// FUSE (d = 64, token visibility, G dividing 8; experimental, MODA_CUDA_BWD_FUSE_DEPTH=1): a
+// group of 8 packed rows then holds whole tokens, so the depth rows it streams are seen by no
+// other group and their dkd, dvd are complete here: dvd = P^T dO and dkd = dS^T q per 16 depth
+// rows (m16n8k8, k = the group's 8 rows), written at once. Kernel 3 is then skipped: kd and vd are
+// read once by the backward instead of twice.
+template <typename T, int D, bool WG = false, bool FUSE = false>
 __global__ void __launch_bounds__(BwdConfig<D>::NTHREADS)
 bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta) {
   using Cfg = BwdConfig<D>;
@@ -624,6 +629,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
   constexpr int KSTEPS = D / 16;
   constexpr bool REGS = Cfg::FRAGS_IN_REGS;
   static_assert(!WG || (D == 64 && REGS && Cfg::NWARPS == 4), "WG: one warpgroup, fragments in registers");
+  static_assert(!FUSE || D == 64, "FUSE: d = 64 (the dkd/dvd tiles of d = 128 would not fit in registers)");
 #if !(defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
   // only the sm_90a pass builds the wgmma variant: elsewhere fail loudly (the launcher never
   // starts it there); the run-time condition keeps the compiler from calling the rest unreachable
@@ -754,14 +760,57 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
             ldmatrix_x4(a, sVd + off);
             Mma::run(dpt4, a, do_b[ks][0], do_b[ks][1]);
           }
-          float ds4[4];
+          float ds4[4], pe4[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int64_t i = kc + mt * 16 + qr + (e >= 2 ? 8 : 0);
             const int c = e & 1;
             const bool vis = i < nkeys && col_t[c] >= 0 && depth_visible(u_lo + i / L, col_t[c], chunk, causal);
             const float pe = vis ? exp2f(st4[e] * scale_log2 - col_lse2[c]) : 0.f;
+            pe4[e] = pe;
             ds4[e] = pe * (dpt4[e] - col_delta[c]);
+          }
+          if constexpr (FUSE) {
+            // dvd = P^T dO_grp and dkd = scale * dS^T q_grp for depth rows i_lo = kc + mt*16 + qr and
+            // i_lo + 8: A = P^T / dS^T (the C layout of the 16 x 8 scores is the m16n8k8 A layout),
+            // B = the group's dO / q rows (k = row, n = head dim) by ldmatrix.trans.
+            const uint32_t pa2[2] = {Mma::pack(pe4[0], pe4[1]), Mma::pack(pe4[2], pe4[3])};
+            const uint32_t da2[2] = {Mma::pack(ds4[0], ds4[1]), Mma::pack(ds4[2], ds4[3])};
+            T *dvd_row[2], *dkd_row[2];
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2) {
+              const int64_t i = kc + mt * 16 + qr + 8 * h2;
+              dvd_row[h2] = dkd_row[h2] = nullptr;
+              if (i < nkeys) {
+                const int64_t u = u_lo + i / L, l = i % L;
+                dvd_row[h2] = static_cast<T *>(p.dvd) + b * p.dvd_stride[0] + u * p.dvd_stride[1] + l * p.dvd_stride[2] +
+                              g * p.dvd_stride[3];
+                dkd_row[h2] = static_cast<T *>(p.dkd) + b * p.dkd_stride[0] + u * p.dkd_stride[1] + l * p.dkd_stride[2] +
+                              g * p.dkd_stride[3];
+              }
+            }
+            const float dscale = (float)p.scale;
+#pragma unroll
+            for (int n4 = 0; n4 < D / 32; ++n4) {
+              const int off = (warp * 16 + grp * 8 + (lane & 7)) * LDS + n4 * 32 + (lane >> 3) * 8;
+              uint32_t ob[4], qb4[4];
+              ldmatrix_x4_trans(ob, sdO + off);
+              ldmatrix_x4_trans(qb4, sQ + off);
+#pragma unroll
+              for (int j = 0; j < 4; ++j) {
+                float cv[4] = {0.f, 0.f, 0.f, 0.f}, ck[4] = {0.f, 0.f, 0.f, 0.f};
+                Mma::run_k8(cv, pa2, ob[j]);
+                Mma::run_k8(ck, da2, qb4[j]);
+                const int col = n4 * 32 + j * 8 + 2 * qc;
+#pragma unroll
+                for (int h2 = 0; h2 < 2; ++h2) {
+                  if (dvd_row[h2]) {
+                    store_pair(dvd_row[h2] + col, Mma::pack(cv[2 * h2], cv[2 * h2 + 1]));
+                    store_pair(dkd_row[h2] + col, Mma::pack(ck[2 * h2] * dscale, ck[2 * h2 + 1] * dscale));
+                  }
+                }
+              }
+            }
           }
           // dq^T += kd^T dS^T: A = kd^T by ldmatrix.trans, B = dS^T (k = depth rows) by movmatrix.
           const uint32_t b0 = movmatrix_trans(Mma::pack(ds4[0], ds4[1]));
@@ -1003,6 +1052,17 @@ bool bwd_wgmma_selected(const moda_attn_params *p) {
   return p->d == 64 && current_cc() == 90 && wgmma_bwd_mode() > 0;
 }
 
+// The depth gradients fused into the dQ kernel (FUSE above): d = 64, L > 0, token visibility, G
+// dividing 8. Experimental until verified on the device: MODA_CUDA_BWD_FUSE_DEPTH=1 turns it on.
+bool bwd_fuse_depth_selected(const moda_attn_params *p) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_FUSE_DEPTH");
+    on = e && e[0] == '1';
+  }
+  return on && p->d == 64 && p->L > 0 && p->chunk <= 0 && 8 % p->G == 0;
+}
+
 int seq_minb(const moda_attn_params *p) {
   static int forced = -1;
   if (forced < 0) {
@@ -1027,7 +1087,9 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
         (st = set_smem(bwd_dq_mma_kernel<T, D>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_mma)")))
       return st;
     if constexpr (D == 64) {
-      if ((st = set_smem(bwd_dq_mma_kernel<T, D, true>, Cfg::DQ_SMEM_WG, "cudaFuncSetAttribute(bwd_dq_wgmma)")))
+      if ((st = set_smem(bwd_dq_mma_kernel<T, D, true>, Cfg::DQ_SMEM_WG, "cudaFuncSetAttribute(bwd_dq_wgmma)")) ||
+          (st = set_smem(bwd_dq_mma_kernel<T, D, true, true>, Cfg::DQ_SMEM_WG, "cudaFuncSetAttribute(bwd_dq_wgmma)")) ||
+          (st = set_smem(bwd_dq_mma_kernel<T, D, false, true>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_mma)")))
         return st;
     }
     if constexpr (D <= 64) {
@@ -1039,6 +1101,7 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   const int64_t TG = p->T * p->G;
   const int64_t rows = p->B * p->Hk * TG;
   float *ws_lse2 = workspace, *ws_delta = workspace + rows;
+  const bool fuse = D == 64 && bwd_fuse_depth_selected(p);  // dkd, dvd from the dQ kernel (no kernel 3)
   if (rows > 0) {
     constexpr int TPR = D / 8;
     const int64_t blocks = (rows * TPR + 255) / 256;
@@ -1047,14 +1110,16 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     MODA_CUDA_CHECK_LAUNCH("bwd_preprocess_kernel");
     const int64_t tiles = (TG + Cfg::BM - 1) / Cfg::BM;
     dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-    bool wg = false;
+    bool launched = false;
     if constexpr (D == 64) {
-      if (bwd_wgmma_selected(p)) {
-        bwd_dq_mma_kernel<T, D, true><<<grid, Cfg::NTHREADS, Cfg::DQ_SMEM_WG, stream>>>(*p, ws_lse2, ws_delta);
-        wg = true;
-      }
+      const bool wg = bwd_wgmma_selected(p);
+      const int smem = wg ? Cfg::DQ_SMEM_WG : Cfg::DQ_SMEM;
+      auto kern = wg ? (fuse ? bwd_dq_mma_kernel<T, D, true, true> : bwd_dq_mma_kernel<T, D, true, false>)
+                     : (fuse ? bwd_dq_mma_kernel<T, D, false, true> : bwd_dq_mma_kernel<T, D, false, false>);
+      kern<<<grid, Cfg::NTHREADS, smem, stream>>>(*p, ws_lse2, ws_delta);
+      launched = true;
     }
-    if (!wg) bwd_dq_mma_kernel<T, D><<<grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta);
+    if (!launched) bwd_dq_mma_kernel<T, D><<<grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta);
     MODA_CUDA_CHECK_LAUNCH("bwd_dq_mma_kernel");
   }
   if (p->B * p->S > 0) {
@@ -1081,7 +1146,7 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
       bwd_dkv_mma_kernel<T, D, false, 1><<<grid, Cfg::NTHREADS, Cfg::dkv_smem(Cfg::BQ), stream>>>(*p, ws_lse2, ws_delta);
     MODA_CUDA_CHECK_LAUNCH("bwd_dkv_mma_kernel");
   }
-  if (p->L > 0 && rows > 0) {
+  if (p->L > 0 && rows > 0 && !fuse) {
     dim3 grid((unsigned)(((p->T * p->L + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
     bwd_dkv_mma_kernel<T, D, true, DEPTH_MINB><<<grid, Cfg::NTHREADS, Cfg::dkv_smem(Cfg::BQ_DEPTH), stream>>>(*p, ws_lse2, ws_delta);
     MODA_CUDA_CHECK_LAUNCH("bwd_dkvd_mma_kernel");

@@ -94,6 +94,16 @@ template <> struct MmaOp<__nv_bfloat16> {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
   }
+  // m16n8k8: A (16x8) reg0 (r, 2c..2c+1), reg1 (r+8, 2c..); B (8x8, k x n) reg (k = 2c..2c+1, n = r);
+  // C as m16n8k16.
+  static __device__ __forceinline__ void run_k8(float (&c)[4], const uint32_t (&a)[2], uint32_t b) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b));
+#endif
+  }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&v);
@@ -108,6 +118,16 @@ template <> struct MmaOp<__half> {
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+  }
+  // m16n8k8: A (16x8) reg0 (r, 2c..2c+1), reg1 (r+8, 2c..); B (8x8, k x n) reg (k = 2c..2c+1, n = r);
+  // C as m16n8k16.
+  static __device__ __forceinline__ void run_k8(float (&c)[4], const uint32_t (&a)[2], uint32_t b) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b));
 #endif
   }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {

@@ -65,12 +65,14 @@ if [ "$MODE" = v6 ]; then
   step quick_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- quick
   step depth_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- depth
   step bwd_wgmma_bwd     MODA_CUDA_WGMMA_BWD=1 -- bwd
-  step quick_wgmma_both  MODA_CUDA_WGMMA=2 -- quick
-  step bwd_wgmma_both    MODA_CUDA_WGMMA=2 -- bwd
+  step bwd_fuse_depth    MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
+  step quick_fuse_depth  MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
+  step quick_wgmma_all   MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
+  step bwd_wgmma_all     MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
   for t in depthsan san; do
     for tool in memcheck racecheck; do
       log="$OUTDIR/v6_san_${tool}_${t}.log"
-      MODA_CUDA_WGMMA=2 timeout 120 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
+      MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 timeout 120 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
       printf "%-28s rc=%d  %s | %s\n" "wgmma_${tool}_${t}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
         "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
     done
