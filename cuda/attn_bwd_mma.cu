@@ -1048,8 +1048,12 @@ int set_smem(KernelFn kernel, int bytes, const char *what) {
 // The sm_90a backward kernels (sequence dK/dV, dQ with its sequence part on wgmma): on an sm_90
 // device, d = 64, when MODA_CUDA_WGMMA is 1 or 2 or MODA_CUDA_WGMMA_BWD=1 (experimental until
 // verified on the device, as the wgmma forward).
-bool bwd_wgmma_selected(const moda_attn_params *p) {
-  return p->d == 64 && current_cc() == 90 && wgmma_bwd_mode() > 0;
+// which: 1 = the dK/dV kernel, 2 = the dQ kernel. MODA_CUDA_WGMMA_BWD=2 / 3 turns on only the
+// first / the second (to tell a failure of one from the other).
+bool bwd_wgmma_selected(const moda_attn_params *p, int which) {
+  const int mode = wgmma_bwd_mode();
+  if (p->d != 64 || current_cc() != 90 || mode == 0) return false;
+  return mode == 1 || (mode == 2 && which == 1) || (mode == 3 && which == 2);
 }
 
 // The depth gradients fused into the dQ kernel (FUSE above): d = 64, L > 0, token visibility, G
@@ -1112,7 +1116,7 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
     bool launched = false;
     if constexpr (D == 64) {
-      const bool wg = bwd_wgmma_selected(p);
+      const bool wg = bwd_wgmma_selected(p, 2);
       const int smem = wg ? Cfg::DQ_SMEM_WG : Cfg::DQ_SMEM;
       auto kern = wg ? (fuse ? bwd_dq_mma_kernel<T, D, true, true> : bwd_dq_mma_kernel<T, D, true, false>)
                      : (fuse ? bwd_dq_mma_kernel<T, D, false, true> : bwd_dq_mma_kernel<T, D, false, false>);
@@ -1126,13 +1130,14 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     dim3 grid((unsigned)(((p->S + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
     bool launched = false;
     if constexpr (D == 64) {
-      if (bwd_wgmma_selected(p)) {
+      if (bwd_wgmma_selected(p, 1)) {
         static bool wg_attr = false;
         if (!wg_attr) {
           if (int st = set_smem(bwd_dkv_wgmma_kernel<T>, kDkvWgmmaSmem, "cudaFuncSetAttribute(bwd_dkv_wgmma)")) return st;
           wg_attr = true;
         }
         bwd_dkv_wgmma_kernel<T><<<grid, 128, kDkvWgmmaSmem, stream>>>(*p, ws_lse2, ws_delta);
+        MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_kernel");
         launched = true;
       }
     }
@@ -1179,7 +1184,8 @@ bool bwd_mma_supported(const moda_attn_params *p, int cc) {
 }
 
 const char *bwd_mma_name(const moda_attn_params *p) {
-  if (bwd_wgmma_selected(p)) return "wgmma_d64";  // the sequence dK/dV kernel; the others are mma.sync
+  // the sequence dK/dV and the dQ kernels; the depth dK/dV kernel is always mma.sync
+  if (bwd_wgmma_selected(p, 1) || bwd_wgmma_selected(p, 2)) return "wgmma_d64";
   return p->d == 128 ? "mma_sync_d128" : "mma_sync_d64";
 }
 

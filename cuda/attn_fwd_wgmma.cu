@@ -298,13 +298,14 @@ int wgmma_mode() {
   }
   return mode;
 }
-// The backward's wgmma kernels follow MODA_CUDA_WGMMA unless MODA_CUDA_WGMMA_BWD=0|1 says
-// otherwise (to tell a failure of one from the other on a first device run).
+// The backward's wgmma kernels follow MODA_CUDA_WGMMA unless MODA_CUDA_WGMMA_BWD says otherwise:
+// 0 none, 1 both, 2 the sequence dK/dV kernel only, 3 the dQ kernel only (to tell a failure of one
+// from another on a first device run).
 int wgmma_bwd_mode() {
   static int mode = -1;
   if (mode < 0) {
     const char *e = getenv("MODA_CUDA_WGMMA_BWD");
-    mode = e && (e[0] == '0' || e[0] == '1') ? e[0] - '0' : wgmma_mode() > 0;
+    mode = e && e[0] >= '0' && e[0] <= '3' ? e[0] - '0' : wgmma_mode() > 0;
   }
   return mode;
 }

@@ -45,9 +45,11 @@ int moda_cuda_release_workspace(void);
 
 /* Bytes of float32 workspace moda_attn_bwd_cuda needs for these params. */
 int64_t moda_attn_bwd_cuda_workspace_size(const moda_attn_params *p);
-/* Which forward kernel moda_attn_fwd_cuda would run: "mma_sync_d64", "simt", ... */
+/* Which forward kernel moda_attn_fwd_cuda would run: "mma_sync_d64", "mma_sync_d64x2",
+   "mma_sync_d128", "wgmma_d64", "wgmma_d64_1wg", "wgmma_d128", "decode_d64_r8", ..., "simt". */
 const char *moda_attn_fwd_cuda_kernel_name(const moda_attn_params *p);
-/* Which backward kernels moda_attn_bwd_cuda would run: "mma_sync_d64", "mma_sync_d128", "simt". */
+/* Which backward kernels moda_attn_bwd_cuda would run: "mma_sync_d64", "mma_sync_d128",
+   "wgmma_d64" (sm_90a kernels for the sequence parts), "simt". */
 const char *moda_attn_bwd_cuda_kernel_name(const moda_attn_params *p);
 
 /* Bytes of float32 workspace moda_attn_fwd_cuda needs for these params: 0 for the tiled

@@ -53,7 +53,7 @@ void fwd_set_flags(int flags);
 // wgmma kernels (sm_90a), experimental: MODA_CUDA_WGMMA = 0 (unset: off), 1 (where the shape
 // rules pick them), 2 (wherever they can run; tests). attn_fwd_wgmma.cu.
 int wgmma_mode();
-int wgmma_bwd_mode();  // MODA_CUDA_WGMMA_BWD=0|1, else on when wgmma_mode() > 0
+int wgmma_bwd_mode();  // MODA_CUDA_WGMMA_BWD=0..3 (none, both, dK/dV, dQ), else 1 when wgmma_mode() > 0
 // wgmma forward (attn_fwd_wgmma.cu, sm_90a): taken by fwd_mma_launch where supported.
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags);
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags);
@@ -72,6 +72,6 @@ int64_t fwd_decode_workspace_bytes(const moda_attn_params *p);
 const char *fwd_decode_name(const moda_attn_params *p);
 int fwd_decode_launch(const moda_attn_params *p, cudaStream_t stream, void *workspace);
 
-int current_cc();  // compute capability major*10+minor of the current device (cached)
+int current_cc();  // compute capability major*10+minor of the current device (queried per call)
 
 }  // namespace moda_cuda

@@ -487,6 +487,12 @@ int main(int argc, char **argv) {
     cases.push_back({1, 383, 383, 2, 4, 64, 64, 0, 16, MODA_BF16, true, 0, 0});
     cases.push_back({3, 197, 197, 1, 4, 22, 64, 0, 0, MODA_BF16, true, 0, 1});   // DeiT-Tiny-like
     cases.push_back({1, 300, 300, 1, 3, 5, 64, 1, 0, MODA_F32, true, 0, 1});     // f32: SIMT path
+    // d = 64 causal with S > T (KV cache): key blocks every query sees whole (the grid's S > T
+    // cases are d = 128); token visibility with G dividing 8 (the fused depth gradients)
+    cases.push_back({1, 77, 300, 1, 3, 1, 64, 1, 0, MODA_BF16, true, 0, 1});
+    cases.push_back({1, 125, 250, 2, 8, 5, 64, 1, 0, MODA_F16, true, 0, 1});
+    cases.push_back({2, 131, 131, 1, 2, 7, 64, 1, 0, MODA_BF16, true, 0, 1});
+    cases.push_back({1, 97, 97, 2, 1, 3, 64, 0, 0, MODA_F16, true, 0, 1});
   }
   const size_t bwd_grid_end = cases.size();
   // Decode path (split-K over a long cache, attn_decode.cu), forced on: T 1, 3, 16 new queries,
