@@ -86,9 +86,10 @@ __device__ __forceinline__ void load_rows_async_hint(T *smem, int rows, int tid,
 //        instead of the default cp.async ring (FwdDepthRing), for A/B timing.
 // bit 4: never the wgmma kernel (sm_90a), i.e. the mma.sync kernel everywhere, for A/B timing.
 // bit 5: the wgmma kernel with one warpgroup per CTA (64 rows, 2 CTAs/SM) instead of two.
+// bit 6: the wgmma kernel with FA3's intra-warpgroup overlap (d = 64; attn_fwd_wgmma.cu PIPE).
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_DEPTH_SINGLE = 8,
-              FWD_NO_WGMMA = 16, FWD_WGMMA_1WG = 32;
-constexpr int FWD_FLAGS_MASK = 63;
+              FWD_NO_WGMMA = 16, FWD_WGMMA_1WG = 32, FWD_WGMMA_PIPE = 64;
+constexpr int FWD_FLAGS_MASK = 127;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----
 // The warp owns NGRP groups of 8 packed rows (rows Rw .. Rw + 8*NGRP - 1). For each group (8

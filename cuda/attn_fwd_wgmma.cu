@@ -31,7 +31,9 @@ namespace moda_cuda {
 // registers x 256 threads). 1: 64 rows per CTA, two CTAs per SM, so one CTA's depth phase (memory
 // bound) can overlap another's sequence phase (MMA bound), for twice the K/V traffic from L2.
 // Which wins depends on L/T: measured by `attn_check wgmmabench` (flag bit 5 picks 1).
-template <int D, int NWG>
+// PIPE: FA3's intra-warpgroup overlap (S of the next block in flight with P V of this one), three
+// K/V stages; d = 64 only (at d = 128 three stages would not fit beside Q).
+template <int D, int NWG, bool PIPE = false>
 struct WgmmaFwdConfig {
   static constexpr int NWARPS = 4 * NWG;
   static constexpr int MIN_CTAS = NWG == 1 ? 2 : 1;
@@ -40,7 +42,8 @@ struct WgmmaFwdConfig {
   static constexpr int LDS = D + 8;             // Q tile row stride in elements (padded, for ldmatrix)
   static constexpr int Q_BYTES = BM * LDS * 2;
   static constexpr int TILE_BYTES = BN * D * 2; // one swizzled K or V block
-  static constexpr int KV_BYTES = 2 /*stages*/ * 2 /*K,V*/ * TILE_BYTES;
+  static constexpr int KV_STAGES = PIPE ? 3 : 2;
+  static constexpr int KV_BYTES = KV_STAGES * 2 /*K,V*/ * TILE_BYTES;
   static constexpr int RST = D > 64 ? 2 : 3;    // depth ring stages per warp
   static constexpr int RSD = D + 4;             // depth scratch row stride in floats
   static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2, SCRATCH_WARP_BYTES = (8 * RSD + 16) * 4;
@@ -53,11 +56,12 @@ struct WgmmaFwdConfig {
   static_assert((SMEM_BYTES + 1024) * MIN_CTAS <= 233472, "MIN_CTAS CTAs per SM on sm_90");
 };
 
-template <typename T, int D, int NWG>
-__global__ void __launch_bounds__(WgmmaFwdConfig<D, NWG>::NWARPS * 32, WgmmaFwdConfig<D, NWG>::MIN_CTAS)
+template <typename T, int D, int NWG, bool PIPE>
+__global__ void __launch_bounds__(WgmmaFwdConfig<D, NWG, PIPE>::NWARPS * 32, WgmmaFwdConfig<D, NWG, PIPE>::MIN_CTAS)
 fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Cfg = WgmmaFwdConfig<D, NWG>;
+  using Cfg = WgmmaFwdConfig<D, NWG, PIPE>;
+  static_assert(!PIPE || D == 64, "PIPE: d = 64");
   using Mma = MmaOp<T>;
   constexpr int NWARPS = Cfg::NWARPS, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS;
   constexpr int NTHREADS = NWARPS * 32;
@@ -168,94 +172,166 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
     cp_async_commit();
   };
 
+  // S = Q K^T of block `stage` into s (raw q.k; the scale is folded into the exp2 argument)
+  auto issue_s = [&](float (&s)[BN / 8][4], const uint32_t (&q_a)[KSTEPS][4], int stage) {
+    const uint32_t k_base = smem_u32(sK(stage));
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      // K-major B: atom column ks/4, k16 step ks%4 of it starts 32 bytes further
+      const uint64_t desc = wgmma_desc_sw128(k_base + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024);
+      WgmmaRS<T, BN, 0>::run(s, q_a[ks], desc, ks > 0 ? 1 : 0);
+    }
+  };
+  // O += P V with V of block `stage`
+  auto issue_pv = [&](const uint32_t (&pa)[BN / 16][4], int stage) {
+    const uint32_t v_base = smem_u32(sV(stage));
+#pragma unroll
+    for (int ks = 0; ks < BN / 16; ++ks) {
+      // MN-major B (V [keys][D]): 16 keys = 2048 bytes further per k-step; atom columns BN*128 apart
+      const uint64_t desc = wgmma_desc_sw128(v_base + ks * 16 * 128, BN * 128, 1024);
+      WgmmaRS<T, D, 1>::run(acc_o[0], pa[ks], desc, 1);
+    }
+  };
+  // Online softmax of block blk's scores, in place (s becomes P, unnormalised); updates row_m,
+  // row_l and returns the factor corr the rows' O must be multiplied by.
+  auto softmax_block = [&](float (&s)[BN / 8][4], int blk, float (&corr)[2]) {
+    const int j0 = blk * BN;
+    const bool need_mask = j0 + BN > unmasked_end;
+    float blk_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        float x = s[nt][e];
+        if (need_mask) {
+          const int j = j0 + nt * 8 + 2 * qc + (e & 1);
+          if (j > row_lim[r]) x = -INFINITY;
+        }
+        s[nt][e] = x;
+        blk_max[r] = fmaxf(blk_max[r], x);
+      }
+    float m_use[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      // scale > 0, so max(raw) * scale = max(scaled); -inf stays -inf
+      const float m_new = fmaxf(row_m[r], warp_quad_max(blk_max[r]) * scale_log2);
+      m_use[r] = m_new == -INFINITY ? 0.f : m_new;
+      corr[r] = exp2f(row_m[r] - m_use[r]);
+      row_m[r] = m_new;
+      row_l[r] *= corr[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const float pe = exp2f(fmaf(s[nt][e], scale_log2, -m_use[r]));
+        s[nt][e] = pe;
+        row_l[r] += pe;
+      }
+  };
+  auto rescale_o = [&](const float (&corr)[2]) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      acc_o[0][j][0] *= corr[0]; acc_o[0][j][1] *= corr[0];
+      acc_o[0][j][2] *= corr[1]; acc_o[0][j][3] *= corr[1];
+    }
+  };
+  // The S accumulators of key columns 16ks..16ks+15 are the A fragment of k-step ks of P V.
+  auto pack_p = [&](const float (&s)[BN / 8][4], uint32_t (&pa)[BN / 16][4]) {
+#pragma unroll
+    for (int ks = 0; ks < BN / 16; ++ks) {
+      pa[ks][0] = Mma::pack(s[2 * ks][0], s[2 * ks][1]);
+      pa[ks][1] = Mma::pack(s[2 * ks][2], s[2 * ks][3]);
+      pa[ks][2] = Mma::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+      pa[ks][3] = Mma::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+    }
+  };
+
   if (n_blocks > 0) {
     // Q fragments (A operand) of this warp's 16 rows, all k-steps: loaded once.
     uint32_t q_a[KSTEPS][4];
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks)
       ldmatrix_x4(q_a[ks], sQ + (warp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+    float s[BN / 8][4], corr[2];
+    uint32_t pa[BN / 16][4];
 
-    load_kv(0, 0);
-    for (int blk = 0; blk < n_blocks; ++blk) {
-      const int stage = blk & 1;
-      if (blk + 1 < n_blocks) { load_kv(blk + 1, stage ^ 1); cp_async_wait<1>(); }
-      else cp_async_wait<0>();
-      fence_proxy_async_smem();  // this thread's cp.async / zero stores -> visible to wgmma
+    if constexpr (!PIPE) {
+      // Two stages; per block: S, wait, softmax, P V, wait.
+      load_kv(0, 0);
+      for (int blk = 0; blk < n_blocks; ++blk) {
+        const int stage = blk & 1;
+        if (blk + 1 < n_blocks) { load_kv(blk + 1, stage ^ 1); cp_async_wait<1>(); }
+        else cp_async_wait<0>();
+        fence_proxy_async_smem();  // this thread's cp.async / zero stores -> visible to wgmma
+        __syncthreads();
+        wgmma_fence_operand(s);
+        wgmma_fence();
+        issue_s(s, q_a, stage);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(s);
+        softmax_block(s, blk, corr);
+        rescale_o(corr);
+        pack_p(s, pa);
+        wgmma_fence_operand(acc_o[0]);
+        wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
+        issue_pv(pa, stage);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(acc_o[0]);
+        __syncthreads();  // this stage is free for the load two blocks ahead
+      }
+    } else {
+      // FA3's intra-warpgroup overlap: S(j+1) is issued together with P(j) V(j), and the softmax
+      // of block j+1 runs while P(j) V(j) is in flight; O is rescaled once that has landed. Three
+      // K/V stages: the load of block j+2 goes into the stage of block j-1, whose S and P V every
+      // warpgroup has waited for before the barrier that precedes the load.
+      load_kv(0, 0);
+      if (n_blocks > 1) load_kv(1, 1); else cp_async_commit();
+      cp_async_wait<1>();  // block 0
+      fence_proxy_async_smem();
       __syncthreads();
-
-      const uint32_t k_base = smem_u32(sK(stage)), v_base = smem_u32(sV(stage));
-      // S = Q K^T (raw q.k; the scale is folded into the exp2 argument)
-      float s[BN / 8][4];
       wgmma_fence_operand(s);
       wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks) {
-        // K-major B: atom column ks/4, k16 step ks%4 of it starts 32 bytes further
-        const uint64_t desc = wgmma_desc_sw128(k_base + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024);
-        WgmmaRS<T, BN, 0>::run(s, q_a[ks], desc, ks > 0 ? 1 : 0);
-      }
+      issue_s(s, q_a, 0);
       wgmma_commit();
       wgmma_wait<0>();
       wgmma_fence_operand(s);
-
-      const int j0 = blk * BN;
-      const bool need_mask = j0 + BN > unmasked_end;
-      float blk_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1;
-          float x = s[nt][e];
-          if (need_mask) {
-            const int j = j0 + nt * 8 + 2 * qc + (e & 1);
-            if (j > row_lim[r]) x = -INFINITY;
-          }
-          s[nt][e] = x;
-          blk_max[r] = fmaxf(blk_max[r], x);
+      softmax_block(s, 0, corr);
+      rescale_o(corr);  // the depth phase's O (nothing in flight yet)
+      pack_p(s, pa);
+      for (int blk = 0; blk < n_blocks; ++blk) {
+        // here: pa = P(blk) relative to row_m, acc_o scaled to row_m, block blk in stage blk % 3
+        const bool next = blk + 1 < n_blocks;
+        cp_async_wait<0>();        // block blk + 1 (the only group in flight) has landed
+        fence_proxy_async_smem();
+        __syncthreads();           // ... for every thread; and every warpgroup is past P(blk-1) V(blk-1)
+        if (blk + 2 < n_blocks) load_kv(blk + 2, (blk + 2) % 3);
+        wgmma_fence_operand(acc_o[0]);
+        wgmma_fence();
+        if (next) {
+          wgmma_fence_operand(s);
+          issue_s(s, q_a, (blk + 1) % 3);
+          wgmma_commit();
         }
-      float m_use[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        // scale > 0, so max(raw) * scale = max(scaled); -inf stays -inf
-        const float m_new = fmaxf(row_m[r], warp_quad_max(blk_max[r]) * scale_log2);
-        m_use[r] = m_new == -INFINITY ? 0.f : m_new;
-        const float corr = exp2f(row_m[r] - m_use[r]);
-        row_m[r] = m_new;
-        row_l[r] *= corr;
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) { acc_o[0][j][2 * r] *= corr; acc_o[0][j][2 * r + 1] *= corr; }
-      }
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1;
-          const float pe = exp2f(fmaf(s[nt][e], scale_log2, -m_use[r]));
-          s[nt][e] = pe;
-          row_l[r] += pe;
+        issue_pv(pa, blk % 3);
+        wgmma_commit();
+        if (next) {
+          wgmma_wait<1>();  // S(blk+1) has landed; P(blk) V(blk) may still run
+          wgmma_fence_operand(s);
+          softmax_block(s, blk + 1, corr);
+          wgmma_wait<0>();  // P(blk) V(blk) has landed: pa and acc_o are free again
+          wgmma_fence_operand(acc_o[0]);
+          rescale_o(corr);
+          pack_p(s, pa);
+        } else {
+          wgmma_wait<0>();
+          wgmma_fence_operand(acc_o[0]);
         }
-      // O += P V: the S accumulators of key columns 16ks..16ks+15 are the A fragment of k-step ks
-      uint32_t pa[BN / 16][4];
-#pragma unroll
-      for (int ks = 0; ks < BN / 16; ++ks) {
-        pa[ks][0] = Mma::pack(s[2 * ks][0], s[2 * ks][1]);
-        pa[ks][1] = Mma::pack(s[2 * ks][2], s[2 * ks][3]);
-        pa[ks][2] = Mma::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-        pa[ks][3] = Mma::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
       }
-      wgmma_fence_operand(acc_o[0]);
-      wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
-#pragma unroll
-      for (int ks = 0; ks < BN / 16; ++ks) {
-        // MN-major B (V [keys][D]): 16 keys = 2048 bytes further per k-step; atom columns BN*128 apart
-        const uint64_t desc = wgmma_desc_sw128(v_base + ks * 16 * 128, BN * 128, 1024);
-        WgmmaRS<T, D, 1>::run(acc_o[0], pa[ks], desc, 1);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_fence_operand(acc_o[0]);
-      __syncthreads();  // this stage is free for the load two blocks ahead
     }
   }
 
@@ -324,15 +400,16 @@ bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
 static bool use_1wg(const moda_attn_params *p, int flags);
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
   if (p->d == 128) return "wgmma_d128";
+  if (flags & FWD_WGMMA_PIPE) return use_1wg(p, flags) ? "wgmma_d64_1wg_pipe" : "wgmma_d64_pipe";
   return use_1wg(p, flags) ? "wgmma_d64_1wg" : "wgmma_d64";
 }
 
-template <typename T, int D, int NWG>
+template <typename T, int D, int NWG, bool PIPE = false>
 static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, int flags) {
-  using Cfg = WgmmaFwdConfig<D, NWG>;
+  using Cfg = WgmmaFwdConfig<D, NWG, PIPE>;
   static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D, NWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D, NWG, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          Cfg::SMEM_BYTES),
                     "cudaFuncSetAttribute(fwd_wgmma)");
     attr_set = true;
@@ -342,7 +419,7 @@ static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, in
   if (tiles <= 0) return MODA_OK;
   if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-  fwd_wgmma_kernel<T, D, NWG><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
+  fwd_wgmma_kernel<T, D, NWG, PIPE><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
   MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_kernel");
   return MODA_OK;
 }
@@ -356,9 +433,15 @@ int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) 
   if (p->d == 128)
     return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 128, 2>(p, stream, flags)
                 : launch_fwd_wgmma_t<__half, 128, 2>(p, stream, flags);
-  if (use_1wg(p, flags))
+  const bool pipe = (flags & FWD_WGMMA_PIPE) != 0;
+  if (use_1wg(p, flags)) {
+    if (pipe) return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 1, true>(p, stream, flags)
+                          : launch_fwd_wgmma_t<__half, 64, 1, true>(p, stream, flags);
     return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 1>(p, stream, flags)
                 : launch_fwd_wgmma_t<__half, 64, 1>(p, stream, flags);
+  }
+  if (pipe) return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 2, true>(p, stream, flags)
+                        : launch_fwd_wgmma_t<__half, 64, 2, true>(p, stream, flags);
   return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 2>(p, stream, flags)
               : launch_fwd_wgmma_t<__half, 64, 2>(p, stream, flags);
 }

@@ -64,6 +64,9 @@ if [ "$MODE" = v6 ]; then
   step depth_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- depth
   step quick_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- quick
   step depth_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- depth
+  step quick_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- quick
+  step depth_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- depth
+  step quick_wgmma_1wgp  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=97 -- quick
   step bwd_wgmma_bwd     MODA_CUDA_WGMMA_BWD=1 -- bwd
   step bwd_fuse_depth    MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
   step quick_fuse_depth  MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
@@ -79,7 +82,7 @@ if [ "$MODE" = v6 ]; then
   done
   MODA_CUDA_WGMMA=1 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
   echo; echo "== v6 summary (every rc 0, every '0 failed', sanitizer 0 errors / 0 hazards) =="; cat "$SUM"
-  echo; grep -A12 "^forward, bf16" "$OUTDIR/v6_bench.log"
+  echo; grep -A12 "^forward, bf16" "$OUTDIR/v6_bench.log"  # four A/B tables
   exit 0
 fi
 if [ "$MODE" = depthring ]; then

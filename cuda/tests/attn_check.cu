@@ -426,6 +426,8 @@ int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "wgmmabench")) {  // run with MODA_CUDA_WGMMA=1 (or 2)
     ab_bench(1 | 16, 1, "mma.sync", "wgmma");
     ab_bench(1, 1 | 32, "wgmma 2wg", "wgmma 1wg");
+    ab_bench(1, 1 | 64, "wgmma", "wgmma pipe");
+    ab_bench(1 | 32, 1 | 32 | 64, "wgmma 1wg", "wgmma 1wg pipe");
     return 0;
   }
   std::vector<Case> cases;
