@@ -303,35 +303,36 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
       softmax_block(s, 0, corr);
       rescale_o(corr);  // the depth phase's O (nothing in flight yet)
       pack_p(s, pa);
-      for (int blk = 0; blk < n_blocks; ++blk) {
+      // Every block but the last has a successor: no wgmma sits on a data-dependent branch (ptxas
+      // serializes wgmma issued on divergent paths).
+      for (int blk = 0; blk + 1 < n_blocks; ++blk) {
         // here: pa = P(blk) relative to row_m, acc_o scaled to row_m, block blk in stage blk % 3
-        const bool next = blk + 1 < n_blocks;
         cp_async_wait<0>();        // block blk + 1 (the only group in flight) has landed
         fence_proxy_async_smem();
         __syncthreads();           // ... for every thread; and every warpgroup is past P(blk-1) V(blk-1)
         if (blk + 2 < n_blocks) load_kv(blk + 2, (blk + 2) % 3);
         wgmma_fence_operand(acc_o[0]);
+        wgmma_fence_operand(s);
         wgmma_fence();
-        if (next) {
-          wgmma_fence_operand(s);
-          issue_s(s, q_a, (blk + 1) % 3);
-          wgmma_commit();
-        }
+        issue_s(s, q_a, (blk + 1) % 3);
+        wgmma_commit();
         issue_pv(pa, blk % 3);
         wgmma_commit();
-        if (next) {
-          wgmma_wait<1>();  // S(blk+1) has landed; P(blk) V(blk) may still run
-          wgmma_fence_operand(s);
-          softmax_block(s, blk + 1, corr);
-          wgmma_wait<0>();  // P(blk) V(blk) has landed: pa and acc_o are free again
-          wgmma_fence_operand(acc_o[0]);
-          rescale_o(corr);
-          pack_p(s, pa);
-        } else {
-          wgmma_wait<0>();
-          wgmma_fence_operand(acc_o[0]);
-        }
+        wgmma_wait<1>();  // S(blk+1) has landed; P(blk) V(blk) may still run
+        wgmma_fence_operand(s);
+        softmax_block(s, blk + 1, corr);
+        wgmma_wait<0>();  // P(blk) V(blk) has landed: pa and acc_o are free again
+        wgmma_fence_operand(acc_o[0]);
+        rescale_o(corr);
+        pack_p(s, pa);
       }
+      // the last block's P V (its K/V landed and was published before its S)
+      wgmma_fence_operand(acc_o[0]);
+      wgmma_fence();
+      issue_pv(pa, (n_blocks - 1) % 3);
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operand(acc_o[0]);
     }
   }
 
