@@ -4,8 +4,8 @@
 #        cuda/run_checks.sh depthring   (the forward's depth ring vs the single-buffered depth
 #        phase, MODA_CUDA_FWD_FLAGS bit 3: checker grids both ways, compute-sanitizer on the ring,
 #        A/B timing table last; ~3-4 minutes on an H100)
-#        cuda/run_checks.sh v6          (session-4 work: the checker grids on the default path and
-#        with both wgmma kernels forced, compute-sanitizer, mma.sync vs wgmma timing)
+#        cuda/run_checks.sh v6 | v6san  (session-4 work: the checker grids on the default path and
+#        with every wgmma variant forced | compute-sanitizer and the mma.sync vs wgmma timing)
 #        cuda/run_checks.sh wgmma [diag] [sanitize]   (the sm_90a wgmma helpers alone:
 #        cuda/tests/wgmma_check.cu, S = Q K^T and O = P V descriptors vs a float64 reference;
 #        diag: also run the alternative (lbo, sbo) encodings on passing cases; sanitize: then
@@ -31,6 +31,9 @@ if [ "$MODE" = wgmma ]; then
   fi
   exit $rc
 fi
+if [ -n "${REUSE_BUILD:-}" ] && [ -x $OBJ/attn_check ]; then
+  echo "(REUSE_BUILD: the checker built by the previous call)"
+else
 pids=()
 for f in cuda/*.cu cuda/tests/attn_check.cu; do
   nvcc $FLAGS -Xptxas -v -c "$f" -o $OBJ/$(basename "$f" .cu).o > $OBJ/$(basename "$f" .cu).log 2>&1 &
@@ -39,7 +42,9 @@ done
 rc=0; for p in "${pids[@]}"; do wait $p || rc=1; done
 if [ $rc != 0 ]; then cat $OBJ/*.log | grep -B2 -A2 error; exit 1; fi
 grep -h -A3 "Compiling entry function.*fwd_mma" $OBJ/attn_fwd_mma.log | grep -E "registers|spill" > "$OUTDIR/ptxas.txt"
+rm -f $OBJ/attn_check
 nvcc -o $OBJ/attn_check $OBJ/*.o -lcudart || exit 1
+fi
 step() {  # step NAME ENV... -- ARGS: run the checker, keep its log ($OUTDIR/dr_NAME.log), one line in $SUM
   local name=$1; shift; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
   local log="$OUTDIR/dr_${name}.log"
@@ -47,42 +52,48 @@ step() {  # step NAME ENV... -- ARGS: run the checker, keep its log ($OUTDIR/dr_
   local line; line=$(grep -E "^[0-9]+ cases" "$log" | tail -1)
   printf "%-28s rc=%d  %s  %s\n" "$name" $rc "${line:-NO RESULT (see $log)}" "$(grep -c FAIL "$log") FAIL lines" | tee -a "$SUM"
 }
-if [ "$MODE" = v6 ]; then
-  # Session-4 work in one run (it was written without device time): the FwdDepthRing refactor
-  # on the default (mma.sync) path, both wgmma kernels through every checker grid
-  # (MODA_CUDA_WGMMA=2: every shape they can run), compute-sanitizer on small cases, then the
-  # A/B timing mma.sync vs wgmma. Run `cuda/run_checks.sh wgmma diag` first. ~6-8 min on an H100.
-  grep -h -A3 "Compiling entry function.*wgmma" $OBJ/attn_fwd_wgmma.log $OBJ/attn_bwd_mma.log \
-    | grep -E "Compiling|registers|spill" | sed 's/.*entry function//' | tee "$OUTDIR/ptxas_wgmma.txt"
+if [ "$MODE" = v6 ] || [ "$MODE" = v6san ]; then
+  # Session-4 work (written without device time), in two calls of < 10 minutes each:
+  #   v6:    the FwdDepthRing refactor on the default (mma.sync) path, then every wgmma variant
+  #          and the fused depth gradients through the checker grids (MODA_CUDA_WGMMA=2: every
+  #          shape they can run; MODA_CUDA_WGMMA_BWD / FWD_FLAGS split the kernels apart);
+  #   v6san: compute-sanitizer on small cases with everything on, then the A/B timing tables.
+  # Run `cuda/run_checks.sh wgmma diag` first. REUSE_BUILD=1 skips the rebuild on a warm machine.
+  grep -h -A3 "Compiling entry function.*wgmma" $OBJ/attn_fwd_wgmma.log $OBJ/attn_bwd_mma.log 2>/dev/null \
+    | grep -E "Compiling|registers|spill" | sed 's/.*entry function//' > "$OUTDIR/ptxas_wgmma.txt"
   grep -hiE "Performance Loss|serializ" $OBJ/*.log | sort -u | tee -a "$OUTDIR/ptxas_wgmma.txt"
-  SUM="$OUTDIR/v6_summary.txt"; : > "$SUM"
-  step quick_default     -- quick
-  step depth_default     -- depth
-  step decode_default    -- decode
-  step bwd_default       -- bwd
-  step quick_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- quick
-  step depth_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- depth
-  step quick_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- quick
-  step depth_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- depth
-  step quick_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- quick
-  step depth_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- depth
-  step quick_wgmma_1wgp  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=97 -- quick
-  step bwd_wgmma_bwd     MODA_CUDA_WGMMA_BWD=1 -- bwd
-  step bwd_fuse_depth    MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
-  step quick_fuse_depth  MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
-  step quick_wgmma_all   MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
-  step bwd_wgmma_all     MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
-  for t in depthsan san; do
-    for tool in memcheck racecheck; do
-      log="$OUTDIR/v6_san_${tool}_${t}.log"
-      MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 timeout 120 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
-      printf "%-28s rc=%d  %s | %s\n" "wgmma_${tool}_${t}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
-        "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
+  SUM="$OUTDIR/${MODE}_summary.txt"; : > "$SUM"
+  if [ "$MODE" = v6 ]; then
+    step quick_default     -- quick
+    step depth_default     -- depth
+    step decode_default    -- decode
+    step bwd_default       -- bwd
+    step quick_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- quick
+    step depth_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- depth
+    step quick_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- quick
+    step depth_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- depth
+    step quick_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- quick
+    step depth_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- depth
+    step quick_wgmma_1wgp  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=97 -- quick
+    step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
+    step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
+    step bwd_fuse_depth    MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
+    step quick_fuse_depth  MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
+    step quick_wgmma_all   MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
+    step bwd_wgmma_all     MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
+  else
+    for t in depthsan san; do
+      for tool in memcheck racecheck; do
+        log="$OUTDIR/v6_san_${tool}_${t}.log"
+        MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 timeout 75 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
+        printf "%-28s rc=%d  %s | %s\n" "wgmma_${tool}_${t}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
+          "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
+      done
     done
-  done
-  MODA_CUDA_WGMMA=1 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
-  echo; echo "== v6 summary (every rc 0, every '0 failed', sanitizer 0 errors / 0 hazards) =="; cat "$SUM"
-  echo; grep -A12 "^forward, bf16" "$OUTDIR/v6_bench.log"  # four A/B tables
+    MODA_CUDA_WGMMA=1 timeout 200 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
+  fi
+  echo; echo "== $MODE summary (every rc 0, every '0 failed', sanitizer 0 errors / 0 hazards) =="; cat "$SUM"
+  [ "$MODE" = v6san ] && { echo; grep -A12 "^forward, bf16" "$OUTDIR/v6_bench.log"; }
   exit 0
 fi
 if [ "$MODE" = depthring ]; then
