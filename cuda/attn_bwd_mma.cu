@@ -414,20 +414,28 @@ bwd_dkv_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *
 //     dK  += dS^T Q     m64n64k16, A = dS^T, B = Q tile MN-major
 // Experimental (written without device time; MODA_CUDA_WGMMA=1|2 enables it, as the forward).
 // d = 128 stays on mma.sync: its K/V fragments (64 registers) do not fit beside the accumulators.
-template <typename T>
+// ATOMIC_DQ (deterministic = 0, MODA_CUDA_BWD_ATOMIC_DQ=1): the step's dS^T also goes to smem,
+// dQ_step = dS K runs as an SS wgmma (A = dS read MN-major from that tile, B = a swizzled copy
+// of the K block read MN-major) and is added to a float32 accumulator [B, Hk, T*G, d] by vector
+// reductions; the dQ kernel then runs its depth part only and adds the accumulator. 5 GEMMs of
+// the sequence part instead of 7 (FA2/FA3's dQ), at the price of a run-to-run varying sum order.
+template <typename T, bool ATOMIC_DQ = false>
 __global__ void __launch_bounds__(128, 2)
-bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta) {
+bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int D = 64, BN = 64, BQ = 64, LDS = D + 8, NTHREADS = 128;
   constexpr int KSTEPS = D / 16, NT = BQ / 8, CH = D / 8;
   constexpr int TILE = BQ * D * 2;  // bytes of one swizzled Q or dO tile
+  static_assert(BN * D * 2 == TILE && BN * BQ * 2 == TILE, "the K copy and the dS^T tile are TILE bytes too");
   using Mma = MmaOp<T>;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
   unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   auto sQ = [&](int stage) { return smem + stage * 2 * TILE; };
   auto sdO = [&](int stage) { return smem + stage * 2 * TILE + TILE; };
-  T *sK = reinterpret_cast<T *>(smem + 4 * TILE);
+  // ATOMIC_DQ: the swizzled K copy and the dS^T tile follow the four Q/dO tiles
+  unsigned char *sKsw = smem + 4 * TILE, *sDS = smem + 5 * TILE;
+  T *sK = reinterpret_cast<T *>(smem + (ATOMIC_DQ ? 6 : 4) * TILE);
   T *sV = sK + BN * LDS;
   float *sStat = reinterpret_cast<float *>(sV + BN * LDS);  // stage s: lse2 at s*2*BQ, delta after
   auto sLse = [&](int stage) { return sStat + stage * 2 * BQ; };
@@ -451,6 +459,15 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
     const int64_t i = i0 + r;
     return i < S ? vg + b * p.v_stride[0] + i * p.v_stride[1] + g * p.v_stride[2] : nullptr;
   });
+  if constexpr (ATOMIC_DQ) {  // K again, swizzled: the B operand of dQ = dS K
+    for (int i = tid; i < BN * CH; i += NTHREADS) {
+      const int r = i / CH, c = i % CH;
+      const int64_t key = i0 + r;
+      const uint32_t off = sw128_offset(r, c * 8, BN);
+      if (key < S) cp_async_16(sKsw + off, kg + b * p.k_stride[0] + key * p.k_stride[1] + g * p.k_stride[2] + c * 8);
+      else *reinterpret_cast<uint4 *>(sKsw + off) = make_uint4(0, 0, 0, 0);
+    }
+  }
   cp_async_commit();
 
   // Packed query rows [R_begin, R_end) that can see some key of this block.
@@ -580,10 +597,45 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
     for (int kq = 0; kq < BQ / 16; ++kq)
       WgmmaRS<T, D, 1>::run(acc_dk, da[kq], wgmma_desc_sw128(q_base + kq * 16 * 128, BQ * 128, 1024), 1);
     wgmma_commit();
-    wgmma_wait<0>();
+    if constexpr (ATOMIC_DQ) {
+      // dS^T -> smem as the MN-major A of dQ = dS K: element (key, row) at sw128_offset(key, row),
+      // rows contiguous, so each lane's (row, row + 1) pair is one 4-byte store. (The previous
+      // step's dQ wgmma, which read this tile, was waited for before the last barrier.)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2)
+          *reinterpret_cast<uint32_t *>(sDS + sw128_offset(warp * 16 + qr + 8 * h2, nt * 8 + 2 * qc, BN)) =
+              Mma::pack(dp[nt][2 * h2], dp[nt][2 * h2 + 1]);
+      fence_proxy_async_smem();
+      __syncthreads();  // every warp's dS^T rows are in the tile
+      float acc_dq[D / 8][4];
+      wgmma_fence_operand(acc_dq);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk)  // k = keys: 16 key rows (2048 bytes) per step in both tiles
+        WgmmaSS<T, D, 1, 1>::run(acc_dq, wgmma_desc_sw128(smem_u32(sDS) + kk * 16 * 128, BQ * 128, 1024),
+                                 wgmma_desc_sw128(smem_u32(sKsw) + kk * 16 * 128, BN * 128, 1024), kk > 0 ? 1 : 0);
+      wgmma_commit();
+      wgmma_wait<0>();  // dV, dK and dQ of this step
+      wgmma_fence_operand(acc_dq);
+      // this warp's 16 query rows of the step (m = row): unscaled dS K, added to the accumulator
+      float *acc_bg = dq_accum + (b * p.Hk + g) * TG * D;
+#pragma unroll
+      for (int h2 = 0; h2 < 2; ++h2) {
+        const int64_t R = Rq + warp * 16 + qr + 8 * h2;
+        if (R < R_end) {
+#pragma unroll
+          for (int j = 0; j < D / 8; ++j)
+            red_add_f32x2(acc_bg + R * D + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+        }
+      }
+    } else {
+      wgmma_wait<0>();
+    }
     wgmma_fence_operand(acc_dv);
     wgmma_fence_operand(acc_dk);
-    __syncthreads();  // this stage is free for the load two blocks ahead
+    __syncthreads();  // this stage (and the dS^T tile) is free for the next writes
   }
   cp_async_wait<0>();  // (n_qblk == 0: the K/V copies must land before the CTA exits)
 
@@ -609,6 +661,7 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
 // smem of bwd_dkv_wgmma_kernel: 1024 alignment slack, 2 stages of swizzled (Q, dO) tiles, the
 // padded K/V block, 2 stages of (lse2, delta).
 constexpr int kDkvWgmmaSmem = 1024 + 4 * 64 * 64 * 2 + 2 * 64 * (64 + 8) * 2 + 2 * 2 * 64 * 4;
+constexpr int kDkvWgmmaSmemAtomic = kDkvWgmmaSmem + 2 * 64 * 64 * 2;  // + K copy, dS^T tile
 
 // ---------------- 4. dQ: depth part (transposed) + sequence part ----------------
 // WG (sm_90a, d = 64; experimental, MODA_CUDA_WGMMA=1|2): the CTA's 64 rows are one warpgroup's
@@ -620,9 +673,11 @@ constexpr int kDkvWgmmaSmem = 1024 + 4 * 64 * 64 * 2 + 2 * 64 * (64 + 8) * 2 + 2
 // other group and their dkd, dvd are complete here: dvd = P^T dO and dkd = dS^T q per 16 depth
 // rows (m16n8k8, k = the group's 8 rows), written at once. Kernel 3 is then skipped: kd and vd are
 // read once by the backward instead of twice.
-template <typename T, int D, bool WG = false, bool FUSE = false>
+// ACCUM (with bwd_dkv_wgmma_kernel<T, true>, deterministic = 0): the sequence part of dQ was
+// summed into dq_accum by the dK/dV kernel; this kernel adds it to its depth part and writes dq.
+template <typename T, int D, bool WG = false, bool FUSE = false, bool ACCUM = false>
 __global__ void __launch_bounds__(BwdConfig<D>::NTHREADS)
-bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta) {
+bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, const float *dq_accum) {
   using Cfg = BwdConfig<D>;
   using Mma = MmaOp<T>;
   constexpr int BM = Cfg::BM, BK = Cfg::BK, DL = Cfg::DL, LDS = Cfg::LDS, NTHREADS = Cfg::NTHREADS;
@@ -895,7 +950,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
     cp_async_commit();
   };
 
-  if (n_blocks > 0) {
+  if (!ACCUM && n_blocks > 0) {
     const T *sQw = sQ + warp * 16 * LDS, *sdOw = sdO + warp * 16 * LDS;
     auto a_frag = [&](uint32_t (&a)[4], const T *base, int ks) {
       ldmatrix_x4(a, base + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
@@ -1010,6 +1065,20 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
     }
   }
 
+  if constexpr (ACCUM) {  // the sequence part, summed by the dK/dV kernel (unscaled, as acc_dq)
+    const float *acc_bg = dq_accum + (b * p.Hk + g) * TG * D;
+#pragma unroll
+    for (int h2 = 0; h2 < 2; ++h2) {
+      const int64_t R = Rw + qr + 8 * h2;
+      if (R >= TG) continue;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        const float2 a = *reinterpret_cast<const float2 *>(acc_bg + R * D + j * 8 + 2 * qc);
+        acc_dq[j][2 * h2] += a.x;
+        acc_dq[j][2 * h2 + 1] += a.y;
+      }
+    }
+  }
   T *dq = static_cast<T *>(p.dq);
   const float scale = (float)p.scale;
 #pragma unroll
@@ -1067,6 +1136,17 @@ bool bwd_fuse_depth_selected(const moda_attn_params *p) {
   return on && p->d == 64 && p->L > 0 && p->chunk <= 0 && 8 % p->G == 0;
 }
 
+// dQ by float32 reductions from the wgmma dK/dV kernel (ATOMIC_DQ): deterministic = 0 only, where
+// that kernel runs. Experimental until verified on the device: MODA_CUDA_BWD_ATOMIC_DQ=1.
+bool bwd_atomic_dq_selected(const moda_attn_params *p) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_ATOMIC_DQ");
+    on = e && e[0] == '1';
+  }
+  return on && !p->deterministic && bwd_wgmma_selected(p, 1);
+}
+
 int seq_minb(const moda_attn_params *p) {
   static int forced = -1;
   if (forced < 0) {
@@ -1093,7 +1173,9 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     if constexpr (D == 64) {
       if ((st = set_smem(bwd_dq_mma_kernel<T, D, true>, Cfg::DQ_SMEM_WG, "cudaFuncSetAttribute(bwd_dq_wgmma)")) ||
           (st = set_smem(bwd_dq_mma_kernel<T, D, true, true>, Cfg::DQ_SMEM_WG, "cudaFuncSetAttribute(bwd_dq_wgmma)")) ||
-          (st = set_smem(bwd_dq_mma_kernel<T, D, false, true>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_mma)")))
+          (st = set_smem(bwd_dq_mma_kernel<T, D, false, true>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_mma)")) ||
+          (st = set_smem(bwd_dq_mma_kernel<T, D, false, false, true>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_accum)")) ||
+          (st = set_smem(bwd_dq_mma_kernel<T, D, false, true, true>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_accum)")))
         return st;
     }
     if constexpr (D <= 64) {
@@ -1106,25 +1188,31 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   const int64_t rows = p->B * p->Hk * TG;
   float *ws_lse2 = workspace, *ws_delta = workspace + rows;
   const bool fuse = D == 64 && bwd_fuse_depth_selected(p);  // dkd, dvd from the dQ kernel (no kernel 3)
+  const bool atomic = D == 64 && bwd_atomic_dq_selected(p);  // sequence dQ summed by the dK/dV kernel
+  float *dq_accum = atomic ? workspace + 2 * rows : nullptr;  // [B, Hk, T*G, d] float32
+  const int64_t dq_tiles = (TG + Cfg::BM - 1) / Cfg::BM;
+  const dim3 dq_grid((unsigned)dq_tiles, (unsigned)p->Hk, (unsigned)p->B);
   if (rows > 0) {
     constexpr int TPR = D / 8;
     const int64_t blocks = (rows * TPR + 255) / 256;
     if (blocks > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: too many rows");
     bwd_preprocess_kernel<T, D><<<(unsigned)blocks, 256, 0, stream>>>(*p, ws_lse2, ws_delta);
     MODA_CUDA_CHECK_LAUNCH("bwd_preprocess_kernel");
-    const int64_t tiles = (TG + Cfg::BM - 1) / Cfg::BM;
-    dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-    bool launched = false;
-    if constexpr (D == 64) {
-      const bool wg = bwd_wgmma_selected(p, 2);
-      const int smem = wg ? Cfg::DQ_SMEM_WG : Cfg::DQ_SMEM;
-      auto kern = wg ? (fuse ? bwd_dq_mma_kernel<T, D, true, true> : bwd_dq_mma_kernel<T, D, true, false>)
-                     : (fuse ? bwd_dq_mma_kernel<T, D, false, true> : bwd_dq_mma_kernel<T, D, false, false>);
-      kern<<<grid, Cfg::NTHREADS, smem, stream>>>(*p, ws_lse2, ws_delta);
-      launched = true;
+    if (atomic) {
+      MODA_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, (size_t)rows * D * sizeof(float), stream), "cudaMemsetAsync(dq_accum)");
+    } else {
+      bool launched = false;
+      if constexpr (D == 64) {
+        const bool wg = bwd_wgmma_selected(p, 2);
+        const int smem = wg ? Cfg::DQ_SMEM_WG : Cfg::DQ_SMEM;
+        auto kern = wg ? (fuse ? bwd_dq_mma_kernel<T, D, true, true> : bwd_dq_mma_kernel<T, D, true, false>)
+                       : (fuse ? bwd_dq_mma_kernel<T, D, false, true> : bwd_dq_mma_kernel<T, D, false, false>);
+        kern<<<dq_grid, Cfg::NTHREADS, smem, stream>>>(*p, ws_lse2, ws_delta, nullptr);
+        launched = true;
+      }
+      if (!launched) bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, nullptr);
+      MODA_CUDA_CHECK_LAUNCH("bwd_dq_mma_kernel");
     }
-    if (!launched) bwd_dq_mma_kernel<T, D><<<grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta);
-    MODA_CUDA_CHECK_LAUNCH("bwd_dq_mma_kernel");
   }
   if (p->B * p->S > 0) {
     dim3 grid((unsigned)(((p->S + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
@@ -1133,10 +1221,16 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
       if (bwd_wgmma_selected(p, 1)) {
         static bool wg_attr = false;
         if (!wg_attr) {
-          if (int st = set_smem(bwd_dkv_wgmma_kernel<T>, kDkvWgmmaSmem, "cudaFuncSetAttribute(bwd_dkv_wgmma)")) return st;
+          int st;
+          if ((st = set_smem(bwd_dkv_wgmma_kernel<T>, kDkvWgmmaSmem, "cudaFuncSetAttribute(bwd_dkv_wgmma)")) ||
+              (st = set_smem(bwd_dkv_wgmma_kernel<T, true>, kDkvWgmmaSmemAtomic, "cudaFuncSetAttribute(bwd_dkv_wgmma)")))
+            return st;
           wg_attr = true;
         }
-        bwd_dkv_wgmma_kernel<T><<<grid, 128, kDkvWgmmaSmem, stream>>>(*p, ws_lse2, ws_delta);
+        if (atomic)
+          bwd_dkv_wgmma_kernel<T, true><<<grid, 128, kDkvWgmmaSmemAtomic, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
+        else
+          bwd_dkv_wgmma_kernel<T><<<grid, 128, kDkvWgmmaSmem, stream>>>(*p, ws_lse2, ws_delta, nullptr);
         MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_kernel");
         launched = true;
       }
@@ -1150,6 +1244,13 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     if (!launched)
       bwd_dkv_mma_kernel<T, D, false, 1><<<grid, Cfg::NTHREADS, Cfg::dkv_smem(Cfg::BQ), stream>>>(*p, ws_lse2, ws_delta);
     MODA_CUDA_CHECK_LAUNCH("bwd_dkv_mma_kernel");
+  }
+  if constexpr (D == 64) {
+    if (atomic && rows > 0) {  // after the dK/dV kernel (same stream): depth part + the accumulator
+      auto kern = fuse ? bwd_dq_mma_kernel<T, D, false, true, true> : bwd_dq_mma_kernel<T, D, false, false, true>;
+      kern<<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
+      MODA_CUDA_CHECK_LAUNCH("bwd_dq_accum_kernel");
+    }
   }
   if (p->L > 0 && rows > 0 && !fuse) {
     dim3 grid((unsigned)(((p->T * p->L + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
@@ -1185,11 +1286,16 @@ bool bwd_mma_supported(const moda_attn_params *p, int cc) {
 
 const char *bwd_mma_name(const moda_attn_params *p) {
   // the sequence dK/dV and the dQ kernels; the depth dK/dV kernel is always mma.sync
+  if (bwd_atomic_dq_selected(p)) return "wgmma_d64_atomic_dq";  // dQ's sum order varies run to run
   if (bwd_wgmma_selected(p, 1) || bwd_wgmma_selected(p, 2)) return "wgmma_d64";
   return p->d == 128 ? "mma_sync_d128" : "mma_sync_d64";
 }
 
-int64_t bwd_mma_workspace_floats(const moda_attn_params *p) { return 2 * p->B * p->Hq * p->T; }
+// lse2 and delta per packed row, + the float32 dQ accumulator of the atomic-dQ path
+int64_t bwd_mma_workspace_floats(const moda_attn_params *p) {
+  const int64_t rows = p->B * p->Hq * p->T;
+  return 2 * rows + (bwd_atomic_dq_selected(p) ? rows * p->d : 0);
+}
 
 int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace) {
   if (p->dtype == MODA_BF16)

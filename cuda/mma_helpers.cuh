@@ -183,6 +183,16 @@ __device__ __forceinline__ void wgmma_fence_operand(float (&d)[N][4]) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(d[i][j])::"memory");
 }
+// dst[0] += a, dst[1] += b in global memory, no return value (one vector reduction on sm_90;
+// dst 8-byte aligned). Float addition order across threads is not fixed: not deterministic.
+__device__ __forceinline__ void red_add_f32x2(float *dst, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.add.global.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(a), "f"(b) : "memory");
+#elif defined(__CUDA_ARCH__)
+  atomicAdd(dst, a);
+  atomicAdd(dst + 1, b);
+#endif
+}
 // Makes this thread's generic-proxy shared-memory writes (st.shared, cp.async) visible to the
 // async proxy that wgmma reads operands through; then a barrier publishes them to the warpgroup.
 __device__ __forceinline__ void fence_proxy_async_smem() {

@@ -77,15 +77,16 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ]; then
     step quick_wgmma_1wgp  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=97 -- quick
     step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
     step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
+    step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_fuse_depth    MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
     step quick_fuse_depth  MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
-    step quick_wgmma_all   MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
-    step bwd_wgmma_all     MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
+    step quick_wgmma_all   MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
+    step bwd_wgmma_all     MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
   else
     for t in depthsan san; do
       for tool in memcheck racecheck; do
         log="$OUTDIR/v6_san_${tool}_${t}.log"
-        MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 timeout 75 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
+        MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 timeout 75 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
         printf "%-28s rc=%d  %s | %s\n" "wgmma_${tool}_${t}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
           "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
       done

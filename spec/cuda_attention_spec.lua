@@ -145,7 +145,10 @@ local function run_case(c)
         else
           errs[name] = rel_err(g[i], r[i])
         end
-        if not g[i]:to("cpu"):equal(g2[i]:to("cpu")) then errs.repro = math.huge end  -- bits differ
+        -- bits must not differ; except dq of the atomic-dQ path (MODA_CUDA_BWD_ATOMIC_DQ=1, taken only
+        -- with deterministic = false), whose float32 sums run in a varying order
+        local varies = name == "dq" and not deterministic and os.getenv("MODA_CUDA_BWD_ATOMIC_DQ") == "1"
+        if not varies and not g[i]:to("cpu"):equal(g2[i]:to("cpu")) then errs.repro = math.huge end
       end
     end
   end

@@ -52,6 +52,39 @@ for n in SHAPES:
             w("#endif")
             w("  }")
             w("};")
+
+# SS form: A and B both from shared memory by descriptor; TRANS_A = 1 reads A MN-major (m
+# contiguous). Used by the backward's dQ = dS K with dS staged in smem.
+w("")
+w("// SS form: A (m64 x k16) and B from shared memory by descriptor. TRANS_A = 1: A stored MN-major.")
+w("template <typename T, int N, int TRANS_A, int TRANS_B> struct WgmmaSS;")
+for n in [64]:
+    nregs = n // 2
+    for ctype, ptype in TYPES:
+        for ta in (0, 1):
+            for tb in (0, 1):
+                w("")
+                w(f"template <> struct WgmmaSS<{ctype}, {n}, {ta}, {tb}> {{")
+                w(f"  static __device__ __forceinline__ void run(float (&d)[{n // 8}][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {{")
+                w("#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)")
+                ai = nregs
+                w("    asm volatile(")
+                w("        \"{\\n.reg .pred p;\\n\"")
+                w(f"        \"setp.ne.b32 p, %{ai + 2}, 0;\\n\"")
+                w(f"        \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} \"")
+                regs = [f"%{i}" for i in range(nregs)]
+                lines = [", ".join(regs[i:i + 16]) for i in range(0, nregs, 16)]
+                w("        \"{\"")
+                for li, l in enumerate(lines):
+                    sep = ", " if li + 1 < len(lines) else ""
+                    w(f"        \"{l}{sep}\"")
+                w(f"        \"}}, %{ai}, %{ai + 1}, p, 1, 1, {ta}, {tb};\\n}}\\n\"")
+                ops = [f"\"+f\"(d[{i // 4}][{i % 4}])" for i in range(nregs)]
+                w("        : " + ",\n          ".join(", ".join(ops[i:i + 4]) for i in range(0, nregs, 4)))
+                w("        : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));")
+                w("#endif")
+                w("  }")
+                w("};")
 w("")
 w("}  // namespace moda_cuda")
 print("\n".join(out))
