@@ -614,7 +614,7 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk)  // k = keys: 16 key rows (2048 bytes) per step in both tiles
-        WgmmaSS<T, D, 1, 1>::run(acc_dq, wgmma_desc_sw128(smem_u32(sDS) + kk * 16 * 128, BQ * 128, 1024),
+        WgmmaSS<T, D, 1, 1>::run(acc_dq, wgmma_desc_sw128(smem_u32(sDS) + kk * 16 * 128, BN * 128, 1024),
                                  wgmma_desc_sw128(smem_u32(sKsw) + kk * 16 * 128, BN * 128, 1024), kk > 0 ? 1 : 0);
       wgmma_commit();
       wgmma_wait<0>();  // dV, dK and dQ of this step

@@ -7,7 +7,7 @@
 #        cuda/run_checks.sh v6 | v6san  (session-4 work: the checker grids on the default path and
 #        with every wgmma variant forced | compute-sanitizer and the mma.sync vs wgmma timing)
 #        cuda/run_checks.sh wgmma [diag] [sanitize]   (the sm_90a wgmma helpers alone:
-#        cuda/tests/wgmma_check.cu, S = Q K^T and O = P V descriptors vs a float64 reference;
+#        cuda/tests/wgmma_check.cu: S = Q K^T, O = P V (RS) and dQ = dS K (SS) vs a float64 reference;
 #        diag: also run the alternative (lbo, sbo) encodings on passing cases; sanitize: then
 #        again under compute-sanitizer memcheck; exit status = the checker's; < 1 minute)
 # Writes logs under $OUT (device tool) or /tmp/moda_out.

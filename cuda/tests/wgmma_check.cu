@@ -10,8 +10,16 @@
 // 1024-byte-aligned dynamic smem; cp.async.wait_group 0 + fence.proxy.async + barrier +
 // wgmma.fence; k-steps (first scale_d = 0 unless the case says otherwise); commit; wait<0>;
 // accumulators written out in the m16n8 C layout per warp.
+//   use 3 (SS form, WgmmaSS<T, 64, 1, 1>), the backward's dQ = dS K of
+//          bwd_dkv_wgmma_kernel<T, true>: A = dS^T tile [key][row] swizzled (MN-major A), written
+//          by 4-byte st.shared of (row, row + 1) pairs from the accumulator layout; B = K tile
+//          [key][d] swizzled by cp.async (MN-major B); k16 step kk starts at +kk*2048 in both,
+//          lbo = atom-column distance (64*128), sbo = 1024; first scale_d = 0. Control: both
+//          operands K-major (WgmmaSS<T, 64, 0, 0>, +32 B per step, lbo 16, sbo 1024); and the
+//          kernel's form on NaN-poisoned accumulators (scale_d = 0 must ignore them).
 // Reference: float64 on the host. A failing primary case is re-run with alternative (lbo, sbo)
-// encodings and the log says which of them pass.
+// encodings and the log says which of them pass (SS: per operand, plus the other TRANS_A /
+// TRANS_B combinations as uncounted cross-checks).
 // Build / run (device machine), from the repository root:
 //   nvcc -O2 -std=c++17 -I cuda -gencode arch=compute_90a,code=sm_90a
 //        cuda/tests/wgmma_check.cu -o build/wgmma_check && build/wgmma_check [diag]
@@ -200,6 +208,73 @@ __global__ void __launch_bounds__(128) chain_kernel(ChainArgs<T> p) {
   wgmma_wait<0>();
   wgmma_fence_operand(o);
   store_acc<D>(p.O, o);
+}
+
+// SS form, the backward's dQ = dS K (bwd_dkv_wgmma_kernel<T, true>): D[64 rows][64 d] =
+// dS[64 rows][64 keys] * K[64 keys][64 d], both operands from swizzled smem by descriptor.
+//   TRANS_A = 1 (the kernel's A): dS^T stored [key][row], element (key, row) at
+//     sw128_offset(key, row, 64), written as in the kernel: each thread holds dS^T in the m64n64
+//     accumulator layout (key = 16w + lane/4 (+8), row = 8nt + 2(lane%4) (+1)), packs the
+//     (row, row + 1) pair and stores it with one 4-byte st.shared; k16 step kk at +kk*2048.
+//   TRANS_A = 0 (control): dS stored [row][key] K-major (cp.async); k16 step kk at +kk*32.
+//   TRANS_B = 1 (the kernel's B): K stored [key][d] MN-major (cp.async); step kk at +kk*2048.
+//   TRANS_B = 0 (control): K^T stored [d][key] K-major (cp.async); step kk at +kk*32.
+// As in the kernel the B tile (its K copy) precedes the A tile (its dS^T tile) in smem.
+template <typename T> struct SSArgs {
+  const float *AtF;  // TRANS_A 1: dS^T [64 keys][64 rows], float values exact in T
+  const T *A;        // TRANS_A 0: dS [64 rows][64 keys]
+  const T *B;        // TRANS_B 1: K [64 keys][64 d]; TRANS_B 0: K^T [64 d][64 keys]
+  float *out;        // [64][64]
+  uint32_t lbo_a, sbo_a, lbo_b, sbo_b;
+  float acc_init;    // accumulator value before the first wgmma
+  int first_scale;   // scale_d of the first k-step (later ones: 1)
+};
+
+constexpr int kSSTile = 64 * 64 * 2;  // bytes of one 64 x 64 swizzled tile
+
+template <typename T, int TRANS_A, int TRANS_B>
+__global__ void __launch_bounds__(128) ss_kernel(SSArgs<T> p) {
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t *btile = align1024(smem_raw);
+  uint8_t *atile = btile + kSSTile;
+  fill_swizzled(btile, p.B, 64, 64);
+  if (TRANS_A) {
+    const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3, qr = lane >> 2, qc = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int h2 = 0; h2 < 2; ++h2) {
+        const int key = 16 * w + qr + 8 * h2, row = nt * 8 + 2 * qc;
+        const float2 v = *reinterpret_cast<const float2 *>(p.AtF + key * 64 + row);
+        *reinterpret_cast<uint32_t *>(atile + sw128_offset(key, row, 64)) = MmaOp<T>::pack(v.x, v.y);
+      }
+  } else {
+    fill_swizzled(atile, p.A, 64, 64);
+  }
+  cp_async_wait<0>();
+  fence_proxy_async_smem();
+  __syncthreads();
+
+  float d[8][4];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) d[j][e] = p.acc_init;
+  const uint32_t abase = smem_u32(atile), bbase = smem_u32(btile);
+  wgmma_fence_operand(d);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {  // k = keys, 16 per step
+    const uint32_t aaddr = abase + (TRANS_A ? kk * 16 * 128 : kk * 32);
+    const uint32_t baddr = bbase + (TRANS_B ? kk * 16 * 128 : kk * 32);
+    WgmmaSS<T, 64, TRANS_A, TRANS_B>::run(d, wgmma_desc_sw128(aaddr, p.lbo_a, p.sbo_a),
+                                          wgmma_desc_sw128(baddr, p.lbo_b, p.sbo_b),
+                                          kk > 0 ? 1 : p.first_scale);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operand(d);
+  store_acc<64>(p.out, d);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -482,6 +557,166 @@ static void case_chain() {
   (pass ? g_pass : g_fail)++;
 }
 
+// ---- SS form: dQ = dS K as bwd_dkv_wgmma_kernel<T, true> runs it ----
+
+struct Enc { std::string name; uint32_t lbo, sbo; };
+static const uint32_t kSSAtomCol = 64 * 128;  // the tiles' atom-column distance (one column here)
+// Primary encoding per operand: MN-major lbo = atom-column distance (the kernel's BQ*128 / BN*128),
+// sbo = 1024; K-major lbo = 16 (unused), sbo = 1024.
+static Enc ss_primary(int trans) {
+  return trans ? Enc{"lbo=atomcol,sbo=1024", kSSAtomCol, 1024} : Enc{"lbo=16,sbo=1024", 16, 1024};
+}
+static std::vector<Enc> ss_alternatives(int trans) {
+  if (trans)
+    return {{"lbo=1024,sbo=atomcol (swapped)", 1024, kSSAtomCol},
+            {"lbo=atomcol,sbo=2048", kSSAtomCol, 2048},
+            {"lbo=16,sbo=1024", 16, 1024},
+            {"lbo=1024,sbo=1024", 1024, 1024}};
+  return {{"lbo=1024,sbo=1024", 1024, 1024},
+          {"lbo=atomcol,sbo=1024", kSSAtomCol, 1024},
+          {"lbo=1024,sbo=16 (swapped)", 1024, 16},
+          {"lbo=0,sbo=1024", 0, 1024}};
+}
+
+struct SSCase {
+  std::string name;
+  int ta, tb;       // TRANS_A, TRANS_B of the instruction
+  float acc_init;   // value in the accumulators before the first wgmma
+  int first_scale;  // scale_d of the first step
+};
+
+template <typename T>
+static cudaError_t launch_ss(int ta, int tb, const SSArgs<T> &a, size_t smem) {
+#define SS_L(x, y)                                                                               \
+  if (ta == x && tb == y) {                                                                      \
+    cudaError_t e_ = prep_kernel(ss_kernel<T, x, y>, smem);                                      \
+    if (e_ != cudaSuccess) return e_;                                                            \
+    ss_kernel<T, x, y><<<1, 128, smem>>>(a);                                                     \
+    return cudaSuccess;                                                                          \
+  }
+  SS_L(1, 1) SS_L(0, 0) SS_L(1, 0) SS_L(0, 1)
+#undef SS_L
+  return cudaErrorInvalidValue;
+}
+
+// Runs one SS case (data seeded by seed_name) with the given transposes and encodings.
+template <typename T>
+static Result run_ss(const SSCase &c, const std::string &seed_name, int ta, int tb, const Enc &ea, const Enc &eb) {
+  Result res{false, INFINITY, -1, ""};
+  bool ok = true;
+  Rng rng(hash_str(seed_name) ^ (sizeof(T) * 77));
+  std::vector<T> hdS, hK; std::vector<float> fdS, fK;
+  random_matrix(hdS, fdS, 64 * 64, rng);  // dS [row][key]
+  random_matrix(hK, fK, 64 * 64, rng);    // K [key][d]
+  std::vector<float> AtF(64 * 64);        // dS^T [key][row] (float, exact in T)
+  std::vector<T> hKt(64 * 64);            // K^T [d][key]
+  for (int r = 0; r < 64; ++r)
+    for (int k = 0; k < 64; ++k) AtF[k * 64 + r] = fdS[r * 64 + k];
+  for (int k = 0; k < 64; ++k)
+    for (int n = 0; n < 64; ++n) hKt[n * 64 + k] = hK[k * 64 + n];
+  const std::vector<T> &hB = tb ? hK : hKt;
+
+  // reference: out[r][n] = acc(init) + sum_key dS[r][key] K[key][n]
+  std::vector<double> ref(64 * 64), mag(64 * 64);
+  const bool keep_init = c.first_scale != 0;
+  for (int r = 0; r < 64; ++r)
+    for (int n = 0; n < 64; ++n) {
+      double s = keep_init ? (double)c.acc_init : 0.0, a = keep_init ? fabs((double)c.acc_init) : 0.0;
+      for (int k = 0; k < 64; ++k) {
+        double x = (double)fdS[r * 64 + k] * fK[k * 64 + n];
+        s += x; a += fabs(x);
+      }
+      ref[r * 64 + n] = s; mag[r * 64 + n] = a;
+    }
+
+  // smem: alignment slack + B tile + A tile + room for reads through a wrong (lbo, sbo) variant
+  const uint32_t mx = std::max(std::max(ea.lbo, ea.sbo), std::max(eb.lbo, eb.sbo));
+  const size_t smem = 1024 + 2 * (size_t)kSSTile + 2 * (size_t)mx + 4096;
+  float *dAtF = nullptr, *dO = nullptr; T *dA = nullptr, *dB = nullptr;
+  CK(cudaMalloc(&dAtF, AtF.size() * sizeof(float)));
+  CK(cudaMalloc(&dA, hdS.size() * sizeof(T)));
+  CK(cudaMalloc(&dB, hB.size() * sizeof(T)));
+  CK(cudaMalloc(&dO, 64 * 64 * sizeof(float)));
+  if (!ok) { cudaFree(dAtF); cudaFree(dA); cudaFree(dB); cudaFree(dO); res.detail = "cudaMalloc failed"; return res; }
+  CK(cudaMemcpy(dAtF, AtF.data(), AtF.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dA, hdS.data(), hdS.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dB, hB.data(), hB.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CK(cudaMemset(dO, 0xFF, 64 * 64 * sizeof(float)));  // NaN poison
+  SSArgs<T> a{dAtF, dA, dB, dO, ea.lbo, ea.sbo, eb.lbo, eb.sbo, c.acc_init, c.first_scale};
+  if (ok) {
+    cudaError_t le = launch_ss<T>(ta, tb, a, smem);
+    if (le != cudaSuccess) {
+      printf("  launch of %s failed: %s\n", c.name.c_str(), cudaGetErrorString(le));
+      ok = false;
+    }
+  }
+  if (ok && !check_launch(c.name.c_str())) ok = false;
+  std::vector<float> out(64 * 64, NAN);
+  if (ok) CK(cudaMemcpy(out.data(), dO, out.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  cudaFree(dAtF); cudaFree(dA); cudaFree(dB); cudaFree(dO);
+  if (!ok) { res.detail = "CUDA error"; return res; }
+
+  double maxe = 0; int bad = 0; char buf[256]; std::string det;
+  for (int i = 0; i < 64 * 64; ++i) {
+    double e = fabs((double)out[i] - ref[i]);
+    if (!(e == e)) e = INFINITY;
+    maxe = std::max(maxe, e);
+    if (!(e <= 2e-3 * mag[i] + 1e-4)) {
+      if (bad < 3) {
+        snprintf(buf, sizeof buf, " (m=%d n=%d got %.5g want %.5g)", i / 64, i % 64, out[i], ref[i]);
+        det += buf;
+      }
+      ++bad;
+    }
+  }
+  res.ok = bad == 0; res.max_err = maxe; res.bad = bad; res.detail = det;
+  return res;
+}
+
+// One counted SS case with the primary encodings; on failure (or with diag) the alternative
+// (lbo, sbo) encodings of A, of B and (same major-ness) of both, then the other TRANS_A/TRANS_B
+// combinations with primary encodings as uncounted cross-checks that localise the fault.
+template <typename T>
+static void case_ss(const SSCase &c0, bool diag) {
+  SSCase c = c0; c.name = c0.name + "_" + TypeInfo<T>::name();
+  const Enc pa = ss_primary(c.ta), pb = ss_primary(c.tb);
+  Result r = run_ss<T>(c, c.name, c.ta, c.tb, pa, pb);
+  printf("%s %-34s max_abs_err %.3g  [A %s, B %s]", r.ok ? "PASS" : "FAIL", c.name.c_str(), r.max_err,
+         pa.name.c_str(), pb.name.c_str());
+  if (!r.ok) printf("  %d bad%s", r.bad, r.detail.c_str());
+  printf("\n");
+  (r.ok ? g_pass : g_fail)++;
+  if (r.ok && !diag) return;
+  bool any = false;
+  for (auto &e : ss_alternatives(c.ta)) {
+    Result rv = run_ss<T>(c, c.name, c.ta, c.tb, e, pb);
+    printf("    variant A %-30s %s max_abs_err %.3g\n", e.name.c_str(), rv.ok ? "passes" : "fails ", rv.max_err);
+    any |= rv.ok;
+  }
+  for (auto &e : ss_alternatives(c.tb)) {
+    Result rv = run_ss<T>(c, c.name, c.ta, c.tb, pa, e);
+    printf("    variant B %-30s %s max_abs_err %.3g\n", e.name.c_str(), rv.ok ? "passes" : "fails ", rv.max_err);
+    any |= rv.ok;
+  }
+  if (c.ta == c.tb)
+    for (auto &e : ss_alternatives(c.ta)) {
+      Result rv = run_ss<T>(c, c.name, c.ta, c.tb, e, e);
+      printf("    variant AB %-29s %s max_abs_err %.3g\n", e.name.c_str(), rv.ok ? "passes" : "fails ", rv.max_err);
+      any |= rv.ok;
+    }
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      if (ta == c.ta && tb == c.tb) continue;
+      Result rv = run_ss<T>(c, c.name, ta, tb, ss_primary(ta), ss_primary(tb));
+      printf("    cross-check TRANS_A=%d TRANS_B=%d (primary enc.) %s max_abs_err %.3g\n", ta, tb,
+             rv.ok ? "passes" : "fails ", rv.max_err);
+    }
+  if (!r.ok)
+    printf("    => %s\n", any ? "fix: use the passing variant's (lbo, sbo) for that operand"
+                              : "no (lbo, sbo) variant passes: the error is elsewhere (address step, "
+                                "swizzle, dS^T store layout, transpose flags, fences); see the cross-checks");
+}
+
 template <typename T>
 static void all_cases(bool diag) {
   const float nan = NAN;
@@ -513,6 +748,13 @@ static void all_cases(bool diag) {
   case_chain<T, 128, 64>();
   case_chain<T, 64, 128>();
   case_chain<T, 128, 128>();
+  // SS form: dQ = dS K of bwd_dkv_wgmma_kernel<T, true> (A = dS^T tile MN-major, B = K tile MN-major)
+  const std::vector<SSCase> ss = {
+      {"ss_dq_dsT_k", 1, 1, 0.f, 0},                   // exactly the kernel's usage
+      {"ss_kmajor_control", 0, 0, 0.f, 0},             // A [rows][k], B [n][k], both K-major
+      {"ss_dq_dsT_k_scale0_nanacc", 1, 1, nan, 0},     // scale_d = 0 must ignore NaN accumulators
+  };
+  for (auto &c : ss) case_ss<T>(c, diag);
 }
 
 int main(int argc, char **argv) {
