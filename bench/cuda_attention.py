@@ -17,7 +17,7 @@ decode path vs our tiled forward vs SDPA plain attention on the same q/k/v.
 Our fwd+bwd is timed on every shape (backward: tensor-core kernels, attn_bwd_mma.cu).
 --only picks shapes by label substrings.
 
-Usage: python3 bench/cuda_attention.py [--quick] [--only 'T=4096,DeiT'] [--bwd-max-t N] [--check] [--decode]
+Usage: python3 bench/cuda_attention.py [--quick] [--only 'T=4096,DeiT'] [--bwd-max-t N] [--check] [--decode] [--nondet]
 """
 import argparse
 import ctypes
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DETERMINISTIC = 1  # p.deterministic of our backward; --nondet sets 0 (lets the atomic-dQ option run)
 
 MODA_F32, MODA_F16, MODA_BF16 = 0, 2, 3
 DTYPE_ID = {torch.float32: MODA_F32, torch.float16: MODA_F16, torch.bfloat16: MODA_BF16}
@@ -101,7 +102,7 @@ class Moda:
         self.o = torch.empty_like(q)
         self.lse = torch.empty(B, Hq, T, device=q.device, dtype=torch.float32)
         p = AttnParams()
-        p.dtype, p.causal, p.chunk, p.deterministic = DTYPE_ID[q.dtype], int(causal), chunk, 1
+        p.dtype, p.causal, p.chunk, p.deterministic = DTYPE_ID[q.dtype], int(causal), chunk, DETERMINISTIC
         p.B, p.T, p.S, p.Hq, p.Hk, p.G, p.L, p.d = B, T, S, Hq, Hk, Hq // Hk, L, d
         p.scale = 1.0 / math.sqrt(d)
         _set(p, "q", q, 3); _set(p, "k", k, 3); _set(p, "v", v, 3)
@@ -336,7 +337,11 @@ def main():
                     help="per-kernel CUDA times of our fwd+bwd (torch.profiler) for each shape")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--decode", action="store_true", help="the decode shapes only")
+    ap.add_argument("--nondet", action="store_true",
+                    help="our backward with deterministic = 0 (with MODA_CUDA_BWD_ATOMIC_DQ=1: dQ by atomics)")
     args = ap.parse_args()
+    global DETERMINISTIC
+    DETERMINISTIC = 0 if args.nondet else 1
     if args.decode:
         print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
         bench_decode()

@@ -1,9 +1,11 @@
 // attn_bwd_mma.cu: MoDA backward on tensor cores (mma.sync m16n8k16, bf16/fp16 in, fp32 accumulate),
-// FlashAttention-2 style, deterministic (no atomics anywhere: every gradient element is owned by
-// one warp that sums its contributions in a fixed order), so p->deterministic needs nothing extra.
+// FlashAttention-2 style. By default deterministic (no atomics: every gradient element is owned by
+// one warp that sums its contributions in a fixed order), so p->deterministic needs nothing extra;
+// the experimental atomic-dQ option below (deterministic = 0 only) trades that for 2 fewer GEMMs.
 //
 // SPEC section 2. As in the forward, the G query heads of KV head g are packed: packed row
-// R = t*G + (h - g*G), R in [0, T*G). Four launches:
+// R = t*G + (h - g*G), R in [0, T*G). Four launches (the default path; the sm_90a wgmma, fused
+// depth and atomic-dQ variants are described at their kernels):
 //
 // 1. bwd_preprocess_kernel: per packed row, delta = <dO, O> and lse2 = lse*log2(e) (+inf where
 //    lse = -inf, i.e. the row sees nothing, so P = exp2(s - lse2) = 0), into the float32
@@ -605,8 +607,10 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int h2 = 0; h2 < 2; ++h2)
+          // keys past S: their K rows are zero, but dS there is -P*delta with P = exp2(-lse2), which
+          // can overflow fp16 to inf and inf * 0 = NaN; so they enter as 0
           *reinterpret_cast<uint32_t *>(sDS + sw128_offset(warp * 16 + qr + 8 * h2, nt * 8 + 2 * qc, BN)) =
-              Mma::pack(dp[nt][2 * h2], dp[nt][2 * h2 + 1]);
+              key_pos[h2] < S ? Mma::pack(dp[nt][2 * h2], dp[nt][2 * h2 + 1]) : 0u;
       fence_proxy_async_smem();
       __syncthreads();  // every warp's dS^T rows are in the tile
       float acc_dq[D / 8][4];
@@ -1188,7 +1192,9 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   const int64_t rows = p->B * p->Hk * TG;
   float *ws_lse2 = workspace, *ws_delta = workspace + rows;
   const bool fuse = D == 64 && bwd_fuse_depth_selected(p);  // dkd, dvd from the dQ kernel (no kernel 3)
-  const bool atomic = D == 64 && bwd_atomic_dq_selected(p);  // sequence dQ summed by the dK/dV kernel
+  // sequence dQ summed by the dK/dV kernel; its vector reductions need an 8-byte aligned
+  // accumulator (a caller's workspace might not be: then the deterministic path runs)
+  const bool atomic = D == 64 && bwd_atomic_dq_selected(p) && ((uintptr_t)workspace & 15) == 0;
   float *dq_accum = atomic ? workspace + 2 * rows : nullptr;  // [B, Hk, T*G, d] float32
   const int64_t dq_tiles = (TG + Cfg::BM - 1) / Cfg::BM;
   const dim3 dq_grid((unsigned)dq_tiles, (unsigned)p->Hk, (unsigned)p->B);
@@ -1286,8 +1292,11 @@ bool bwd_mma_supported(const moda_attn_params *p, int cc) {
 
 const char *bwd_mma_name(const moda_attn_params *p) {
   // the sequence dK/dV and the dQ kernels; the depth dK/dV kernel is always mma.sync
-  if (bwd_atomic_dq_selected(p)) return "wgmma_d64_atomic_dq";  // dQ's sum order varies run to run
-  if (bwd_wgmma_selected(p, 1) || bwd_wgmma_selected(p, 2)) return "wgmma_d64";
+  // dQ's sum order varies run to run on the atomic path; "_fdepth": depth gradients fused into dQ
+  const bool fd = bwd_fuse_depth_selected(p);
+  if (bwd_atomic_dq_selected(p)) return fd ? "wgmma_d64_atomic_dq_fdepth" : "wgmma_d64_atomic_dq";
+  if (bwd_wgmma_selected(p, 1) || bwd_wgmma_selected(p, 2)) return fd ? "wgmma_d64_fdepth" : "wgmma_d64";
+  if (fd) return "mma_sync_d64_fdepth";
   return p->d == 128 ? "mma_sync_d128" : "mma_sync_d64";
 }
 

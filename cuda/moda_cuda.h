@@ -15,7 +15,9 @@
  * sm_80+ use the tensor-core (mma.sync m16n8k16) forward; every other case (float32, other head
  * dims up to 256, unaligned strides, older GPUs) uses a plain SIMT kernel with float32
  * accumulation. The backward follows the same split (tensor-core kernels in attn_bwd_mma.cu, SIMT
- * otherwise); both are deterministic (no atomics), so opts.deterministic costs nothing.
+ * otherwise); both are deterministic (no atomics), so opts.deterministic costs nothing, except
+ * for the experimental atomic-dQ option (MODA_CUDA_BWD_ATOMIC_DQ=1, taken only when
+ * deterministic = 0).
  *
  * The block between MODA_CDEF_BEGIN and MODA_CDEF_END is plain C for LuaJIT's ffi.cdef
  * (streams are void* there): `luajit tools/gen_cdef.lua cuda/moda_cuda.h > lua/moda/cuda_cdef.lua`. */

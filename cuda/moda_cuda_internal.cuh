@@ -60,7 +60,8 @@ const char *fwd_wgmma_name(const moda_attn_params *p, int flags);
 int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags);
 int fwd_simt_launch(const moda_attn_params *p, cudaStream_t stream);
 int bwd_simt_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace);
-// Tensor-core backward (attn_bwd_mma.cu): bf16/fp16, d = 64/128, aligned rows; deterministic.
+// Tensor-core backward (attn_bwd_mma.cu): bf16/fp16, d = 64/128, aligned rows; deterministic
+// unless the experimental atomic-dQ option is on and p->deterministic = 0.
 bool bwd_mma_supported(const moda_attn_params *p, int cc);
 const char *bwd_mma_name(const moda_attn_params *p);
 int64_t bwd_mma_workspace_floats(const moda_attn_params *p);

@@ -533,6 +533,10 @@ int main(int argc, char **argv) {
     cases.push_back({1, 70, 70, 1, 16, 3, 128, 1, 16, MODA_F16, true, 0, 0});
     cases.push_back({1, 53, 60, 2, 1, 5, 64, 0, 8, MODA_BF16, true, 0, 1});
     cases.push_back({1, 33, 33, 1, 2, 0, 128, 0, 0, MODA_BF16, true, 0, 1});
+    // d = 64, deterministic = 0: the atomic-dQ and fused-depth paths when switched on (full mask
+    // with S % 64 != 0: keys past S in the last block; causal with S > T)
+    cases.push_back({1, 70, 75, 2, 4, 3, 64, 0, 0, MODA_F16, true, 0, 0});
+    cases.push_back({1, 61, 66, 1, 8, 2, 64, 1, 0, MODA_BF16, true, 0, 0});
   }
   // Forward-only cases aimed at the depth phase of the tensor-core forward (the ring: chunk
   // sequence across groups, L not a multiple of 16, tokens spanning groups, chunk visibility,
