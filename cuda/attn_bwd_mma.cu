@@ -89,21 +89,6 @@ struct BwdConfig {
   static_assert(DQ_SMEM_WG <= 232448 - 1024, "dQ wgmma variant: within the sm_90 opt-in shared memory");
 };
 
-// Copies `rows` rows of D elements (16-byte chunks) into smem rows of LDS elements with threads
-// tid, tid+nthreads, ...; row_ptr(r) gives the global row, or nullptr for a row to zero-fill (so
-// padding never feeds NaN/Inf garbage into an mma).
-template <int D, int LDS, typename T, typename RowPtr>
-__device__ __forceinline__ void bwd_load_rows(T *smem, int rows, int tid, int nthreads, RowPtr row_ptr) {
-  constexpr int CHUNKS = D / 8;
-  for (int i = tid; i < rows * CHUNKS; i += nthreads) {
-    int r = i / CHUNKS, c = (i % CHUNKS) * 8;
-    const T *src = row_ptr(r);
-    T *dst = smem + r * LDS + c;
-    if (src) cp_async_16(dst, src + c);
-    else *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
-  }
-}
-
 // Depth visibility (SPEC section 1): does query token t see the depth rows of token u?
 __device__ __forceinline__ bool depth_visible(int64_t u, int64_t t, int64_t chunk, bool causal) {
   if (u < 0) return false;  // padding row
@@ -199,11 +184,11 @@ bwd_dkv_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *
   const int64_t *kst = DEPTH ? p.kd_stride : p.k_stride;
   const int64_t *vst = DEPTH ? p.vd_stride : p.v_stride;
 
-  bwd_load_rows<D, LDS>(sK, BN, tid, NTHREADS, [&](int r) -> const T * {
+  load_rows_async<D, LDS>(sK, BN, tid, NTHREADS, [&](int r) -> const T * {
     int64_t i = i0 + r;
     return i < nkeys ? kbase + key_offset(kst, i) : nullptr;
   });
-  bwd_load_rows<D, LDS>(sV, BN, tid, NTHREADS, [&](int r) -> const T * {
+  load_rows_async<D, LDS>(sV, BN, tid, NTHREADS, [&](int r) -> const T * {
     int64_t i = i0 + r;
     return i < nkeys ? vbase + key_offset(vst, i) : nullptr;
   });
@@ -239,12 +224,12 @@ bwd_dkv_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *
 
   auto load_q_block = [&](int blk, int stage) {
     const int64_t Rq = R_begin + (int64_t)blk * BQ;
-    bwd_load_rows<D, LDS>(sQ(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
+    load_rows_async<D, LDS>(sQ(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
       int64_t R = Rq + r;
       if (R >= R_end) return nullptr;
       return q + b * p.q_stride[0] + (R / G) * p.q_stride[1] + (g * G + R % G) * p.q_stride[2];
     });
-    bwd_load_rows<D, LDS>(sdO(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
+    load_rows_async<D, LDS>(sdO(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
       int64_t R = Rq + r;
       if (R >= R_end) return nullptr;
       return dout + b * p.dout_stride[0] + (R / G) * p.dout_stride[1] + (g * G + R % G) * p.dout_stride[2];
@@ -426,7 +411,7 @@ __global__ void __launch_bounds__(128, 2)
 bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int D = 64, BN = 64, BQ = 64, LDS = D + 8, NTHREADS = 128;
-  constexpr int KSTEPS = D / 16, NT = BQ / 8, CH = D / 8;
+  constexpr int KSTEPS = D / 16, NT = BQ / 8;
   constexpr int TILE = BQ * D * 2;  // bytes of one swizzled Q or dO tile
   static_assert(BN * D * 2 == TILE && BN * BQ * 2 == TILE, "the K copy and the dS^T tile are TILE bytes too");
   using Mma = MmaOp<T>;
@@ -453,22 +438,19 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
 
   const T *kg = static_cast<const T *>(p.k);
   const T *vg = static_cast<const T *>(p.v);
-  bwd_load_rows<D, LDS>(sK, BN, tid, NTHREADS, [&](int r) -> const T * {
+  load_rows_async<D, LDS>(sK, BN, tid, NTHREADS, [&](int r) -> const T * {
     const int64_t i = i0 + r;
     return i < S ? kg + b * p.k_stride[0] + i * p.k_stride[1] + g * p.k_stride[2] : nullptr;
   });
-  bwd_load_rows<D, LDS>(sV, BN, tid, NTHREADS, [&](int r) -> const T * {
+  load_rows_async<D, LDS>(sV, BN, tid, NTHREADS, [&](int r) -> const T * {
     const int64_t i = i0 + r;
     return i < S ? vg + b * p.v_stride[0] + i * p.v_stride[1] + g * p.v_stride[2] : nullptr;
   });
   if constexpr (ATOMIC_DQ) {  // K again, swizzled: the B operand of dQ = dS K
-    for (int i = tid; i < BN * CH; i += NTHREADS) {
-      const int r = i / CH, c = i % CH;
-      const int64_t key = i0 + r;
-      const uint32_t off = sw128_offset(r, c * 8, BN);
-      if (key < S) cp_async_16(sKsw + off, kg + b * p.k_stride[0] + key * p.k_stride[1] + g * p.k_stride[2] + c * 8);
-      else *reinterpret_cast<uint4 *>(sKsw + off) = make_uint4(0, 0, 0, 0);
-    }
+    load_rows_sw128_async<D, T>(sKsw, BN, tid, NTHREADS, [&](int r) -> const T * {
+      const int64_t i = i0 + r;
+      return i < S ? kg + b * p.k_stride[0] + i * p.k_stride[1] + g * p.k_stride[2] : nullptr;
+    });
   }
   cp_async_commit();
 
@@ -484,20 +466,16 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
   const T *dout = static_cast<const T *>(p.dout);
   auto load_q_block = [&](int blk, int stage) {
     const int64_t Rq = R_begin + (int64_t)blk * BQ;
-    unsigned char *dq_ = sQ(stage), *ddo = sdO(stage);
-    for (int i = tid; i < BQ * CH; i += NTHREADS) {
-      const int r = i / CH, c = i % CH;
+    load_rows_sw128_async<D, T>(sQ(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
       const int64_t R = Rq + r;
-      const uint32_t off = sw128_offset(r, c * 8, BQ);
-      if (R < R_end) {
-        const int64_t t = R / G, h = g * G + R % G;
-        cp_async_16(dq_ + off, q + b * p.q_stride[0] + t * p.q_stride[1] + h * p.q_stride[2] + c * 8);
-        cp_async_16(ddo + off, dout + b * p.dout_stride[0] + t * p.dout_stride[1] + h * p.dout_stride[2] + c * 8);
-      } else {
-        *reinterpret_cast<uint4 *>(dq_ + off) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4 *>(ddo + off) = make_uint4(0, 0, 0, 0);
-      }
-    }
+      if (R >= R_end) return nullptr;
+      return q + b * p.q_stride[0] + (R / G) * p.q_stride[1] + (g * G + R % G) * p.q_stride[2];
+    });
+    load_rows_sw128_async<D, T>(sdO(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
+      const int64_t R = Rq + r;
+      if (R >= R_end) return nullptr;
+      return dout + b * p.dout_stride[0] + (R / G) * p.dout_stride[1] + (g * G + R % G) * p.dout_stride[2];
+    });
     // Rows outside the range get lse2 = +inf: P = 0 there with no further mask.
     for (int r = tid; r < BQ; r += NTHREADS) {
       const int64_t R = Rq + r;
@@ -719,12 +697,12 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
   const T *kd = static_cast<const T *>(p.kd);
   const T *vd = static_cast<const T *>(p.vd);
 
-  bwd_load_rows<D, LDS>(sQ, BM, tid, NTHREADS, [&](int r) -> const T * {
+  load_rows_async<D, LDS>(sQ, BM, tid, NTHREADS, [&](int r) -> const T * {
     int64_t R = R0 + r;
     if (R >= TG) return nullptr;
     return q + b * p.q_stride[0] + (R / G) * p.q_stride[1] + (g * G + R % G) * p.q_stride[2];
   });
-  bwd_load_rows<D, LDS>(sdO, BM, tid, NTHREADS, [&](int r) -> const T * {
+  load_rows_async<D, LDS>(sdO, BM, tid, NTHREADS, [&](int r) -> const T * {
     int64_t R = R0 + r;
     if (R >= TG) return nullptr;
     return dout + b * p.dout_stride[0] + (R / G) * p.dout_stride[1] + (g * G + R % G) * p.dout_stride[2];
@@ -802,8 +780,8 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
           if (i >= nkeys) return nullptr;
           return base + b * st[0] + (u_lo + i / L) * st[1] + (i % L) * st[2] + g * st[3];
         };
-        bwd_load_rows<D, LDS>(sKd, DL, lane, 32, [&](int r) { return depth_row(kd, p.kd_stride, r); });
-        bwd_load_rows<D, LDS>(sVd, DL, lane, 32, [&](int r) { return depth_row(vd, p.vd_stride, r); });
+        load_rows_async<D, LDS>(sKd, DL, lane, 32, [&](int r) { return depth_row(kd, p.kd_stride, r); });
+        load_rows_async<D, LDS>(sVd, DL, lane, 32, [&](int r) { return depth_row(vd, p.vd_stride, r); });
         cp_async_commit();
         cp_async_wait<0>();
         __syncwarp();
@@ -925,29 +903,24 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
   constexpr int TILE_WG = BK * D * 2;
   auto load_kv = [&](int blk, int stage) {
     const int64_t j0 = (int64_t)blk * BK;
-    if constexpr (WG) {
-      constexpr int CH = D / 8;
+    if constexpr (WG) {  // swizzled tiles; rows past S zero (dS is 0 there, but 0 * stale NaN would not be)
       unsigned char *dk = sUnion + stage * 2 * TILE_WG, *dv = dk + TILE_WG;
-      for (int i = tid; i < BK * CH; i += NTHREADS) {
-        const int r = i / CH, c = i % CH;
+      load_rows_sw128_async<D, T>(dk, BK, tid, NTHREADS, [&](int r) -> const T * {
         const int64_t j = j0 + r;
-        const uint32_t off = sw128_offset(r, c * 8, BK);
-        if (j < S) {
-          cp_async_16(dk + off, k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] + c * 8);
-          cp_async_16(dv + off, v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] + c * 8);
-        } else {  // dS is 0 there, but 0 * stale NaN would not be
-          *reinterpret_cast<uint4 *>(dk + off) = make_uint4(0, 0, 0, 0);
-          *reinterpret_cast<uint4 *>(dv + off) = make_uint4(0, 0, 0, 0);
-        }
-      }
+        return j < S ? k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] : nullptr;
+      });
+      load_rows_sw128_async<D, T>(dv, BK, tid, NTHREADS, [&](int r) -> const T * {
+        const int64_t j = j0 + r;
+        return j < S ? v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] : nullptr;
+      });
       cp_async_commit();
       return;
     }
-    bwd_load_rows<D, LDS>(sK(stage), BK, tid, NTHREADS, [&](int r) -> const T * {
+    load_rows_async<D, LDS>(sK(stage), BK, tid, NTHREADS, [&](int r) -> const T * {
       int64_t j = j0 + r;
       return j < S ? k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] : nullptr;
     });
-    bwd_load_rows<D, LDS>(sV(stage), BK, tid, NTHREADS, [&](int r) -> const T * {
+    load_rows_async<D, LDS>(sV(stage), BK, tid, NTHREADS, [&](int r) -> const T * {
       int64_t j = j0 + r;
       return j < S ? v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] : nullptr;
     });

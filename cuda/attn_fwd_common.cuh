@@ -47,36 +47,6 @@ __device__ __forceinline__ float warp_col_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 16);
 }
 
-// Copies `rows` rows of D elements (16-byte chunks) into smem rows of LDS elements, using
-// `nthreads` threads starting at `tid`. row_ptr(r) returns the global row or nullptr for a row
-// to zero-fill.
-template <int D, int LDS, typename T, typename RowPtr>
-__device__ __forceinline__ void load_rows_async(T *smem, int rows, int tid, int nthreads,
-                                                RowPtr row_ptr) {
-  constexpr int CHUNKS = D / 8;
-  for (int i = tid; i < rows * CHUNKS; i += nthreads) {
-    int r = i / CHUNKS, c = (i % CHUNKS) * 8;
-    const T *src = row_ptr(r);
-    T *dst = smem + r * LDS + c;
-    if (src) cp_async_16(dst, src + c);
-    else *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
-  }
-}
-// Same, with an L2 cache policy (l2_policy_evict_first / _last) when use_policy.
-template <int D, int LDS, typename T, typename RowPtr>
-__device__ __forceinline__ void load_rows_async_hint(T *smem, int rows, int tid, int nthreads, bool use_policy,
-                                                     uint64_t policy, RowPtr row_ptr) {
-  constexpr int CHUNKS = D / 8;
-  for (int i = tid; i < rows * CHUNKS; i += nthreads) {
-    int r = i / CHUNKS, c = (i % CHUNKS) * 8;
-    const T *src = row_ptr(r);
-    T *dst = smem + r * LDS + c;
-    if (!src) *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
-    else if (use_policy) cp_async_16_hint(dst, src + c, policy);
-    else cp_async_16(dst, src + c);
-  }
-}
-
 // Forward flags (kernel argument; MODA_CUDA_FWD_FLAGS overrides the default, for measurements):
 // bit 0: depth rows loaded with L2 evict_first (each is read by one CTA, once), so the stream
 //        of depth rows (L times the size of K/V) does not evict the sequence K/V that every

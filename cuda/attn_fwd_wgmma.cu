@@ -5,8 +5,9 @@
 // through registers (ldmatrix), wgmma reads B straight from shared memory and runs asynchronously.
 //
 // Layout (SPEC section 4, as in attn_fwd_mma.cu): packed rows R = t*G + i for one (batch, KV
-// head). CTA = two warpgroups (8 warps) = BM = 128 packed rows; warp w owns rows 16w..16w+15
-// (warpgroup w/4 owns 64, in the order wgmma's m64 expects).
+// head). CTA = NWG warpgroups (2 by default: 8 warps, BM = 128 packed rows; 1: see
+// WgmmaFwdConfig); warp w owns rows 16w..16w+15 (warpgroup w/4 owns 64, in the order wgmma's m64
+// expects).
 // 1. Depth phase (L > 0): FwdDepthRing (attn_fwd_common.cuh), the same per-warp transposed
 //    mma.sync code as the sm_80 kernel; it seeds each row's (O, m, l) in the mma C layout, which
 //    is also the layout of a wgmma m64nN accumulator for the warp's 16 rows.
@@ -16,8 +17,8 @@
 //        online softmax on the S accumulators (exp2, scale folded into one FFMA)
 //        O += P V     wgmma m64nDk16, A = P (the S accumulators packed to 16-bit: the C layout
 //                     of a k16 column pair is the A layout), B = V tile read MN-major (trans-b)
-//    Each warpgroup waits for its own wgmma groups (no intra-warpgroup overlap yet); the two
-//    warpgroups of a CTA interleave on the SM's tensor cores.
+//    By default each warpgroup waits for its own wgmma groups and the two warpgroups of a CTA
+//    interleave on the SM's tensor cores; PIPE adds FA3's intra-warpgroup overlap (see below).
 // Only the sm_90a pass of nvcc compiles the body; fwd_wgmma_supported() keeps other devices away.
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +33,8 @@ namespace moda_cuda {
 // bound) can overlap another's sequence phase (MMA bound), for twice the K/V traffic from L2.
 // Which wins depends on L/T: measured by `attn_check wgmmabench` (flag bit 5 picks 1).
 // PIPE: FA3's intra-warpgroup overlap (S of the next block in flight with P V of this one), three
-// K/V stages; d = 64 only (at d = 128 three stages would not fit beside Q).
+// K/V stages; d = 64 only (at d = 128 three stages and Q take the whole 227 KB a CTA may have,
+// with its registers already at 234).
 template <int D, int NWG, bool PIPE = false>
 struct WgmmaFwdConfig {
   static constexpr int NWARPS = 4 * NWG;
@@ -66,7 +68,6 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
   constexpr int NWARPS = Cfg::NWARPS, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS;
   constexpr int NTHREADS = NWARPS * 32;
   constexpr int KSTEPS = D / 16;  // k-steps over the head dim
-  constexpr int CH = D / 8;       // 16-byte chunks per row
   constexpr float LOG2E = 1.4426950408889634f;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
@@ -154,21 +155,14 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
   // 0 * stale NaN would not be).
   auto load_kv = [&](int blk, int stage) {
     const int64_t j0 = (int64_t)blk * BN;
-    unsigned char *dk = sK(stage), *dv = sV(stage);
-    for (int i = tid; i < BN * CH; i += NTHREADS) {
-      const int r = i / CH, c = i % CH;
+    load_rows_sw128_async<D, T>(sK(stage), BN, tid, NTHREADS, [&](int r) -> const T * {
       const int64_t j = j0 + r;
-      const uint32_t off = sw128_offset(r, c * 8, BN);
-      if (j < S) {
-        const T *gk = k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] + c * 8;
-        const T *gv = v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] + c * 8;
-        if (kv_hint) { cp_async_16_hint(dk + off, gk, kv_pol); cp_async_16_hint(dv + off, gv, kv_pol); }
-        else { cp_async_16(dk + off, gk); cp_async_16(dv + off, gv); }
-      } else {
-        *reinterpret_cast<uint4 *>(dk + off) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4 *>(dv + off) = make_uint4(0, 0, 0, 0);
-      }
-    }
+      return j < S ? k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] : nullptr;
+    }, kv_hint, kv_pol);
+    load_rows_sw128_async<D, T>(sV(stage), BN, tid, NTHREADS, [&](int r) -> const T * {
+      const int64_t j = j0 + r;
+      return j < S ? v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] : nullptr;
+    }, kv_hint, kv_pol);
     cp_async_commit();
   };
 
@@ -310,7 +304,6 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
         cp_async_wait<0>();        // block blk + 1 (the only group in flight) has landed
         fence_proxy_async_smem();
         __syncthreads();           // ... for every thread; and every warpgroup is past P(blk-1) V(blk-1)
-        if (blk + 2 < n_blocks) load_kv(blk + 2, (blk + 2) % 3);
         wgmma_fence_operand(acc_o[0]);
         wgmma_fence_operand(s);
         wgmma_fence();
@@ -318,6 +311,9 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
         wgmma_commit();
         issue_pv(pa, blk % 3);
         wgmma_commit();
+        // block blk+2 into the stage of block blk-1 (neither wgmma in flight reads it), issued
+        // while the tensor cores work
+        if (blk + 2 < n_blocks) load_kv(blk + 2, (blk + 2) % 3);
         wgmma_wait<1>();  // S(blk+1) has landed; P(blk) V(blk) may still run
         wgmma_fence_operand(s);
         softmax_block(s, blk + 1, corr);
@@ -413,6 +409,10 @@ static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, in
     MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D, NWG, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          Cfg::SMEM_BYTES),
                     "cudaFuncSetAttribute(fwd_wgmma)");
+    // all of the SM's unified L1/shared memory as shared memory (MIN_CTAS CTAs need up to 214 KB)
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D, NWG, PIPE>,
+                                         cudaFuncAttributePreferredSharedMemoryCarveout, 100),
+                    "cudaFuncSetAttribute(fwd_wgmma carveout)");
     attr_set = true;
   }
   const int smem = p->L > 0 ? Cfg::SMEM_BYTES : Cfg::SMEM_BYTES_NODEPTH;

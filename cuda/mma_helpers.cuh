@@ -136,6 +136,37 @@ template <> struct MmaOp<__half> {
   }
 };
 
+// ---- row loaders (cp.async, 16-byte pieces) ----
+// Copies `rows` rows of D elements (16-byte chunks) into smem rows of LDS elements (padded: no
+// bank conflicts for ldmatrix), using `nthreads` threads starting at `tid`. row_ptr(r) returns
+// the global row or nullptr for a row to zero-fill (padding never feeds NaN/Inf into an MMA).
+template <int D, int LDS, typename T, typename RowPtr>
+__device__ __forceinline__ void load_rows_async(T *smem, int rows, int tid, int nthreads,
+                                                RowPtr row_ptr) {
+  constexpr int CHUNKS = D / 8;
+  for (int i = tid; i < rows * CHUNKS; i += nthreads) {
+    int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    const T *src = row_ptr(r);
+    T *dst = smem + r * LDS + c;
+    if (src) cp_async_16(dst, src + c);
+    else *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
+  }
+}
+// Same, with an L2 cache policy (l2_policy_evict_first / _last) when use_policy.
+template <int D, int LDS, typename T, typename RowPtr>
+__device__ __forceinline__ void load_rows_async_hint(T *smem, int rows, int tid, int nthreads, bool use_policy,
+                                                     uint64_t policy, RowPtr row_ptr) {
+  constexpr int CHUNKS = D / 8;
+  for (int i = tid; i < rows * CHUNKS; i += nthreads) {
+    int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    const T *src = row_ptr(r);
+    T *dst = smem + r * LDS + c;
+    if (!src) *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
+    else if (use_policy) cp_async_16_hint(dst, src + c, policy);
+    else cp_async_16(dst, src + c);
+  }
+}
+
 // ---- sm_90a warpgroup MMA (wgmma) support; the MMA wrappers themselves are in wgmma_ops.cuh ----
 // 128-byte-swizzled tile layout (CUTLASS's Swizzle<3,4,3>, the layout wgmma descriptors with
 // swizzle mode 1 read): a [rows x D] tile of 2-byte elements is stored as D/64 "atom columns",
@@ -144,6 +175,24 @@ template <> struct MmaOp<__half> {
 // Returns the byte offset of element (r, c).
 __device__ __forceinline__ uint32_t sw128_offset(int r, int c, int rows) {
   return (uint32_t)((c >> 6) * rows * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4) + (c & 7) * 2);
+}
+// Copies `rows` rows of D 2-byte elements into a 128-byte-swizzled tile at `tile` (sw128_offset
+// with `rows` rows per atom column) by 16-byte cp.async, with threads tid, tid + nthreads, ...;
+// row_ptr(r) gives the global row, or nullptr for a row to zero-fill. With use_policy, an L2 cache
+// policy (l2_policy_evict_*) rides along.
+template <int D, typename T, typename RowPtr>
+__device__ __forceinline__ void load_rows_sw128_async(unsigned char *tile, int rows, int tid, int nthreads,
+                                                      RowPtr row_ptr, bool use_policy = false,
+                                                      uint64_t policy = 0) {
+  constexpr int CHUNKS = D / 8;
+  for (int i = tid; i < rows * CHUNKS; i += nthreads) {
+    const int r = i / CHUNKS, c = i % CHUNKS;
+    const T *src = row_ptr(r);
+    unsigned char *dst = tile + sw128_offset(r, c * 8, rows);
+    if (!src) *reinterpret_cast<uint4 *>(dst) = make_uint4(0, 0, 0, 0);
+    else if (use_policy) cp_async_16_hint(dst, src + c * 8, policy);
+    else cp_async_16(dst, src + c * 8);
+  }
 }
 // Shared-memory matrix descriptor (PTX ISA "matrix descriptor format"): bits 0-13 start address
 // >> 4, 16-29 leading-dimension byte offset >> 4, 32-45 stride-dimension byte offset >> 4,

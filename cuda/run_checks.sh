@@ -4,8 +4,8 @@
 #        cuda/run_checks.sh depthring   (the forward's depth ring vs the single-buffered depth
 #        phase, MODA_CUDA_FWD_FLAGS bit 3: checker grids both ways, compute-sanitizer on the ring,
 #        A/B timing table last; ~3-4 minutes on an H100)
-#        cuda/run_checks.sh v6 | v6san  (session-4 work: the checker grids on the default path and
-#        with every wgmma variant forced | compute-sanitizer and the mma.sync vs wgmma timing)
+#        cuda/run_checks.sh v6 | v6san | v6bench  (session-4 work: the checker grids on the default
+#        path and with every wgmma variant forced | compute-sanitizer | mma.sync vs wgmma timing)
 #        cuda/run_checks.sh wgmma [diag] [sanitize]   (the sm_90a wgmma helpers alone:
 #        cuda/tests/wgmma_check.cu: S = Q K^T, O = P V (RS) and dQ = dS K (SS) vs a float64 reference;
 #        diag: also run the alternative (lbo, sbo) encodings on passing cases; sanitize: then
@@ -52,12 +52,13 @@ step() {  # step NAME ENV... -- ARGS: run the checker, keep its log ($OUTDIR/dr_
   local line; line=$(grep -E "^[0-9]+ cases" "$log" | tail -1)
   printf "%-28s rc=%d  %s  %s\n" "$name" $rc "${line:-NO RESULT (see $log)}" "$(grep -c FAIL "$log") FAIL lines" | tee -a "$SUM"
 }
-if [ "$MODE" = v6 ] || [ "$MODE" = v6san ]; then
-  # Session-4 work (written without device time), in two calls of < 10 minutes each:
+if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
+  # Session-4 work (written without device time), in three calls of < 10 minutes each:
   #   v6:    the FwdDepthRing refactor on the default (mma.sync) path, then every wgmma variant
   #          and the fused depth gradients through the checker grids (MODA_CUDA_WGMMA=2: every
   #          shape they can run; MODA_CUDA_WGMMA_BWD / FWD_FLAGS split the kernels apart);
-  #   v6san: compute-sanitizer on small cases with everything on, then the A/B timing tables.
+  #   v6san: compute-sanitizer on small cases, each forward variant and the backward options;
+  #   v6bench: the A/B timing tables (mma.sync vs wgmma, 2 vs 1 warpgroups, pipe or not).
   # Run `cuda/run_checks.sh wgmma diag` first. REUSE_BUILD=1 skips the rebuild on a warm machine.
   grep -h -A3 "Compiling entry function.*wgmma" $OBJ/attn_fwd_wgmma.log $OBJ/attn_bwd_mma.log 2>/dev/null \
     | grep -E "Compiling|registers|spill" | sed 's/.*entry function//' > "$OUTDIR/ptxas_wgmma.txt"
@@ -75,6 +76,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ]; then
     step quick_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- quick
     step depth_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- depth
     step quick_wgmma_1wgp  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=97 -- quick
+    step depth_wgmma_1wgp  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=97 -- depth
     step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
     step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
     step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -82,19 +84,24 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ]; then
     step quick_fuse_depth  MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
     step quick_wgmma_all   MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_wgmma_all     MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
-  else
-    for t in depthsan san; do
-      for tool in memcheck racecheck; do
-        log="$OUTDIR/v6_san_${tool}_${t}.log"
-        MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 timeout 75 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
-        printf "%-28s rc=%d  %s | %s\n" "wgmma_${tool}_${t}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
-          "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
-      done
+  elif [ "$MODE" = v6san ]; then
+    san() {  # san NAME TOOL CASES ENV...: one compute-sanitizer run, one summary line
+      local name=$1 tool=$2 t=$3; shift 3
+      local log="$OUTDIR/v6_san_${name}_${tool}.log"
+      env "$@" timeout 60 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
+      printf "%-28s rc=%d  %s | %s\n" "${name}_${tool}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
+        "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
+    }
+    for tool in memcheck racecheck; do
+      # forward variants: 2wg, 1wg, pipe, 1wg pipe (flags 1, 33, 65, 97)
+      for fl in 1 33 65 97; do san fwd_f$fl $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=$fl; done
+      san bwd_all $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1
     done
-    MODA_CUDA_WGMMA=1 timeout 200 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
+  else
+    MODA_CUDA_WGMMA=1 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
+    grep -A12 "^forward, bf16" "$OUTDIR/v6_bench.log"
   fi
   echo; echo "== $MODE summary (every rc 0, every '0 failed', sanitizer 0 errors / 0 hazards) =="; cat "$SUM"
-  [ "$MODE" = v6san ] && { echo; grep -A12 "^forward, bf16" "$OUTDIR/v6_bench.log"; }
   exit 0
 fi
 if [ "$MODE" = depthring ]; then

@@ -445,6 +445,8 @@ int main(int argc, char **argv) {
       cases.push_back({1, 70, 70, 1, 16, 3, d, 1, 16, dt, true});       // chunk causal
       cases.push_back({1, 53, 53, 2, 1, 5, d, 0, 8, dt, true});         // chunk full, G=1
       cases.push_back({1, 200, 211, 1, 5, 5, d, 1, 0, dt, true});       // odd G, S > T
+      // >= 5 key blocks of 128 for every row: the wgmma forward's 3-stage PIPE ring turns over
+      cases.push_back({1, 150, 660, 1, 4, 3, d, 0, 0, dt, false});
       if (full) {
         cases.push_back({1, 1000, 1000, 1, 8, 64, d, 1, 0, dt, dt != MODA_F32 ? false : false});
         cases.push_back({1, 997, 997, 2, 4, 5, d, 0, 64, dt, false});
