@@ -104,6 +104,23 @@ __device__ __forceinline__ void cp_async_4(void *smem_dst, const void *gmem_src)
 #endif
 }
 
+// lse2 and delta of packed rows Rq .. Rq + rows - 1 into smem by 4-byte cp.async, so they land
+// with the block's Q/dO rows; rows at or past R_end get lse2 = +inf (P = 0 there, no further mask).
+__device__ __forceinline__ void load_row_stats(float *s_lse, float *s_delta, const float *lse2_bg,
+                                               const float *delta_bg, int64_t Rq, int64_t R_end, int rows,
+                                               int tid, int nthreads) {
+  for (int r = tid; r < rows; r += nthreads) {
+    const int64_t R = Rq + r;
+    if (R < R_end) {
+      cp_async_4(s_lse + r, lse2_bg + R);
+      cp_async_4(s_delta + r, delta_bg + R);
+    } else {
+      s_lse[r] = INFINITY;
+      s_delta[r] = 0.f;
+    }
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ void store_pair(T *dst, uint32_t packed) {
   *reinterpret_cast<uint32_t *>(dst) = packed;
@@ -227,24 +244,14 @@ bwd_dkv_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *
     load_rows_async<D, LDS>(sQ(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
       int64_t R = Rq + r;
       if (R >= R_end) return nullptr;
-      return q + b * p.q_stride[0] + (R / G) * p.q_stride[1] + (g * G + R % G) * p.q_stride[2];
+      return packed_row(q, p.q_stride, b, g, G, R);
     });
     load_rows_async<D, LDS>(sdO(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
       int64_t R = Rq + r;
       if (R >= R_end) return nullptr;
-      return dout + b * p.dout_stride[0] + (R / G) * p.dout_stride[1] + (g * G + R % G) * p.dout_stride[2];
+      return packed_row(dout, p.dout_stride, b, g, G, R);
     });
-    // Rows outside the range get lse2 = +inf: P = 0 there with no further mask.
-    for (int r = tid; r < BQ; r += NTHREADS) {
-      int64_t R = Rq + r;
-      if (R < R_end) {
-        cp_async_4(sLse(stage) + r, lse2_bg + R);
-        cp_async_4(sDelta(stage) + r, delta_bg + R);
-      } else {
-        sLse(stage)[r] = INFINITY;
-        sDelta(stage)[r] = 0.f;
-      }
-    }
+    load_row_stats(sLse(stage), sDelta(stage), lse2_bg, delta_bg, Rq, R_end, BQ, tid, NTHREADS);
     cp_async_commit();
   };
 
@@ -469,24 +476,14 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
     load_rows_sw128_async<D, T>(sQ(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
       const int64_t R = Rq + r;
       if (R >= R_end) return nullptr;
-      return q + b * p.q_stride[0] + (R / G) * p.q_stride[1] + (g * G + R % G) * p.q_stride[2];
+      return packed_row(q, p.q_stride, b, g, G, R);
     });
     load_rows_sw128_async<D, T>(sdO(stage), BQ, tid, NTHREADS, [&](int r) -> const T * {
       const int64_t R = Rq + r;
       if (R >= R_end) return nullptr;
-      return dout + b * p.dout_stride[0] + (R / G) * p.dout_stride[1] + (g * G + R % G) * p.dout_stride[2];
+      return packed_row(dout, p.dout_stride, b, g, G, R);
     });
-    // Rows outside the range get lse2 = +inf: P = 0 there with no further mask.
-    for (int r = tid; r < BQ; r += NTHREADS) {
-      const int64_t R = Rq + r;
-      if (R < R_end) {
-        cp_async_4(sLse(stage) + r, lse2_bg + R);
-        cp_async_4(sDelta(stage) + r, delta_bg + R);
-      } else {
-        sLse(stage)[r] = INFINITY;
-        sDelta(stage)[r] = 0.f;
-      }
-    }
+    load_row_stats(sLse(stage), sDelta(stage), lse2_bg, delta_bg, Rq, R_end, BQ, tid, NTHREADS);
     cp_async_commit();
   };
 
@@ -700,12 +697,12 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
   load_rows_async<D, LDS>(sQ, BM, tid, NTHREADS, [&](int r) -> const T * {
     int64_t R = R0 + r;
     if (R >= TG) return nullptr;
-    return q + b * p.q_stride[0] + (R / G) * p.q_stride[1] + (g * G + R % G) * p.q_stride[2];
+    return packed_row(q, p.q_stride, b, g, G, R);
   });
   load_rows_async<D, LDS>(sdO, BM, tid, NTHREADS, [&](int r) -> const T * {
     int64_t R = R0 + r;
     if (R >= TG) return nullptr;
-    return dout + b * p.dout_stride[0] + (R / G) * p.dout_stride[1] + (g * G + R % G) * p.dout_stride[2];
+    return packed_row(dout, p.dout_stride, b, g, G, R);
   });
   cp_async_commit();
   const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * TG;
@@ -1062,7 +1059,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
   for (int h2 = 0; h2 < 2; ++h2) {
     const int64_t R = Rw + qr + 8 * h2;
     if (R >= TG) continue;
-    T *dqr = dq + b * p.dq_stride[0] + (R / G) * p.dq_stride[1] + (g * G + R % G) * p.dq_stride[2];
+    T *dqr = packed_row(dq, p.dq_stride, b, g, G, R);
 #pragma unroll
     for (int j = 0; j < D / 8; ++j)
       store_pair(dqr + j * 8 + 2 * qc, Mma::pack(acc_dq[j][2 * h2] * scale, acc_dq[j][2 * h2 + 1] * scale));

@@ -104,10 +104,8 @@ fwd_mma_kernel(const moda_attn_params p, const int flags) {
 
   // ---- Q tile -> smem (rows past T*G are zero) ----
   load_rows_async<D, LDS>(sQ, BM, tid, NTHREADS, [&](int r) -> const T * {
-    int64_t R = R0 + r;
-    if (R >= TG) return nullptr;
-    int64_t t = R / G, h = g * G + R % G;
-    return q + b * p.q_stride[0] + t * p.q_stride[1] + h * p.q_stride[2];
+    const int64_t R = R0 + r;
+    return R < TG ? packed_row(q, p.q_stride, b, g, G, R) : nullptr;
   });
   cp_async_commit();
 

@@ -40,6 +40,13 @@ template <> struct Elem<__nv_bfloat16> {
   static __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
 };
 
+// Packed row R = t*G + i of KV head g (token t, query head g*G + i) in a [B, T, Hq, d] tensor
+// with element strides st: the row every tensor-core kernel's GQA packing addresses.
+template <typename T>
+__device__ __forceinline__ T *packed_row(T *base, const int64_t *st, int64_t b, int64_t g, int64_t G, int64_t R) {
+  return base + b * st[0] + (R / G) * st[1] + (g * G + R % G) * st[2];
+}
+
 // The library-owned grow-only workspace (backend.cu).
 int workspace_get(void **ptr, int64_t bytes);
 
