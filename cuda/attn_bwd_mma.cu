@@ -43,7 +43,7 @@
 
 #include "moda_cuda_internal.cuh"
 #include "mma_helpers.cuh"
-#include "wgmma_ops.cuh"
+#include "wgmma_gemm.cuh"
 
 namespace moda_cuda {
 namespace {
@@ -523,12 +523,8 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      WgmmaRS<T, BQ, 0>::run(s, k_a[ks], wgmma_desc_sw128(q_base + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      WgmmaRS<T, BQ, 0>::run(dp, v_a[ks], wgmma_desc_sw128(do_base + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+    wgmma_rs_kmajor<T, BQ, KSTEPS>(s, k_a, q_base, BQ, 0);
+    wgmma_rs_kmajor<T, BQ, KSTEPS>(dp, v_a, do_base, BQ, 0);
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operand(s);
@@ -567,12 +563,8 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
     wgmma_fence_operand(acc_dv);
     wgmma_fence_operand(acc_dk);
     wgmma_fence();
-#pragma unroll
-    for (int kq = 0; kq < BQ / 16; ++kq)
-      WgmmaRS<T, D, 1>::run(acc_dv, pa[kq], wgmma_desc_sw128(do_base + kq * 16 * 128, BQ * 128, 1024), 1);
-#pragma unroll
-    for (int kq = 0; kq < BQ / 16; ++kq)
-      WgmmaRS<T, D, 1>::run(acc_dk, da[kq], wgmma_desc_sw128(q_base + kq * 16 * 128, BQ * 128, 1024), 1);
+    wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dv, pa, do_base, BQ, 1);
+    wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dk, da, q_base, BQ, 1);
     wgmma_commit();
     if constexpr (ATOMIC_DQ) {
       // dS^T -> smem as the MN-major A of dQ = dS K: element (key, row) at sw128_offset(key, row),
@@ -949,12 +941,8 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
         wgmma_fence_operand(s);
         wgmma_fence_operand(dp);
         wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < KSTEPS; ++ks)
-          WgmmaRS<T, BK, 0>::run(s, q_a[ks], wgmma_desc_sw128(kt_base + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
-#pragma unroll
-        for (int ks = 0; ks < KSTEPS; ++ks)
-          WgmmaRS<T, BK, 0>::run(dp, do_a[ks], wgmma_desc_sw128(vt_base + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+        wgmma_rs_kmajor<T, BK, KSTEPS>(s, q_a, kt_base, BK, 0);
+        wgmma_rs_kmajor<T, BK, KSTEPS>(dp, do_a, vt_base, BK, 0);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(s);
@@ -1011,9 +999,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
         }
         wgmma_fence_operand(acc_dq);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk)
-          WgmmaRS<T, D, 1>::run(acc_dq, dsa[kk], wgmma_desc_sw128(kt_base + kk * 16 * 128, BK * 128, 1024), 1);
+        wgmma_rs_mnmajor<T, D, BK / 16>(acc_dq, dsa, kt_base, BK, 1);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(acc_dq);

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 
 #include "attn_fwd_common.cuh"
-#include "wgmma_ops.cuh"
+#include "wgmma_gemm.cuh"
 
 namespace moda_cuda {
 
@@ -166,23 +166,11 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 
   // S = Q K^T of block `stage` into s (raw q.k; the scale is folded into the exp2 argument)
   auto issue_s = [&](float (&s)[BN / 8][4], const uint32_t (&q_a)[KSTEPS][4], int stage) {
-    const uint32_t k_base = smem_u32(sK(stage));
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) {
-      // K-major B: atom column ks/4, k16 step ks%4 of it starts 32 bytes further
-      const uint64_t desc = wgmma_desc_sw128(k_base + (ks / 4) * BN * 128 + (ks % 4) * 32, 16, 1024);
-      WgmmaRS<T, BN, 0>::run(s, q_a[ks], desc, ks > 0 ? 1 : 0);
-    }
+    wgmma_rs_kmajor<T, BN, KSTEPS>(s, q_a, smem_u32(sK(stage)), BN, 0);
   };
   // O += P V with V of block `stage`
   auto issue_pv = [&](const uint32_t (&pa)[BN / 16][4], int stage) {
-    const uint32_t v_base = smem_u32(sV(stage));
-#pragma unroll
-    for (int ks = 0; ks < BN / 16; ++ks) {
-      // MN-major B (V [keys][D]): 16 keys = 2048 bytes further per k-step; atom columns BN*128 apart
-      const uint64_t desc = wgmma_desc_sw128(v_base + ks * 16 * 128, BN * 128, 1024);
-      WgmmaRS<T, D, 1>::run(acc_o[0], pa[ks], desc, 1);
-    }
+    wgmma_rs_mnmajor<T, D, BN / 16>(acc_o[0], pa, smem_u32(sV(stage)), BN, 1);  // V tile [keys][D]
   };
   // Online softmax of block blk's scores, in place (s becomes P, unnormalised); updates row_m,
   // row_l and returns the factor corr the rows' O must be multiplied by.
