@@ -40,6 +40,7 @@
 
 #include "../mma_helpers.cuh"
 #include "../wgmma_ops.cuh"
+#include "../wgmma_gemm.cuh"
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "wgmma_check must be built for sm_90a only: -gencode arch=compute_90a,code=sm_90a"
@@ -177,10 +178,7 @@ __global__ void __launch_bounds__(128) chain_kernel(ChainArgs<T> p) {
   const uint32_t kb = smem_u32(ktile), vb = smem_u32(vtile);
   wgmma_fence_operand(s);
   wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks)
-    WgmmaRS<T, NK, 0>::run(s, aq[ks], wgmma_desc_sw128(kb + (ks / 4) * NK * 128 + (ks % 4) * 32, 16, 1024),
-                           ks > 0);
+  wgmma_rs_kmajor<T, NK, D / 16>(s, aq, kb, NK, 0);  // the kernels' own k-loop (wgmma_gemm.cuh)
   wgmma_commit();
   wgmma_wait<0>();
   wgmma_fence_operand(s);
@@ -201,9 +199,7 @@ __global__ void __launch_bounds__(128) chain_kernel(ChainArgs<T> p) {
     for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
   wgmma_fence_operand(o);
   wgmma_fence();
-#pragma unroll
-  for (int t = 0; t < NK / 16; ++t)
-    WgmmaRS<T, D, 1>::run(o, ap[t], wgmma_desc_sw128(vb + t * 16 * 128, NK * 128, 1024), t > 0);
+  wgmma_rs_mnmajor<T, D, NK / 16>(o, ap, vb, NK, 0);
   wgmma_commit();
   wgmma_wait<0>();
   wgmma_fence_operand(o);
