@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes cuda/wgmma_ops.cuh: the wgmma.mma_async wrappers with register A (RS form) that the
-sm_90a forward uses. Each needs N/2 accumulator operands, which nobody should type by hand.
+"""Writes cuda/wgmma_ops.cuh: the wgmma.mma_async wrappers (RS form: A from registers; SS form:
+A from shared memory) that the sm_90a kernels use. Each needs N/2 accumulator operands, which nobody should type by hand.
 Run: python3 tools/gen_wgmma.py > cuda/wgmma_ops.cuh"""
 
 SHAPES = [64, 128]           # n of m64nNk16
@@ -22,36 +22,44 @@ w("#include <stdint.h>")
 w("")
 w("namespace moda_cuda {")
 w("")
+def emit(spec, n, ptype, signature, operands, inputs, n_inputs):
+    """One wrapper: `spec` the specialisation, `operands` the PTX operands after the accumulator
+    list (%-numbered from n/2 on), `inputs` the asm input list; the last input is scale_d."""
+    nregs = n // 2
+    w("")
+    w(f"template <> struct {spec} {{")
+    w(f"  static __device__ __forceinline__ void run({signature}) {{")
+    w("#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)")
+    w("    asm volatile(")
+    w("        \"{\\n.reg .pred p;\\n\"")
+    w(f"        \"setp.ne.b32 p, %{nregs + n_inputs - 1}, 0;\\n\"")
+    w(f"        \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} \"")
+    # split the long register list over several string pieces
+    regs = [f"%{i}" for i in range(nregs)]
+    lines = [", ".join(regs[i:i + 16]) for i in range(0, nregs, 16)]
+    w("        \"{\"")
+    for li, l in enumerate(lines):
+        sep = ", " if li + 1 < len(lines) else ""
+        w(f"        \"{l}{sep}\"")
+    w(f"        \"}}, {operands};\\n}}\\n\"")
+    ops = [f"\"+f\"(d[{i // 4}][{i % 4}])" for i in range(nregs)]
+    w("        : " + ",\n          ".join(", ".join(ops[i:i + 4]) for i in range(0, nregs, 4)))
+    w(f"        : {inputs});")
+    w("#endif")
+    w("  }")
+    w("};")
+
+
 w("template <typename T, int N, int TRANS_B> struct WgmmaRS;")
 for n in SHAPES:
-    nregs = n // 2
+    ai = n // 2
     for ctype, ptype in TYPES:
         for tb in (0, 1):
-            w("")
-            w(f"template <> struct WgmmaRS<{ctype}, {n}, {tb}> {{")
-            w(f"  static __device__ __forceinline__ void run(float (&d)[{n // 8}][4], const uint32_t (&a)[4], uint64_t desc_b,")
-            w(f"                                             int scale_d) {{")
-            w("#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)")
-            dl = ", ".join(f"%{i}" for i in range(nregs))
-            ai = nregs
-            w("    asm volatile(")
-            w("        \"{\\n.reg .pred p;\\n\"")
-            w(f"        \"setp.ne.b32 p, %{ai + 5}, 0;\\n\"")
-            w(f"        \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} \"")
-            # split the long register list over several string pieces
-            regs = [f"%{i}" for i in range(nregs)]
-            lines = [", ".join(regs[i:i + 16]) for i in range(0, nregs, 16)]
-            w("        \"{\"")
-            for li, l in enumerate(lines):
-                sep = ", " if li + 1 < len(lines) else ""
-                w(f"        \"{l}{sep}\"")
-            w(f"        \"}}, {{%{ai}, %{ai + 1}, %{ai + 2}, %{ai + 3}}}, %{ai + 4}, p, 1, 1, {tb};\\n}}\\n\"")
-            ops = [f"\"+f\"(d[{i // 4}][{i % 4}])" for i in range(nregs)]
-            w("        : " + ",\n          ".join(", ".join(ops[i:i + 4]) for i in range(0, nregs, 4)))
-            w("        : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(desc_b), \"r\"(scale_d));")
-            w("#endif")
-            w("  }")
-            w("};")
+            emit(f"WgmmaRS<{ctype}, {n}, {tb}>", n, ptype,
+                 f"float (&d)[{n // 8}][4], const uint32_t (&a)[4], uint64_t desc_b,\n"
+                 f"                                             int scale_d",
+                 f"{{%{ai}, %{ai + 1}, %{ai + 2}, %{ai + 3}}}, %{ai + 4}, p, 1, 1, {tb}",
+                 "\"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(desc_b), \"r\"(scale_d)", 6)
 
 # SS form: A and B both from shared memory by descriptor; TRANS_A = 1 reads A MN-major (m
 # contiguous). Used by the backward's dQ = dS K with dS staged in smem.
@@ -59,32 +67,14 @@ w("")
 w("// SS form: A (m64 x k16) and B from shared memory by descriptor. TRANS_A = 1: A stored MN-major.")
 w("template <typename T, int N, int TRANS_A, int TRANS_B> struct WgmmaSS;")
 for n in [64]:
-    nregs = n // 2
+    ai = n // 2
     for ctype, ptype in TYPES:
         for ta in (0, 1):
             for tb in (0, 1):
-                w("")
-                w(f"template <> struct WgmmaSS<{ctype}, {n}, {ta}, {tb}> {{")
-                w(f"  static __device__ __forceinline__ void run(float (&d)[{n // 8}][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {{")
-                w("#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)")
-                ai = nregs
-                w("    asm volatile(")
-                w("        \"{\\n.reg .pred p;\\n\"")
-                w(f"        \"setp.ne.b32 p, %{ai + 2}, 0;\\n\"")
-                w(f"        \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} \"")
-                regs = [f"%{i}" for i in range(nregs)]
-                lines = [", ".join(regs[i:i + 16]) for i in range(0, nregs, 16)]
-                w("        \"{\"")
-                for li, l in enumerate(lines):
-                    sep = ", " if li + 1 < len(lines) else ""
-                    w(f"        \"{l}{sep}\"")
-                w(f"        \"}}, %{ai}, %{ai + 1}, p, 1, 1, {ta}, {tb};\\n}}\\n\"")
-                ops = [f"\"+f\"(d[{i // 4}][{i % 4}])" for i in range(nregs)]
-                w("        : " + ",\n          ".join(", ".join(ops[i:i + 4]) for i in range(0, nregs, 4)))
-                w("        : \"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d));")
-                w("#endif")
-                w("  }")
-                w("};")
+                emit(f"WgmmaSS<{ctype}, {n}, {ta}, {tb}>", n, ptype,
+                     f"float (&d)[{n // 8}][4], uint64_t desc_a, uint64_t desc_b, int scale_d",
+                     f"%{ai}, %{ai + 1}, p, 1, 1, {ta}, {tb}",
+                     "\"l\"(desc_a), \"l\"(desc_b), \"r\"(scale_d)", 3)
 w("")
 w("}  // namespace moda_cuda")
 print("\n".join(out))
