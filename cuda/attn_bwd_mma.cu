@@ -406,7 +406,7 @@ bwd_dkv_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *
 //     P^T, dS^T on the accumulators (as kernel 2)
 //     dV  += P^T dO     m64n64k16, A = P^T packed from the S^T accumulators, B = dO tile MN-major
 //     dK  += dS^T Q     m64n64k16, A = dS^T, B = Q tile MN-major
-// Experimental (written without device time; MODA_CUDA_WGMMA=1|2 enables it, as the forward).
+// The default on sm_90 for d = 64 (MODA_CUDA_WGMMA=0 or MODA_CUDA_WGMMA_BWD=0|3 turn it off).
 // d = 128 stays on mma.sync: its K/V fragments (64 registers) do not fit beside the accumulators.
 // ATOMIC_DQ (deterministic = 0, MODA_CUDA_BWD_ATOMIC_DQ=1): the step's dS^T also goes to smem,
 // dQ_step = dS K runs as an SS wgmma (A = dS read MN-major from that tile, B = a swizzled copy
@@ -507,12 +507,15 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
     else cp_async_wait<0>();
     fence_proxy_async_smem();  // this thread's cp.async / zero stores -> visible to wgmma
     __syncthreads();
-    if (blk == 0) {
+    // The K/V fragments are read from smem again in every step. Loaded once (before the loop or
+    // under blk == 0) and kept in registers, they were overwritten from the second query block
+    // on: the SASS showed ptxas giving their registers to the P^T / dS^T A operands of the
+    // dV / dK wgmmas (H100, session 5; the checker's backward grid caught it). 8 ldmatrix.x4
+    // per step cost nothing next to its 4 wgmma groups.
 #pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks) {
-        ldmatrix_x4(k_a[ks], sKw + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
-        ldmatrix_x4(v_a[ks], sVw + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
-      }
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      ldmatrix_x4(k_a[ks], sKw + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
+      ldmatrix_x4(v_a[ks], sVw + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
     }
     const int64_t Rq = R_begin + (int64_t)blk * BQ;
     const uint32_t q_base = smem_u32(sQ(stage)), do_base = smem_u32(sdO(stage));
@@ -635,11 +638,11 @@ constexpr int kDkvWgmmaSmem = 1024 + 4 * 64 * 64 * 2 + 2 * 64 * (64 + 8) * 2 + 2
 constexpr int kDkvWgmmaSmemAtomic = kDkvWgmmaSmem + 2 * 64 * 64 * 2;  // + K copy, dS^T tile
 
 // ---------------- 4. dQ: depth part (transposed) + sequence part ----------------
-// WG (sm_90a, d = 64; experimental, MODA_CUDA_WGMMA=1|2): the CTA's 64 rows are one warpgroup's
+// WG (sm_90a, d = 64; default, off with MODA_CUDA_WGMMA=0): the CTA's 64 rows are one warpgroup's
 // m64 and the sequence part runs on wgmma: S = Q K^T and dP = dO V^T (A = Q / dO fragments in
 // registers, B = swizzled K / V tiles read K-major), dQ += dS K (A = dS packed from the
 // accumulators, B = the K tile read MN-major). The depth part is the same code either way.
-// FUSE (d = 64, token visibility, G dividing 8; experimental, MODA_CUDA_BWD_FUSE_DEPTH=1): a
+// FUSE (d = 64, token visibility, G dividing 8; default, off with MODA_CUDA_BWD_FUSE_DEPTH=0): a
 // group of 8 packed rows then holds whole tokens, so the depth rows it streams are seen by no
 // other group and their dkd, dvd are complete here: dvd = P^T dO and dkd = dS^T q per 16 depth
 // rows (m16n8k8, k = the group's 8 rows), written at once. Kernel 3 is then skipped: kd and vd are
@@ -1075,8 +1078,7 @@ int set_smem(KernelFn kernel, int bytes, const char *what) {
 // Rule: 3 when a key block sees >= 32768 packed query rows on average.
 // MODA_CUDA_BWD_SEQ_MINB=1|3 forces a variant (tests, benchmarks).
 // The sm_90a backward kernels (sequence dK/dV, dQ with its sequence part on wgmma): on an sm_90
-// device, d = 64, when MODA_CUDA_WGMMA is 1 or 2 or MODA_CUDA_WGMMA_BWD=1 (experimental until
-// verified on the device, as the wgmma forward).
+// device, d = 64, unless MODA_CUDA_WGMMA=0 (and MODA_CUDA_WGMMA_BWD unset) or MODA_CUDA_WGMMA_BWD=0.
 // which: 1 = the dK/dV kernel, 2 = the dQ kernel. MODA_CUDA_WGMMA_BWD=2 / 3 turns on only the
 // first / the second (to tell a failure of one from the other).
 bool bwd_wgmma_selected(const moda_attn_params *p, int which) {
@@ -1086,12 +1088,13 @@ bool bwd_wgmma_selected(const moda_attn_params *p, int which) {
 }
 
 // The depth gradients fused into the dQ kernel (FUSE above): d = 64, L > 0, token visibility, G
-// dividing 8. Experimental until verified on the device: MODA_CUDA_BWD_FUSE_DEPTH=1 turns it on.
+// dividing 8. On by default (verified on the H100 in session 5); MODA_CUDA_BWD_FUSE_DEPTH=0 runs
+// the separate depth-gradient kernel instead.
 bool bwd_fuse_depth_selected(const moda_attn_params *p) {
   static int on = -1;
   if (on < 0) {
     const char *e = getenv("MODA_CUDA_BWD_FUSE_DEPTH");
-    on = e && e[0] == '1';
+    on = !(e && e[0] == '0');
   }
   return on && p->d == 64 && p->L > 0 && p->chunk <= 0 && 8 % p->G == 0;
 }

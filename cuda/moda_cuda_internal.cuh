@@ -57,8 +57,8 @@ int fwd_mma_launch(const moda_attn_params *p, cudaStream_t stream);
 // Overrides MODA_CUDA_FWD_FLAGS (attn_fwd_mma.cu's bits) for later launches; -1 re-reads the
 // environment. For tests and A/B timing in one process (attn_check depthbench); not thread-safe.
 void fwd_set_flags(int flags);
-// wgmma kernels (sm_90a), experimental: MODA_CUDA_WGMMA = 0 (unset: off), 1 (where the shape
-// rules pick them), 2 (wherever they can run; tests). attn_fwd_wgmma.cu.
+// wgmma kernels (sm_90a): MODA_CUDA_WGMMA = 0 (off), 1 or unset (where the shape rules pick
+// them), 2 (wherever they can run; tests). attn_fwd_wgmma.cu.
 int wgmma_mode();
 int wgmma_bwd_mode();  // MODA_CUDA_WGMMA_BWD=0..3 (none, both, dK/dV, dQ), else 1 when wgmma_mode() > 0
 // wgmma forward (attn_fwd_wgmma.cu, sm_90a): taken by fwd_mma_launch where supported.

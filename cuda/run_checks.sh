@@ -1,11 +1,13 @@
 #!/bin/bash
 # cuda/run_checks.sh: build the CUDA kernels with the standalone checker and run it (device machine).
 # Usage: cuda/run_checks.sh [quick|full] [bench] [sanitize]
+#        cuda/run_checks.sh build   (build both checkers into /tmp/moda_check_obj and run nothing)
 #        cuda/run_checks.sh depthring   (the forward's depth ring vs the single-buffered depth
 #        phase, MODA_CUDA_FWD_FLAGS bit 3: checker grids both ways, compute-sanitizer on the ring,
 #        A/B timing table last; ~3-4 minutes on an H100)
 #        cuda/run_checks.sh v6 | v6san | v6bench  (session-4 work: the checker grids on the default
 #        path and with every wgmma variant forced | compute-sanitizer | mma.sync vs wgmma timing)
+#        (ONLY=<regex>: only the steps whose names match)
 #        cuda/run_checks.sh wgmma [diag] [sanitize]   (the sm_90a wgmma helpers alone:
 #        cuda/tests/wgmma_check.cu: S = Q K^T, O = P V (RS) and dQ = dS K (SS) vs a float64 reference;
 #        diag: also run the alternative (lbo, sbo) encodings on passing cases; sanitize: then
@@ -17,12 +19,21 @@ OUTDIR=${OUT:-/tmp/moda_out}; mkdir -p "$OUTDIR"
 OBJ=/tmp/moda_check_obj; mkdir -p $OBJ
 ARCH=${CHECK_ARCH:--gencode arch=compute_90a,code=sm_90a}
 FLAGS="-O3 -std=c++17 -Xcompiler -fPIC -I c -I cuda $ARCH --expt-relaxed-constexpr -lineinfo"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader 2>/dev/null
+build_wgmma_check() {
+  nvcc -O2 -std=c++17 -I cuda $ARCH -lineinfo -Xptxas -v cuda/tests/wgmma_check.cu -o $OBJ/wgmma_check \
+      > $OBJ/wgmma_check.build.log 2>&1 || { cat $OBJ/wgmma_check.build.log; return 1; }
+}
+if [ "$MODE" = build ]; then
+  # build both checkers into $OBJ without running them (on a machine with nvcc but no GPU), so
+  # a device call can carry them: tar -C /tmp -cJf X.tar.xz moda_check_obj, then REUSE_BUILD=1
+  build_wgmma_check || exit 1
+fi
 if [ "$MODE" = wgmma ]; then
   WG_DIAG=; WG_SAN=
   for a in $BENCH $SAN; do [ "$a" = diag ] && WG_DIAG=diag; [ "$a" = sanitize ] && WG_SAN=1; done
-  nvcc -O2 -std=c++17 -I cuda $ARCH -lineinfo -Xptxas -v cuda/tests/wgmma_check.cu -o $OBJ/wgmma_check \
-      > $OBJ/wgmma_check.build.log 2>&1 || { cat $OBJ/wgmma_check.build.log; exit 1; }
+  if [ -n "${REUSE_BUILD:-}" ] && [ -x $OBJ/wgmma_check ]; then echo "(REUSE_BUILD: wgmma_check)"
+  else build_wgmma_check || exit 1; fi
   grep -iE "warning|Performance Loss|spill" $OBJ/wgmma_check.build.log | sort -u | tee "$OUTDIR/wgmma_ptxas.txt"
   $OBJ/wgmma_check $WG_DIAG 2>&1 | tee "$OUTDIR/wgmma_check.log"; rc=${PIPESTATUS[0]}
   if [ -n "$WG_SAN" ]; then
@@ -45,8 +56,10 @@ grep -h -A3 "Compiling entry function.*fwd_mma" $OBJ/attn_fwd_mma.log | grep -E 
 rm -f $OBJ/attn_check
 nvcc -o $OBJ/attn_check $OBJ/*.o -lcudart || exit 1
 fi
+[ "$MODE" = build ] && { ls -la $OBJ/attn_check $OBJ/wgmma_check; exit 0; }
 step() {  # step NAME ENV... -- ARGS: run the checker, keep its log ($OUTDIR/dr_NAME.log), one line in $SUM
   local name=$1; shift; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi  # ONLY=regex: a subset of the steps
   local log="$OUTDIR/dr_${name}.log"
   env "${envs[@]}" $OBJ/attn_check "$@" > "$log" 2>&1; local rc=$?
   local line; line=$(grep -E "^[0-9]+ cases" "$log" | tail -1)

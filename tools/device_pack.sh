@@ -2,7 +2,7 @@
 # tools/device_pack.sh: prepare what a device-machine call carries (the GPU machine has luajit
 # and busted only through .deb, and no OpenBLAS): builds the CPU and CUDA libraries here, copies
 # the OpenBLAS runtime into .devlibs/, packs build/*.so + .devlibs into .devcarry/pack.tar.xz, and
-# fetches the Lua .debs once. All three folders are git-ignored. Then, on the device:
+# fetches the Lua .debs once; also packs the prebuilt checkers (cuda/run_checks.sh build). All three folders are git-ignored. Then, on the device:
 #   run(carry=[".deb", ".devcarry", ".thirdparty"], command=
 #     'source .deb/unpack.sh; tar -xJf .devcarry/pack.tar.xz && export LD_LIBRARY_PATH=$PWD/.devlibs:$LD_LIBRARY_PATH; ...')
 # (.thirdparty: the authors' Triton kernel for bench/cuda_attention.py, see docs/CUDA_NOTES.md.)
@@ -17,5 +17,14 @@ for l in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do
   cp -L "$src" .devlibs/
 done
 tar -cJf .devcarry/pack.tar.xz build/libmoda.so build/libmoda_cuda.so .devlibs
+# the standalone checkers (sm_90a), so the device spends no time compiling them; rebuilt when any
+# CUDA source is newer; tools/device_run.sh unpacks them and sets REUSE_BUILD=1
+CHK=/tmp/moda_check_obj
+if [ ! -x $CHK/attn_check ] || [ ! -x $CHK/wgmma_check ] || \
+   [ -n "$(find cuda -newer $CHK/attn_check \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' \))" ]; then
+  bash cuda/run_checks.sh build >/dev/null || { echo "device_pack: checker build failed" >&2; exit 1; }
+fi
+tar -cJf .devcarry/checkobj.tar.xz -C /tmp moda_check_obj/attn_check moda_check_obj/wgmma_check \
+    $(cd /tmp && ls moda_check_obj/*.log)
 [ -f .deb/unpack.sh ] || bash ../shared/device/fetch-lua-debs.sh
 ls -la .devcarry/pack.tar.xz

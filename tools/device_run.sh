@@ -1,0 +1,50 @@
+#!/bin/bash
+# tools/device_run.sh STAGE... : the verification and timing stages of the CUDA work, run on the
+# device machine in one call, each under its own time limit and all under one deadline, so a call
+# never runs past the device tool's 10-minute limit and what finished still comes back.
+#   wgmma    cuda/run_checks.sh wgmma diag      (wgmma wrappers and descriptors, unit check)
+#   v6 v6san v6bench depthring quick full       (cuda/run_checks.sh modes, prebuilt checker)
+#   spec     busted CUDA spec, default kernels  (MODA_CUDA_SPEC_TABLE=1)
+#   specall  busted CUDA spec with every experimental switch on
+#   bench    bench/cuda_attention.py $BENCH_ARGS (env MODA_CUDA_* passes through; no spaces in it)
+#   benchnd  the same with --nondet and MODA_CUDA_BWD_ATOMIC_DQ=1 (dQ by atomics)
+# Expects what tools/device_pack.sh packs (.devcarry: libraries and the prebuilt checkers) and
+# .deb; logs of every stage are packed into $OUT/logs.tar.xz (the tool returns 8 files at most).
+# DEADLINE (seconds from start, default 560) bounds the whole call.
+set -u
+cd "$(dirname "$0")/.."
+T0=$(date +%s); DEADLINE=${DEADLINE:-560}
+OUTDIR=${OUT:-/tmp/moda_out}; LOGS=/tmp/moda_logs; mkdir -p "$OUTDIR" $LOGS
+source .deb/unpack.sh >/dev/null 2>&1 || echo "device_run: .deb/unpack.sh failed (luajit/busted missing)"
+tar -xJf .devcarry/pack.tar.xz || exit 1
+export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
+if [ -f .devcarry/checkobj.tar.xz ]; then tar -xJf .devcarry/checkobj.tar.xz -C /tmp && export REUSE_BUILD=1; fi
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+SUMMARY=$LOGS/summary.txt
+BUSTED="luajit /tmp/lua-root/usr/bin/busted"  # (unpack.sh's busted is a shell function: timeout cannot run it)
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+stage() {  # stage NAME MAXSECONDS CMD...: run with the smaller of MAXSECONDS and the time left
+  local name=$1 max=$2; shift 2
+  local l; l=$(left); [ "$l" -lt "$max" ] && max=$l
+  if [ "$max" -lt 20 ]; then echo "== $name: SKIPPED, deadline" | tee -a $SUMMARY; return; fi
+  local s; s=$(date +%s)
+  echo "== $name (limit ${max}s)"
+  timeout "$max" "$@" > $LOGS/$name.log 2>&1; local rc=$?
+  echo "== $name: rc=$rc in $(( $(date +%s) - s ))s" | tee -a $SUMMARY
+  tail -n "${TAIL:-25}" $LOGS/$name.log
+}
+for st in "$@"; do
+  case $st in
+    wgmma) stage wgmma 120 bash cuda/run_checks.sh wgmma diag ;;
+    v6|v6san|v6bench|depthring|quick|full) OUT=$LOGS/$st stage $st 420 bash cuda/run_checks.sh $st ;;
+    spec) MODA_CUDA_SPEC_TABLE=1 stage spec 300 $BUSTED --lua=luajit spec/cuda_attention_spec.lua ;;
+    specall) MODA_CUDA_SPEC_TABLE=1 MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 \
+               stage specall 300 $BUSTED --lua=luajit spec/cuda_attention_spec.lua ;;
+    bench) PYTHONUNBUFFERED=1 TAIL=40 stage bench 540 python3 bench/cuda_attention.py ${BENCH_ARGS:-} ;;
+    benchnd) PYTHONUNBUFFERED=1 TAIL=40 MODA_CUDA_BWD_ATOMIC_DQ=1 \
+               stage benchnd 540 python3 bench/cuda_attention.py --nondet ${BENCH_ARGS:-} ;;
+    *) echo "device_run: unknown stage $st" ;;
+  esac
+done
+echo; echo "== summary"; cat $SUMMARY
+tar -cJf "$OUTDIR/logs.tar.xz" -C $LOGS .
