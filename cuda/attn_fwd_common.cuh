@@ -52,14 +52,12 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        of depth rows (L times the size of K/V) does not evict the sequence K/V that every
 //        tile of a head re-reads; bit 1: sequence K/V loaded with L2 evict_last.
 // bit 2: the unfolded softmax arithmetic of v3 (FMUL + FADD instead of one FFMA), for A/B timing.
-// bit 3: the single-buffered depth phase of v1-v4 (one DL-row chunk per warp, load then wait),
-//        instead of the default cp.async ring (FwdDepthRing), for A/B timing.
 // bit 4: never the wgmma kernel (sm_90a), i.e. the mma.sync kernel everywhere, for A/B timing.
-// bit 5: the wgmma kernel with one warpgroup per CTA (64 rows, 2 CTAs/SM) instead of two.
-// bit 6: the wgmma kernel with FA3's intra-warpgroup overlap (d = 64; attn_fwd_wgmma.cu PIPE).
-constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_DEPTH_SINGLE = 8,
-              FWD_NO_WGMMA = 16, FWD_WGMMA_1WG = 32, FWD_WGMMA_PIPE = 64;
-constexpr int FWD_FLAGS_MASK = 127;
+// Bits 3, 5 and 6 are unused (they selected variants that lost on the H100 and were deleted: the
+// single-buffered depth phase, the 1-warpgroup and the pipelined wgmma kernels): the mask clears
+// them, so a value with them set behaves as if they were clear. The other bits keep their numbers.
+constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_NO_WGMMA = 16;
+constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_NO_WGMMA;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----
 // The warp owns NGRP groups of 8 packed rows (rows Rw .. Rw + 8*NGRP - 1). For each group (8

@@ -7,15 +7,15 @@
 // 1. Depth phase (L > 0), per warp, in the TRANSPOSED orientation: for each group of 8 packed
 //    rows (8 columns) the warp streams the depth rows those columns can see (token visibility:
 //    the L rows of the group's tokens; chunk visibility: the rows of the tokens of their chunks)
-//    through shared memory in chunks of DL rows and computes
-//        S^T[DL x 8] = kd_chunk[DL x d] * q_group^T[d x 8]      (A = kd, B = q rows)
-//        O^T[d x 8] += vd_chunk^T[d x DL] * P[DL x 8]            (A = vd^T, B = P via movmatrix)
+//    through shared memory in chunks of RDL = 16 rows and computes
+//        S^T[16 x 8] = kd_chunk[16 x d] * q_group^T[d x 8]      (A = kd, B = q rows)
+//        O^T[d x 8] += vd_chunk^T[d x 16] * P[16 x 8]            (A = vd^T, B = P via movmatrix)
 //    with an online softmax per column. No dense (rows x rows*L) tile: for G >= 8 nothing is
 //    masked; for G < 8 the 8 columns hold 8/G tokens and the waste is (8/G - 1)/(8/G).
-//    The per-row result (unnormalised O, max m, sum l) goes to shared memory and seeds phase 2.
-//    Default (v5): the warp's chunks of all its groups form one sequence streamed through a
-//    cp.async ring of RST stages of RDL = 16 rows (chunk c+1.. in flight while c is computed);
-//    MODA_CUDA_FWD_FLAGS bit 3 restores the single-buffered v1-v4 phase (load, wait, compute).
+//    The warp's chunks of all its groups form one sequence streamed through a cp.async ring of
+//    RST stages (chunk c+1.. in flight while c is computed): FwdDepthRing, attn_fwd_common.cuh.
+//    Each group's result (unnormalised O, max m, sum l) goes through a small shared-memory
+//    scratch into the row state of the lanes that own its rows and seeds phase 2.
 // 2. Sequence phase, FlashAttention-2 style: Q fragments in registers, K/V blocks of BN keys
 //    double-buffered with cp.async, S = Q K^T, causal/bounds mask, online softmax, O += P V.
 //
@@ -37,43 +37,36 @@ struct FwdConfig {
   static constexpr int WROWS = 16 * MT;         // packed rows per warp
   static constexpr int BM = WROWS * NWARPS;     // packed rows per CTA
   static constexpr int BN = 64;                 // keys per sequence block
-  static constexpr int DL = D <= 64 ? 32 : 16;  // depth rows per warp chunk
   static constexpr int LDS = D + 8;             // smem row stride in elements (pad: no bank conflicts)
   static constexpr int Q_ELEMS = BM * LDS;
   static constexpr int KV_ELEMS = 2 /*stages*/ * 2 /*K,V*/ * BN * LDS;
-  static constexpr int DEPTH_ELEMS = NWARPS * 2 /*kd,vd*/ * DL * LDS;
-  // per warp: WROWS rows of D floats (unnormalised O), then WROWS maxima and WROWS sums
-  static constexpr int SCRATCH_FLOATS = NWARPS * (WROWS * D + 2 * WROWS);
-  static constexpr int DEPTH_BYTES = DEPTH_ELEMS * 2 + SCRATCH_FLOATS * 4;
-  static constexpr int UNION_BYTES = KV_ELEMS * 2 > DEPTH_BYTES ? KV_ELEMS * 2 : DEPTH_BYTES;
-  static constexpr int SMEM_BYTES = Q_ELEMS * 2 + UNION_BYTES;  // the single-buffered depth path (v1-v4)
-  // Depth ring (default since v5): per warp RST stages of RDL kd rows + RDL vd rows, a cp.async
+  // Depth ring (since v5): per warp RST stages of RDL kd rows + RDL vd rows, a cp.async
   // prefetch ring over the warp's flattened (group, chunk) sequence. Stages chosen to keep the
   // occupancy the registers allow on sm_90 (228 KB smem/SM, 1 KB reserved per CTA):
   //   d=64 MT=1 (3 CTAs/SM): 3 stages -> 73472 B;  d=64 MT=2 (2 CTAs/SM): 4 stages -> 101120 B;
   //   d=128 (2 CTAs/SM): 2 stages -> 104192 B.
   // Scratch: one 8-row group at a time (8 x RSD floats + 8 maxima + 8 sums per warp), merged
-  // into the row state right after each group (not WROWS rows kept until the end).
+  // into the row state right after each group. K/V stages and the ring share one region.
   static constexpr int RDL = 16;
   static constexpr int RST = D > 64 ? 2 : (MT_ == 1 ? 3 : 4);
   static constexpr int RING_ELEMS = NWARPS * RST * 2 * RDL * LDS;
   static constexpr int RSD = D + 4;  // scratch row stride in floats (pad: conflict-free column writes)
-  static constexpr int RSCRATCH_FLOATS = NWARPS * (8 * RSD + 16);
-  static constexpr int RING_BYTES = RING_ELEMS * 2 + RSCRATCH_FLOATS * 4;
-  static constexpr int RUNION_BYTES = KV_ELEMS * 2 > RING_BYTES ? KV_ELEMS * 2 : RING_BYTES;
-  static constexpr int SMEM_BYTES_RING = Q_ELEMS * 2 + RUNION_BYTES;
+  static constexpr int SCRATCH_FLOATS = NWARPS * (8 * RSD + 16);
+  static constexpr int RING_BYTES = RING_ELEMS * 2 + SCRATCH_FLOATS * 4;
+  static constexpr int UNION_BYTES = KV_ELEMS * 2 > RING_BYTES ? KV_ELEMS * 2 : RING_BYTES;
+  static constexpr int SMEM_BYTES = Q_ELEMS * 2 + UNION_BYTES;
   static constexpr int SMEM_BYTES_NODEPTH = Q_ELEMS * 2 + KV_ELEMS * 2;  // L = 0
   // sm_90: 233472 B of shared memory per SM, 1 KB reserved per CTA
-  static_assert((SMEM_BYTES_RING + 1024) * MIN_CTAS <= 233472, "depth ring would cost occupancy on sm_90");
+  static_assert((SMEM_BYTES + 1024) * MIN_CTAS <= 233472, "depth ring would cost occupancy on sm_90");
   static_assert(RDL == 16 && (RDL * (D / 8)) % 32 == 0, "ring chunks: one m16 tile, whole warp passes");
 };
 
-template <typename T, int D, int MT_, bool FOLD = true, bool RING = true>
+template <typename T, int D, int MT_, bool FOLD = true>
 __global__ void __launch_bounds__(FwdConfig<D, MT_>::NWARPS * 32, FwdConfig<D, MT_>::MIN_CTAS)
 fwd_mma_kernel(const moda_attn_params p, const int flags) {
   using Cfg = FwdConfig<D, MT_>;
   using Mma = MmaOp<T>;
-  constexpr int NWARPS = Cfg::NWARPS, BM = Cfg::BM, BN = Cfg::BN, DL = Cfg::DL, LDS = Cfg::LDS;
+  constexpr int NWARPS = Cfg::NWARPS, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS;
   constexpr int MT = Cfg::MT, WROWS = Cfg::WROWS;
   constexpr int NR = 2 * MT;      // rows per lane: row mt*16 + qr + 8*half, index r = 2*mt + half
   constexpr int NTHREADS = NWARPS * 32;
@@ -94,13 +87,10 @@ fwd_mma_kernel(const moda_attn_params p, const int flags) {
   const int64_t Rw = R0 + warp * WROWS;           // first packed row of this warp
   const float scale_log2 = (float)p.scale * LOG2E;
   const bool causal = p.causal != 0;
-  const int64_t chunk = p.chunk;
 
   const T *q = static_cast<const T *>(p.q);
   const T *k = static_cast<const T *>(p.k);
   const T *v = static_cast<const T *>(p.v);
-  const T *kd = static_cast<const T *>(p.kd);
-  const T *vd = static_cast<const T *>(p.vd);
 
   // ---- Q tile -> smem (rows past T*G are zero) ----
   load_rows_async<D, LDS>(sQ, BM, tid, NTHREADS, [&](int r) -> const T * {
@@ -109,13 +99,13 @@ fwd_mma_kernel(const moda_attn_params p, const int flags) {
   });
   cp_async_commit();
 
-  // ---- depth ring (RING, L > 0; attn_fwd_common.cuh): this warp's 2*MT groups of 8 packed rows;
+  // ---- depth ring (L > 0; attn_fwd_common.cuh): this warp's 2*MT groups of 8 packed rows;
   // its first chunks go out together with the Q tile.
   using Ring = FwdDepthRing<T, D, 2 * MT, Cfg::RST, LDS, Cfg::RSD>;
   static_assert(Ring::RDL == Cfg::RDL && Ring::WARP_RING_ELEMS * NWARPS == Cfg::RING_ELEMS &&
-                Ring::WARP_SCRATCH_FLOATS * NWARPS == Cfg::RSCRATCH_FLOATS, "ring layout");
+                Ring::WARP_SCRATCH_FLOATS * NWARPS == Cfg::SCRATCH_FLOATS, "ring layout");
   Ring ring;
-  if (RING && L > 0) {
+  if (L > 0) {
     ring.init(p, flags, reinterpret_cast<T *>(sUnion) + warp * Ring::WARP_RING_ELEMS, Rw, b, g, lane);
     ring.prologue(p);
     cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
@@ -135,172 +125,10 @@ fwd_mma_kernel(const moda_attn_params p, const int flags) {
     for (int j = 0; j < D / 8; ++j) acc_o[mt][j][0] = acc_o[mt][j][1] = acc_o[mt][j][2] = acc_o[mt][j][3] = 0.f;
 
   // ================= phase 1: depth rows, transposed small GEMMs =================
-  if (RING && L > 0) {
+  if (L > 0) {
     float *scr = reinterpret_cast<float *>(sUnion + Cfg::RING_ELEMS * 2) + warp * Ring::WARP_SCRATCH_FLOATS;
     ring.template run<Mma, MT>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
     __syncthreads();  // every warp is done with the ring and scratch before K/V reuse them
-  } else if (!RING && L > 0) {
-    // v1-v4 path (flag bit 3): one DL-row chunk per warp, load, wait, compute.
-    const bool depth_hint = (flags & FWD_DEPTH_EVICT_FIRST) != 0;
-    const uint64_t depth_pol = depth_hint ? l2_policy_evict_first() : 0;
-    T *sKd = reinterpret_cast<T *>(sUnion) + warp * 2 * DL * LDS;
-    T *sVd = sKd + DL * LDS;
-    float *scratch = reinterpret_cast<float *>(sUnion + Cfg::DEPTH_ELEMS * 2) + warp * (WROWS * D + 2 * WROWS);
-    float *sO = scratch, *sM = scratch + WROWS * D, *sL = sM + WROWS;
-
-    for (int grp = 0; grp < 2 * MT; ++grp) {
-      const int64_t rb = Rw + grp * 8;  // first packed row (column 0) of this group
-      // Columns of this lane: 2*qc and 2*qc+1.
-      int64_t col_t[2];
-      bool col_ok[2];
-      for (int e = 0; e < 2; ++e) {
-        int64_t R = rb + 2 * qc + e;
-        col_ok[e] = R < TG;
-        col_t[e] = col_ok[e] ? R / G : -1;
-      }
-      // Depth rows this group can see: tokens u_lo..u_hi, L rows each (flattened i = (u-u_lo)*L + l).
-      int64_t nkeys = 0, u_lo = 0;
-      if (rb < TG) {
-        int64_t t_first = rb / G, t_last = (rb + 7 < TG ? rb + 7 : TG - 1) / G;
-        int64_t u_hi;
-        if (chunk <= 0) { u_lo = t_first; u_hi = t_last; }
-        else {
-          u_lo = (t_first / chunk) * chunk;
-          if (causal) u_hi = t_last;
-          else { u_hi = (t_last / chunk) * chunk + chunk - 1; if (u_hi > T_ - 1) u_hi = T_ - 1; }
-        }
-        nkeys = (u_hi - u_lo + 1) * L;
-      }
-
-      // q^T as the B operand: rows rb..rb+7 of the Q tile, all k-steps.
-      uint32_t q_b[KSTEPS][2];
-#pragma unroll
-      for (int kk = 0; kk < KSTEPS / 2; ++kk) {
-        uint32_t r4[4];
-        ldmatrix_x4(r4, sQ + (rb - R0 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8);
-        q_b[2 * kk][0] = r4[0]; q_b[2 * kk][1] = r4[1];
-        q_b[2 * kk + 1][0] = r4[2]; q_b[2 * kk + 1][1] = r4[3];
-      }
-
-      float col_m[2] = {-INFINITY, -INFINITY}, col_l[2] = {0.f, 0.f};
-      float acc_t[D / 16][4];  // O^T: m-tile md covers head-dim rows md*16..md*16+15
-#pragma unroll
-      for (int md = 0; md < D / 16; ++md) acc_t[md][0] = acc_t[md][1] = acc_t[md][2] = acc_t[md][3] = 0.f;
-
-      for (int64_t kc = 0; kc < nkeys; kc += DL) {
-        __syncwarp();  // the previous chunk's ldmatrix reads are done
-        auto depth_row = [&](const T *base, const int64_t *st, int r) -> const T * {
-          int64_t i = kc + r;
-          if (i >= nkeys) return nullptr;
-          int64_t u = u_lo + i / L, l = i % L;
-          return base + b * st[0] + u * st[1] + l * st[2] + g * st[3];
-        };
-        load_rows_async_hint<D, LDS>(sKd, DL, lane, 32, depth_hint, depth_pol,
-                                     [&](int r) { return depth_row(kd, p.kd_stride, r); });
-        load_rows_async_hint<D, LDS>(sVd, DL, lane, 32, depth_hint, depth_pol,
-                                     [&](int r) { return depth_row(vd, p.vd_stride, r); });
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncwarp();
-
-        // S^T = kd * q^T, DL/16 m-tiles of 16 depth rows x 8 columns.
-        float s_t[DL / 16][4];
-#pragma unroll
-        for (int mt = 0; mt < DL / 16; ++mt) {
-          s_t[mt][0] = s_t[mt][1] = s_t[mt][2] = s_t[mt][3] = 0.f;
-#pragma unroll
-          for (int ks = 0; ks < KSTEPS; ++ks) {
-            uint32_t a[4];
-            ldmatrix_x4(a, sKd + (mt * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
-            Mma::run(s_t[mt], a, q_b[ks][0], q_b[ks][1]);
-          }
-        }
-        // Mask, scale, column max.
-        float chunk_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int mt = 0; mt < DL / 16; ++mt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            int64_t i = kc + mt * 16 + qr + (e >= 2 ? 8 : 0);
-            int c = e & 1;
-            bool vis = false;
-            if (i < nkeys && col_ok[c]) {
-              int64_t u = u_lo + i / L;
-              vis = chunk <= 0 ? (u == col_t[c])
-                               : (u / chunk == col_t[c] / chunk && (!causal || u <= col_t[c]));
-            }
-            float s = vis ? s_t[mt][e] * scale_log2 : -INFINITY;
-            s_t[mt][e] = s;
-            chunk_max[c] = fmaxf(chunk_max[c], s);
-          }
-        float corr[2], m_use[2];
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          float m_new = fmaxf(col_m[c], warp_col_max(chunk_max[c]));
-          m_use[c] = m_new == -INFINITY ? 0.f : m_new;
-          corr[c] = exp2f(col_m[c] - m_use[c]);
-          col_m[c] = m_new;
-          col_l[c] *= corr[c];
-        }
-#pragma unroll
-        for (int md = 0; md < D / 16; ++md) {
-          acc_t[md][0] *= corr[0]; acc_t[md][1] *= corr[1];
-          acc_t[md][2] *= corr[0]; acc_t[md][3] *= corr[1];
-        }
-        // P = exp2(S - m) and O^T += vd^T * P.
-#pragma unroll
-        for (int ks = 0; ks < DL / 16; ++ks) {
-          float p4[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            p4[e] = exp2f(s_t[ks][e] - m_use[e & 1]);
-            col_l[e & 1] += p4[e];
-          }
-          // B = P rows ks*16..+15 (k) x 8 columns (n): transpose the two 8x8 halves.
-          uint32_t b0 = movmatrix_trans(Mma::pack(p4[0], p4[1]));
-          uint32_t b1 = movmatrix_trans(Mma::pack(p4[2], p4[3]));
-#pragma unroll
-          for (int md = 0; md < D / 16; ++md) {
-            uint32_t a[4];
-            ldmatrix_x4_trans(a, sVd + (ks * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS +
-                                     md * 16 + ((lane >> 3) & 1) * 8);
-            Mma::run(acc_t[md], a, b0, b1);
-          }
-        }
-      }
-      // Column results -> per-row scratch (row grp*8 + column).
-#pragma unroll
-      for (int c = 0; c < 2; ++c) col_l[c] = warp_col_sum(col_l[c]);
-#pragma unroll
-      for (int md = 0; md < D / 16; ++md)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          int row = grp * 8 + 2 * qc + (e & 1);
-          int dcol = md * 16 + qr + (e >= 2 ? 8 : 0);
-          sO[row * D + dcol] = acc_t[md][e];
-        }
-      if (qr == 0) {
-        for (int c = 0; c < 2; ++c) {
-          sM[grp * 8 + 2 * qc + c] = col_m[c];
-          sL[grp * 8 + 2 * qc + c] = col_l[c];
-        }
-      }
-    }
-    __syncwarp();
-    // Seed the row state of this lane's rows.
-#pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      const int mt = r / 2, h2 = r % 2;
-      int row = mt * 16 + qr + h2 * 8;
-      row_m[r] = sM[row];
-      row_l[r] = qc == 0 ? sL[row] : 0.f;  // the quad's sum is reduced at the end
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        acc_o[mt][j][h2 * 2 + 0] = sO[row * D + j * 8 + 2 * qc];
-        acc_o[mt][j][h2 * 2 + 1] = sO[row * D + j * 8 + 2 * qc + 1];
-      }
-    }
-    __syncthreads();  // every warp is done with the depth buffers before K/V reuse them
   }
 
   // ================= phase 2: sequence keys, FlashAttention-2 =================
@@ -524,7 +352,7 @@ static int fwd_mt(const moda_attn_params *p) {
 static int fwd_flags();
 
 const char *fwd_mma_name(const moda_attn_params *p) {
-  if (fwd_wgmma_supported(p, current_cc(), fwd_flags())) return fwd_wgmma_name(p, fwd_flags());
+  if (fwd_wgmma_supported(p, current_cc(), fwd_flags())) return fwd_wgmma_name(p);
   if (p->d == 128) return "mma_sync_d128";
   return fwd_mt(p) == 2 ? "mma_sync_d64x2" : "mma_sync_d64";
 }
@@ -539,16 +367,15 @@ static int fwd_flags() {
 }
 void fwd_set_flags(int flags) { g_fwd_flags = flags < 0 ? -1 : flags & FWD_FLAGS_MASK; }
 
-template <typename T, int D, int MT, bool FOLD, bool RING>
+template <typename T, int D, int MT, bool FOLD>
 static int launch_fwd_variant(const moda_attn_params *p, cudaStream_t stream, int flags) {
   using Cfg = FwdConfig<D, MT>;
-  // the ring path takes only the Q tile and the K/V stages when there is no depth phase
-  const int smem = !RING ? Cfg::SMEM_BYTES : p->L > 0 ? Cfg::SMEM_BYTES_RING : Cfg::SMEM_BYTES_NODEPTH;
+  // only the Q tile and the K/V stages when there is no depth phase
+  const int smem = p->L > 0 ? Cfg::SMEM_BYTES : Cfg::SMEM_BYTES_NODEPTH;
   static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_mma_kernel<T, D, MT, FOLD, RING>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         RING ? Cfg::SMEM_BYTES_RING : Cfg::SMEM_BYTES),
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_mma_kernel<T, D, MT, FOLD>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES),
                     "cudaFuncSetAttribute(fwd_mma)");
     attr_set = true;
   }
@@ -557,7 +384,7 @@ static int launch_fwd_variant(const moda_attn_params *p, cudaStream_t stream, in
   if (tiles > 0x7fffffff)
     return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-  fwd_mma_kernel<T, D, MT, FOLD, RING><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
+  fwd_mma_kernel<T, D, MT, FOLD><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
   MODA_CUDA_CHECK_LAUNCH("fwd_mma_kernel");
   return MODA_OK;
 }
@@ -565,13 +392,9 @@ static int launch_fwd_variant(const moda_attn_params *p, cudaStream_t stream, in
 template <typename T, int D, int MT>
 static int launch_fwd(const moda_attn_params *p, cudaStream_t stream) {
   const int flags = fwd_flags();
-  // FWD_NO_FOLD (bit 2): the v3 softmax arithmetic; FWD_DEPTH_SINGLE (bit 3): the v1-v4 depth
-  // phase (both for A/B measurements)
-  const bool fold = (flags & FWD_NO_FOLD) == 0, ring = (flags & FWD_DEPTH_SINGLE) == 0;
-  if (fold) return ring ? launch_fwd_variant<T, D, MT, true, true>(p, stream, flags)
-                        : launch_fwd_variant<T, D, MT, true, false>(p, stream, flags);
-  return ring ? launch_fwd_variant<T, D, MT, false, true>(p, stream, flags)
-              : launch_fwd_variant<T, D, MT, false, false>(p, stream, flags);
+  // FWD_NO_FOLD (bit 2): the v3 softmax arithmetic, for A/B measurements
+  if ((flags & FWD_NO_FOLD) == 0) return launch_fwd_variant<T, D, MT, true>(p, stream, flags);
+  return launch_fwd_variant<T, D, MT, false>(p, stream, flags);
 }
 
 int fwd_mma_launch(const moda_attn_params *p, cudaStream_t stream) {

@@ -5,9 +5,8 @@
 // through registers (ldmatrix), wgmma reads B straight from shared memory and runs asynchronously.
 //
 // Layout (SPEC section 4, as in attn_fwd_mma.cu): packed rows R = t*G + i for one (batch, KV
-// head). CTA = NWG warpgroups (2 by default: 8 warps, BM = 128 packed rows; 1: see
-// WgmmaFwdConfig); warp w owns rows 16w..16w+15 (warpgroup w/4 owns 64, in the order wgmma's m64
-// expects).
+// head). CTA = 2 warpgroups (8 warps, BM = 128 packed rows); warp w owns rows 16w..16w+15
+// (warpgroup w/4 owns 64, in the order wgmma's m64 expects).
 // 1. Depth phase (L > 0): FwdDepthRing (attn_fwd_common.cuh), the same per-warp transposed
 //    mma.sync code as the sm_80 kernel; it seeds each row's (O, m, l) in the mma C layout, which
 //    is also the layout of a wgmma m64nN accumulator for the warp's 16 rows.
@@ -17,8 +16,10 @@
 //        online softmax on the S accumulators (exp2, scale folded into one FFMA)
 //        O += P V     wgmma m64nDk16, A = P (the S accumulators packed to 16-bit: the C layout
 //                     of a k16 column pair is the A layout), B = V tile read MN-major (trans-b)
-//    By default each warpgroup waits for its own wgmma groups and the two warpgroups of a CTA
-//    interleave on the SM's tensor cores; PIPE adds FA3's intra-warpgroup overlap (see below).
+//    Each warpgroup waits for its own wgmma groups; the two warpgroups of a CTA interleave on
+//    the SM's tensor cores. (Measured on the H100 and deleted: one warpgroup per CTA with two
+//    CTAs per SM, 1.2-1.3x slower; FA3's intra-warpgroup overlap with three K/V stages, 1-2%
+//    slower.)
 // Only the sm_90a pass of nvcc compiles the body; fwd_wgmma_supported() keeps other devices away.
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,23 +29,18 @@
 
 namespace moda_cuda {
 
-// NWG warpgroups per CTA. 2 (default): K/V blocks shared by 128 rows, one CTA per SM (244
-// registers x 256 threads). 1: 64 rows per CTA, two CTAs per SM, so one CTA's depth phase (memory
-// bound) can overlap another's sequence phase (MMA bound), for twice the K/V traffic from L2.
-// Which wins depends on L/T: measured by `attn_check wgmmabench` (flag bit 5 picks 1).
-// PIPE: FA3's intra-warpgroup overlap (S of the next block in flight with P V of this one), three
-// K/V stages; d = 64 only (at d = 128 three stages and Q take the whole 227 KB a CTA may have,
-// with its registers already at 234).
-template <int D, int NWG, bool PIPE = false>
+// Two warpgroups per CTA: K/V blocks shared by 128 rows, one CTA per SM (256 threads; ptxas:
+// 222 registers at d = 64, 242 at d = 128).
+template <int D>
 struct WgmmaFwdConfig {
-  static constexpr int NWARPS = 4 * NWG;
-  static constexpr int MIN_CTAS = NWG == 1 ? 2 : 1;
+  static constexpr int NWARPS = 8;
+  static constexpr int MIN_CTAS = 1;
   static constexpr int BM = 16 * NWARPS;        // packed rows per CTA
   static constexpr int BN = 128;                // keys per sequence block (wgmma n of S = Q K^T)
   static constexpr int LDS = D + 8;             // Q tile row stride in elements (padded, for ldmatrix)
   static constexpr int Q_BYTES = BM * LDS * 2;
   static constexpr int TILE_BYTES = BN * D * 2; // one swizzled K or V block
-  static constexpr int KV_STAGES = PIPE ? 3 : 2;
+  static constexpr int KV_STAGES = 2;
   static constexpr int KV_BYTES = KV_STAGES * 2 /*K,V*/ * TILE_BYTES;
   static constexpr int RST = D > 64 ? 2 : 3;    // depth ring stages per warp
   static constexpr int RSD = D + 4;             // depth scratch row stride in floats
@@ -58,12 +54,11 @@ struct WgmmaFwdConfig {
   static_assert((SMEM_BYTES + 1024) * MIN_CTAS <= 233472, "MIN_CTAS CTAs per SM on sm_90");
 };
 
-template <typename T, int D, int NWG, bool PIPE>
-__global__ void __launch_bounds__(WgmmaFwdConfig<D, NWG, PIPE>::NWARPS * 32, WgmmaFwdConfig<D, NWG, PIPE>::MIN_CTAS)
+template <typename T, int D>
+__global__ void __launch_bounds__(WgmmaFwdConfig<D>::NWARPS * 32, WgmmaFwdConfig<D>::MIN_CTAS)
 fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Cfg = WgmmaFwdConfig<D, NWG, PIPE>;
-  static_assert(!PIPE || D == 64, "PIPE: d = 64");
+  using Cfg = WgmmaFwdConfig<D>;
   using Mma = MmaOp<T>;
   constexpr int NWARPS = Cfg::NWARPS, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS;
   constexpr int NTHREADS = NWARPS * 32;
@@ -238,83 +233,30 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
     float s[BN / 8][4], corr[2];
     uint32_t pa[BN / 16][4];
 
-    if constexpr (!PIPE) {
-      // Two stages; per block: S, wait, softmax, P V, wait.
-      load_kv(0, 0);
-      for (int blk = 0; blk < n_blocks; ++blk) {
-        const int stage = blk & 1;
-        if (blk + 1 < n_blocks) { load_kv(blk + 1, stage ^ 1); cp_async_wait<1>(); }
-        else cp_async_wait<0>();
-        fence_proxy_async_smem();  // this thread's cp.async / zero stores -> visible to wgmma
-        __syncthreads();
-        wgmma_fence_operand(s);
-        wgmma_fence();
-        issue_s(s, q_a, stage);
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operand(s);
-        softmax_block(s, blk, corr);
-        rescale_o(corr);
-        pack_p(s, pa);
-        wgmma_fence_operand(acc_o[0]);
-        wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
-        issue_pv(pa, stage);
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operand(acc_o[0]);
-        __syncthreads();  // this stage is free for the load two blocks ahead
-      }
-    } else {
-      // FA3's intra-warpgroup overlap: S(j+1) is issued together with P(j) V(j), and the softmax
-      // of block j+1 runs while P(j) V(j) is in flight; O is rescaled once that has landed. Three
-      // K/V stages: the load of block j+2 goes into the stage of block j-1, whose S and P V every
-      // warpgroup has waited for before the barrier that precedes the load.
-      load_kv(0, 0);
-      if (n_blocks > 1) load_kv(1, 1); else cp_async_commit();
-      cp_async_wait<1>();  // block 0
-      fence_proxy_async_smem();
+    // Two stages; per block: S, wait, softmax, P V, wait.
+    load_kv(0, 0);
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int stage = blk & 1;
+      if (blk + 1 < n_blocks) { load_kv(blk + 1, stage ^ 1); cp_async_wait<1>(); }
+      else cp_async_wait<0>();
+      fence_proxy_async_smem();  // this thread's cp.async / zero stores -> visible to wgmma
       __syncthreads();
       wgmma_fence_operand(s);
       wgmma_fence();
-      issue_s(s, q_a, 0);
+      issue_s(s, q_a, stage);
       wgmma_commit();
       wgmma_wait<0>();
       wgmma_fence_operand(s);
-      softmax_block(s, 0, corr);
-      rescale_o(corr);  // the depth phase's O (nothing in flight yet)
+      softmax_block(s, blk, corr);
+      rescale_o(corr);
       pack_p(s, pa);
-      // Every block but the last has a successor: no wgmma sits on a data-dependent branch (ptxas
-      // serializes wgmma issued on divergent paths).
-      for (int blk = 0; blk + 1 < n_blocks; ++blk) {
-        // here: pa = P(blk) relative to row_m, acc_o scaled to row_m, block blk in stage blk % 3
-        cp_async_wait<0>();        // block blk + 1 (the only group in flight) has landed
-        fence_proxy_async_smem();
-        __syncthreads();           // ... for every thread; and every warpgroup is past P(blk-1) V(blk-1)
-        wgmma_fence_operand(acc_o[0]);
-        wgmma_fence_operand(s);
-        wgmma_fence();
-        issue_s(s, q_a, (blk + 1) % 3);
-        wgmma_commit();
-        issue_pv(pa, blk % 3);
-        wgmma_commit();
-        // block blk+2 into the stage of block blk-1 (neither wgmma in flight reads it), issued
-        // while the tensor cores work
-        if (blk + 2 < n_blocks) load_kv(blk + 2, (blk + 2) % 3);
-        wgmma_wait<1>();  // S(blk+1) has landed; P(blk) V(blk) may still run
-        wgmma_fence_operand(s);
-        softmax_block(s, blk + 1, corr);
-        wgmma_wait<0>();  // P(blk) V(blk) has landed: pa and acc_o are free again
-        wgmma_fence_operand(acc_o[0]);
-        rescale_o(corr);
-        pack_p(s, pa);
-      }
-      // the last block's P V (its K/V landed and was published before its S)
       wgmma_fence_operand(acc_o[0]);
-      wgmma_fence();
-      issue_pv(pa, (n_blocks - 1) % 3);
+      wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
+      issue_pv(pa, stage);
       wgmma_commit();
       wgmma_wait<0>();
       wgmma_fence_operand(acc_o[0]);
+      __syncthreads();  // this stage is free for the load two blocks ahead
     }
   }
 
@@ -346,8 +288,8 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 // ---- host side ----
 
 // MODA_CUDA_WGMMA=1 or unset (the default since it passed the checker and the spec on the H100,
-// session 5): where the shape rule below picks it; =2 for every shape it can run (tests); 0: off. The forward flags' bits 2, 3 and 4
-// (FWD_NO_FOLD, FWD_DEPTH_SINGLE, FWD_NO_WGMMA) turn it off for A/B timing.
+// session 5): where the shape rule below picks it; =2 for every shape it can run (tests); 0: off. The forward flags' bits 2 and 4
+// (FWD_NO_FOLD, FWD_NO_WGMMA) turn it off for A/B timing.
 int wgmma_mode() {
   static int mode = -1;
   if (mode < 0) {
@@ -371,8 +313,8 @@ int wgmma_bwd_mode() {
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   const int mode = wgmma_mode();
-  // the A/B flags of the mma.sync kernel (v3 arithmetic, single-buffered depth) keep it
-  if (cc != 90 || mode == 0 || (flags & (FWD_NO_WGMMA | FWD_NO_FOLD | FWD_DEPTH_SINGLE))) return false;
+  // the A/B flags of the mma.sync kernel (v3 arithmetic, mma.sync forced) keep it
+  if (cc != 90 || mode == 0 || (flags & (FWD_NO_WGMMA | FWD_NO_FOLD))) return false;
   if (!fwd_mma_supported(p, cc)) return false;  // same dtype, dim, alignment and size rules
   if (mode == 2) return true;
   // where the sequence part is long; short ones (DeiT's 197 keys: 0.236 vs 0.203 ms on mma.sync)
@@ -382,23 +324,20 @@ bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   return seq_keys >= 1024;
 }
 
-static bool use_1wg(const moda_attn_params *p, int flags);
-const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
-  if (p->d == 128) return "wgmma_d128";
-  if (flags & FWD_WGMMA_PIPE) return use_1wg(p, flags) ? "wgmma_d64_1wg_pipe" : "wgmma_d64_pipe";
-  return use_1wg(p, flags) ? "wgmma_d64_1wg" : "wgmma_d64";
+const char *fwd_wgmma_name(const moda_attn_params *p) {
+  return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
 }
 
-template <typename T, int D, int NWG, bool PIPE = false>
+template <typename T, int D>
 static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, int flags) {
-  using Cfg = WgmmaFwdConfig<D, NWG, PIPE>;
+  using Cfg = WgmmaFwdConfig<D>;
   static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D, NWG, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          Cfg::SMEM_BYTES),
                     "cudaFuncSetAttribute(fwd_wgmma)");
-    // all of the SM's unified L1/shared memory as shared memory (MIN_CTAS CTAs need up to 214 KB)
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D, NWG, PIPE>,
+    // all of the SM's unified L1/shared memory as shared memory
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D>,
                                          cudaFuncAttributePreferredSharedMemoryCarveout, 100),
                     "cudaFuncSetAttribute(fwd_wgmma carveout)");
     attr_set = true;
@@ -408,31 +347,18 @@ static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, in
   if (tiles <= 0) return MODA_OK;
   if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-  fwd_wgmma_kernel<T, D, NWG, PIPE><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
+  fwd_wgmma_kernel<T, D><<<grid, Cfg::NWARPS * 32, smem, stream>>>(*p, flags);
   MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_kernel");
   return MODA_OK;
 }
 
-// One warpgroup per CTA only at d = 64: at d = 128 two 128-key K/V stages (128 KB) leave room
-// for one CTA per SM anyway, so the flag is ignored there.
-static bool use_1wg(const moda_attn_params *p, int flags) { return (flags & FWD_WGMMA_1WG) && p->d == 64; }
-
 int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) {
   const bool bf16 = p->dtype == MODA_BF16;
   if (p->d == 128)
-    return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 128, 2>(p, stream, flags)
-                : launch_fwd_wgmma_t<__half, 128, 2>(p, stream, flags);
-  const bool pipe = (flags & FWD_WGMMA_PIPE) != 0;
-  if (use_1wg(p, flags)) {
-    if (pipe) return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 1, true>(p, stream, flags)
-                          : launch_fwd_wgmma_t<__half, 64, 1, true>(p, stream, flags);
-    return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 1>(p, stream, flags)
-                : launch_fwd_wgmma_t<__half, 64, 1>(p, stream, flags);
-  }
-  if (pipe) return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 2, true>(p, stream, flags)
-                        : launch_fwd_wgmma_t<__half, 64, 2, true>(p, stream, flags);
-  return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64, 2>(p, stream, flags)
-              : launch_fwd_wgmma_t<__half, 64, 2>(p, stream, flags);
+    return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 128>(p, stream, flags)
+                : launch_fwd_wgmma_t<__half, 128>(p, stream, flags);
+  return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 64>(p, stream, flags)
+              : launch_fwd_wgmma_t<__half, 64>(p, stream, flags);
 }
 
 }  // namespace moda_cuda

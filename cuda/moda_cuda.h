@@ -12,12 +12,12 @@
  *   the library keeps (allocated on the first call that needs more, then reused).
  *
  * Kernels (picked at run time): bf16/fp16 with head dim 64 or 128 and 16-byte aligned rows on
- * sm_80+ use the tensor-core (mma.sync m16n8k16) forward; every other case (float32, other head
- * dims up to 256, unaligned strides, older GPUs) uses a plain SIMT kernel with float32
- * accumulation. The backward follows the same split (tensor-core kernels in attn_bwd_mma.cu, SIMT
- * otherwise); both are deterministic (no atomics), so opts.deterministic costs nothing, except
- * for the experimental atomic-dQ option (MODA_CUDA_BWD_ATOMIC_DQ=1, taken only when
- * deterministic = 0).
+ * sm_80+ use the tensor-core (mma.sync m16n8k16) forward, on sm_90 the wgmma (sm_90a) kernels
+ * where the sequence is long; every other case (float32, other head dims up to 256, unaligned
+ * strides, older GPUs) uses a plain SIMT kernel with float32 accumulation. The backward follows
+ * the same split (tensor-core kernels in attn_bwd_mma.cu, SIMT otherwise); both are deterministic
+ * (no atomics) by default. With deterministic = 0 on sm_90, d = 64 and a long sequence part, dQ
+ * is summed by float32 atomics (faster; its last bits then vary run to run).
  *
  * The block between MODA_CDEF_BEGIN and MODA_CDEF_END is plain C for LuaJIT's ffi.cdef
  * (streams are void* there): `luajit tools/gen_cdef.lua cuda/moda_cuda.h > lua/moda/cuda_cdef.lua`. */
@@ -48,10 +48,11 @@ int moda_cuda_release_workspace(void);
 /* Bytes of float32 workspace moda_attn_bwd_cuda needs for these params. */
 int64_t moda_attn_bwd_cuda_workspace_size(const moda_attn_params *p);
 /* Which forward kernel moda_attn_fwd_cuda would run: "mma_sync_d64", "mma_sync_d64x2",
-   "mma_sync_d128", "wgmma_d64", "wgmma_d64_1wg", "wgmma_d128", "decode_d64_r8", ..., "simt". */
+   "mma_sync_d128", "wgmma_d64", "wgmma_d128", "decode_d64_r8", ..., "simt". */
 const char *moda_attn_fwd_cuda_kernel_name(const moda_attn_params *p);
 /* Which backward kernels moda_attn_bwd_cuda would run: "mma_sync_d64", "mma_sync_d128",
-   "wgmma_d64" (sm_90a kernels for the sequence parts), "simt". */
+   "wgmma_d64" (sm_90a kernels for the sequence parts), "simt"; "_atomic_dq" appended where dQ is
+   summed by atomics (deterministic = 0), "_fdepth" where the dQ kernel computes dkd and dvd. */
 const char *moda_attn_bwd_cuda_kernel_name(const moda_attn_params *p);
 
 /* Bytes of float32 workspace moda_attn_fwd_cuda needs for these params: 0 for the tiled

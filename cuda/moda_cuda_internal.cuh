@@ -54,8 +54,8 @@ int workspace_get(void **ptr, int64_t bytes);
 bool fwd_mma_supported(const moda_attn_params *p, int cc);
 const char *fwd_mma_name(const moda_attn_params *p);
 int fwd_mma_launch(const moda_attn_params *p, cudaStream_t stream);
-// Overrides MODA_CUDA_FWD_FLAGS (attn_fwd_mma.cu's bits) for later launches; -1 re-reads the
-// environment. For tests and A/B timing in one process (attn_check depthbench); not thread-safe.
+// Overrides MODA_CUDA_FWD_FLAGS (the bits in attn_fwd_common.cuh) for later launches; -1 re-reads
+// the environment. For tests and A/B timing in one process (attn_check wgmmabench); not thread-safe.
 void fwd_set_flags(int flags);
 // wgmma kernels (sm_90a): MODA_CUDA_WGMMA = 0 (off), 1 or unset (where the shape rules pick
 // them), 2 (wherever they can run; tests). attn_fwd_wgmma.cu.
@@ -63,12 +63,12 @@ int wgmma_mode();
 int wgmma_bwd_mode();  // MODA_CUDA_WGMMA_BWD=0..3 (none, both, dK/dV, dQ), else 1 when wgmma_mode() > 0
 // wgmma forward (attn_fwd_wgmma.cu, sm_90a): taken by fwd_mma_launch where supported.
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags);
-const char *fwd_wgmma_name(const moda_attn_params *p, int flags);
+const char *fwd_wgmma_name(const moda_attn_params *p);
 int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags);
 int fwd_simt_launch(const moda_attn_params *p, cudaStream_t stream);
 int bwd_simt_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace);
 // Tensor-core backward (attn_bwd_mma.cu): bf16/fp16, d = 64/128, aligned rows; deterministic
-// unless the experimental atomic-dQ option is on and p->deterministic = 0.
+// unless p->deterministic = 0 and the atomic-dQ path is taken (bwd_atomic_dq_selected).
 bool bwd_mma_supported(const moda_attn_params *p, int cc);
 const char *bwd_mma_name(const moda_attn_params *p);
 int64_t bwd_mma_workspace_floats(const moda_attn_params *p);

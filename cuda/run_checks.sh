@@ -2,11 +2,9 @@
 # cuda/run_checks.sh: build the CUDA kernels with the standalone checker and run it (device machine).
 # Usage: cuda/run_checks.sh [quick|full] [bench] [sanitize]
 #        cuda/run_checks.sh build   (build both checkers into /tmp/moda_check_obj and run nothing)
-#        cuda/run_checks.sh depthring   (the forward's depth ring vs the single-buffered depth
-#        phase, MODA_CUDA_FWD_FLAGS bit 3: checker grids both ways, compute-sanitizer on the ring,
-#        A/B timing table last; ~3-4 minutes on an H100)
 #        cuda/run_checks.sh v6 | v6san | v6bench  (session-4 work: the checker grids on the default
-#        path and with every wgmma variant forced | compute-sanitizer | mma.sync vs wgmma timing)
+#        path, with the wgmma kernels forced and on the mma.sync forward's depth ring |
+#        compute-sanitizer | mma.sync vs wgmma forward timing)
 #        (ONLY=<regex>: only the steps whose names match)
 #        cuda/run_checks.sh wgmma [diag] [sanitize]   (the sm_90a wgmma helpers alone:
 #        cuda/tests/wgmma_check.cu: S = Q K^T, O = P V (RS) and dQ = dS K (SS) vs a float64 reference;
@@ -67,11 +65,12 @@ step() {  # step NAME ENV... -- ARGS: run the checker, keep its log ($OUTDIR/dr_
 }
 if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
   # Session-4 work (written without device time), in three calls of < 10 minutes each:
-  #   v6:    the FwdDepthRing refactor on the default (mma.sync) path, then every wgmma variant
-  #          and the fused depth gradients through the checker grids (MODA_CUDA_WGMMA=2: every
-  #          shape they can run; MODA_CUDA_WGMMA_BWD / FWD_FLAGS split the kernels apart);
-  #   v6san: compute-sanitizer on small cases, each forward variant and the backward options;
-  #   v6bench: the A/B timing tables (mma.sync vs wgmma, 2 vs 1 warpgroups, pipe or not).
+  #   v6:    the default path, the mma.sync forward's depth ring (MT = 2, no L2 hints), then
+  #          the wgmma kernels and the fused depth gradients through the checker grids
+  #          (MODA_CUDA_WGMMA=2: every shape they can run; MODA_CUDA_WGMMA_BWD splits them apart);
+  #   v6san: compute-sanitizer on small cases: the wgmma forward, the mma.sync forward (MT 1, 2)
+  #          and the backward options;
+  #   v6bench: the A/B timing table (mma.sync vs wgmma forward).
   # Run `cuda/run_checks.sh wgmma diag` first. REUSE_BUILD=1 skips the rebuild on a warm machine.
   grep -h -A3 "Compiling entry function.*wgmma" $OBJ/attn_fwd_wgmma.log $OBJ/attn_bwd_mma.log 2>/dev/null \
     | grep -E "Compiling|registers|spill" | sed 's/.*entry function//' > "$OUTDIR/ptxas_wgmma.txt"
@@ -82,14 +81,10 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step depth_default     -- depth
     step decode_default    -- decode
     step bwd_default       -- bwd
+    step depth_mma_mt2     MODA_CUDA_WGMMA=0 MODA_CUDA_FWD_MT=2 -- depth
+    step depth_nohint      MODA_CUDA_FWD_FLAGS=0 -- depth
     step quick_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- quick
     step depth_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- depth
-    step quick_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- quick
-    step depth_wgmma_1wg   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- depth
-    step quick_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- quick
-    step depth_wgmma_pipe  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=65 -- depth
-    step quick_wgmma_1wgp  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=97 -- quick
-    step depth_wgmma_1wgp  MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=97 -- depth
     step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
     step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
     step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -106,8 +101,9 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
         "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
     }
     for tool in memcheck racecheck; do
-      # forward variants: 2wg, 1wg, pipe, 1wg pipe (flags 1, 33, 65, 97)
-      for fl in 1 33 65 97; do san fwd_f$fl $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=$fl; done
+      # the forwards: wgmma (default flags 1), mma.sync with 16 and 32 rows per warp
+      san fwd_wgmma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=1
+      for mt in 1 2; do san fwd_mma_mt$mt $tool depthsan MODA_CUDA_WGMMA=0 MODA_CUDA_FWD_MT=$mt; done
       san bwd_all $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1
     done
   else
@@ -115,40 +111,6 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     grep -A12 "^forward, bf16" "$OUTDIR/v6_bench.log"
   fi
   echo; echo "== $MODE summary (every rc 0, every '0 failed', sanitizer 0 errors / 0 hazards) =="; cat "$SUM"
-  exit 0
-fi
-if [ "$MODE" = depthring ]; then
-  # registers / spills of the forward instantiations (RING=1: the depth ring; RING=0: bit 3)
-  awk '/Compiling entry function .*fwd_mma_kernel/ { n = $0; sub(/.*fwd_mma_kernelI/, "", n); sub(/EEEv16moda.*/, "", n); next }
-       n != "" && /spill stores/ { sp = $0; sub(/^.*ptxas info *: */, "", sp) }
-       n != "" && /Used [0-9]+ registers/ { r = $0; sub(/.*Used /, "", r); sub(/ registers.*/, "", r);
-                                           printf "%-44s %4s regs  %s\n", n, r, sp; n = "" }' \
-      $OBJ/attn_fwd_mma.log | sed 's/13__nv_bfloat16/bf16 /; s/6__half/f16 /; s/Li\([0-9]*\)E/ \1 /g; s/Lb\([01]\)E*/ \1/g' \
-      | sort -u > "$OUTDIR/ptxas_fwd.txt"
-  echo "== ptxas, fwd kernels (dtype D MT FOLD RING) =="; grep bf16 "$OUTDIR/ptxas_fwd.txt"
-  SUM="$OUTDIR/depthring_summary.txt"; : > "$SUM"
-  step quick_ring        -- quick
-  step quick_single      MODA_CUDA_FWD_FLAGS=9 -- quick
-  step quick_ring_mt2    MODA_CUDA_FWD_MT=2 -- quick
-  step decode_ring       -- decode
-  step decode_single     MODA_CUDA_FWD_FLAGS=9 -- decode
-  step depth_ring        -- depth
-  step depth_ring_mt2    MODA_CUDA_FWD_MT=2 -- depth
-  step depth_single      MODA_CUDA_FWD_FLAGS=9 -- depth
-  step depth_single_mt2  MODA_CUDA_FWD_FLAGS=9 MODA_CUDA_FWD_MT=2 -- depth
-  step depth_ring_nohint MODA_CUDA_FWD_FLAGS=0 -- depth
-  for mt in 1 2; do
-    for tool in memcheck racecheck; do
-      log="$OUTDIR/dr_san_${tool}_mt${mt}.log"
-      MODA_CUDA_FWD_MT=$mt timeout 90 compute-sanitizer --tool $tool $OBJ/attn_check depthsan > "$log" 2>&1
-      printf "%-28s rc=%d  %s | %s\n" "san_${tool}_mt${mt}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
-        "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
-    done
-  done
-  $OBJ/attn_check depthbench > "$OUTDIR/dr_bench.log" 2>&1 || echo "depthbench rc=$?" | tee -a "$SUM"
-  echo; echo "== depthring summary (every rc must be 0, every '0 failed', sanitizer 0 errors / 0 hazards) =="
-  cat "$SUM"
-  echo; grep -A20 "^forward, bf16" "$OUTDIR/dr_bench.log"
   exit 0
 fi
 if [ "$SAN" = sanitize ]; then

@@ -145,10 +145,15 @@ local function run_case(c)
         else
           errs[name] = rel_err(g[i], r[i])
         end
-        -- bits must not differ; except dq of the atomic-dQ path (MODA_CUDA_BWD_ATOMIC_DQ=1, taken only
-        -- with deterministic = false), whose float32 sums run in a varying order
-        local varies = name == "dq" and not deterministic and os.getenv("MODA_CUDA_BWD_ATOMIC_DQ") == "1"
-        if not varies and not g[i]:to("cpu"):equal(g2[i]:to("cpu")) then errs.repro = math.huge end
+        -- bits must not differ; except dq with deterministic = false, which promises no bit
+        -- reproducibility (on sm_90 the atomic-dQ path sums it in float32 in a varying order; it
+        -- is chosen by a shape rule): there the second run's dq must match the reference too
+        local varies = name == "dq" and not deterministic
+        if varies then
+          if not (S == 1 and L == 0) then errs[name] = math.max(errs[name], rel_err(g2[i], r[i])) end
+        elseif not g[i]:to("cpu"):equal(g2[i]:to("cpu")) then
+          errs.repro = math.huge
+        end
       end
     end
   end

@@ -8,9 +8,9 @@
 // it; san: a few small backward cases for compute-sanitizer; decode: the decode-path cases alone;
 // decsmall: the small decode cases, for compute-sanitizer; depth: forward-only cases aimed at the
 // tensor-core forward's depth phase (ring path: L not a multiple of 16, groups spanning tokens
-// and chunks, rows past T*G); depthsan: a few small ones for compute-sanitizer; depthbench: no
-// checks, times the forward's depth ring against the single-buffered depth phase (flag bit 3)
-// on the paper and model shapes, interleaved in one process, and prints a table)
+// and chunks, rows past T*G); depthsan: a few small ones for compute-sanitizer; wgmmabench: no
+// checks, times the mma.sync forward (flag bit 4) against the wgmma forward on the paper and
+// model shapes, interleaved in one process, and prints a table; run it with MODA_CUDA_WGMMA=1)
 // Backward cases also rerun the backward and require bit-identical gradients (determinism).
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
@@ -361,8 +361,8 @@ static double time_fwd_flags(const moda_attn_params &p, int flags, int reps) {
   return ts[ts.size() / 2];
 }
 // A/B forward timing in one process: flags `a` vs flags `b` (MODA_CUDA_FWD_FLAGS bits) on the
-// paper and model shapes. depthbench: the single-buffered depth phase (bit 3) vs the ring;
-// wgmmabench: the mma.sync kernel (bit 4) vs the wgmma kernel (run with MODA_CUDA_WGMMA=1).
+// paper and model shapes. wgmmabench: the mma.sync kernel (bit 4) vs the wgmma kernel (run with
+// MODA_CUDA_WGMMA=1).
 static void ab_bench(int a, int b, const char *a_name, const char *b_name) {
   const BenchShape shapes[] = {
       {"paper T=4096", 1, 4096, 8, 8, 64, 1},       {"paper T=16384", 1, 16384, 8, 8, 64, 1},
@@ -425,12 +425,8 @@ int main(int argc, char **argv) {
   char name[256]; int cc = 0;
   if (moda_cuda_device_info(name, sizeof name, &cc)) { fprintf(stderr, "%s\n", moda_last_error()); return 2; }
   printf("device: %s (sm_%d)\n", name, cc);
-  if (argc > 1 && !strcmp(argv[1], "depthbench")) { ab_bench(1 | 8, 1, "single-buf", "ring"); return 0; }
   if (argc > 1 && !strcmp(argv[1], "wgmmabench")) {  // run with MODA_CUDA_WGMMA=1 (or 2)
     ab_bench(1 | 16, 1, "mma.sync", "wgmma");
-    ab_bench(1, 1 | 32, "wgmma 2wg", "wgmma 1wg");
-    ab_bench(1, 1 | 64, "wgmma", "wgmma pipe");
-    ab_bench(1 | 32, 1 | 32 | 64, "wgmma 1wg", "wgmma 1wg pipe");
     return 0;
   }
   std::vector<Case> cases;
@@ -445,7 +441,7 @@ int main(int argc, char **argv) {
       cases.push_back({1, 70, 70, 1, 16, 3, d, 1, 16, dt, true});       // chunk causal
       cases.push_back({1, 53, 53, 2, 1, 5, d, 0, 8, dt, true});         // chunk full, G=1
       cases.push_back({1, 200, 211, 1, 5, 5, d, 1, 0, dt, true});       // odd G, S > T
-      // >= 5 key blocks of 128 for every row: the wgmma forward's 3-stage PIPE ring turns over
+      // >= 5 key blocks of 128 for every row: each of the wgmma forward's two K/V stages is refilled
       cases.push_back({1, 150, 660, 1, 4, 3, d, 0, 0, dt, false});
       if (full) {
         cases.push_back({1, 1000, 1000, 1, 8, 64, d, 1, 0, dt, dt != MODA_F32 ? false : false});
@@ -542,7 +538,8 @@ int main(int argc, char **argv) {
   }
   // Forward-only cases aimed at the depth phase of the tensor-core forward (the ring: chunk
   // sequence across groups, L not a multiple of 16, tokens spanning groups, chunk visibility,
-  // rows past T*G, MT = 2 at T = 2100). run_checks.sh runs them with MT 1/2 and flag bit 3.
+  // rows past T*G, MT = 2 at T = 2100). run_checks.sh v6 runs them on the default kernels, with
+  // the wgmma forward forced, on mma.sync with MT = 2 and without the L2 hints.
   if (argc > 1 && !strcmp(argv[1], "depth")) {
     cases.clear();
     // name: B T S Hk G L d causal chunk dtype bwd
