@@ -352,7 +352,7 @@ static int fwd_mt(const moda_attn_params *p) {
 static int fwd_flags();
 
 const char *fwd_mma_name(const moda_attn_params *p) {
-  if (fwd_wgmma_supported(p, current_cc(), fwd_flags())) return fwd_wgmma_name(p);
+  if (fwd_wgmma_supported(p, current_cc(), fwd_flags())) return fwd_wgmma_name(p, fwd_flags());
   if (p->d == 128) return "mma_sync_d128";
   return fwd_mt(p) == 2 ? "mma_sync_d64x2" : "mma_sync_d64";
 }

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 
 #include "attn_fwd_common.cuh"
+#include "tma_helpers.cuh"
 #include "wgmma_gemm.cuh"
 
 namespace moda_cuda {
@@ -53,6 +54,97 @@ struct WgmmaFwdConfig {
   static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "swizzled tiles stay 1024-byte aligned");
   static_assert((SMEM_BYTES + 1024) * MIN_CTAS <= 233472, "MIN_CTAS CTAs per SM on sm_90");
 };
+
+// ---- the per-block steps both wgmma kernels share (one warp's 16 rows, wgmma C layout) ----
+// Online softmax of a BN-key block's raw scores s (keys j0..), in place (s becomes P, not
+// normalised); updates row_m (log2 units) and row_l (this lane's partial sums) and returns the
+// factor corr the rows' O must be multiplied by. Keys past row_lim[r] are masked when need_mask.
+template <int BN>
+__device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j0, bool need_mask, const int (&row_lim)[2],
+                                                    int qc, float scale_log2, float (&row_m)[2], float (&row_l)[2],
+                                                    float (&corr)[2]) {
+  float blk_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      float x = s[nt][e];
+      if (need_mask) {
+        const int j = j0 + nt * 8 + 2 * qc + (e & 1);
+        if (j > row_lim[r]) x = -INFINITY;
+      }
+      s[nt][e] = x;
+      blk_max[r] = fmaxf(blk_max[r], x);
+    }
+  float m_use[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    // scale > 0, so max(raw) * scale = max(scaled); -inf stays -inf
+    const float m_new = fmaxf(row_m[r], warp_quad_max(blk_max[r]) * scale_log2);
+    m_use[r] = m_new == -INFINITY ? 0.f : m_new;
+    corr[r] = exp2f(row_m[r] - m_use[r]);
+    row_m[r] = m_new;
+    row_l[r] *= corr[r];
+  }
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      const float pe = exp2f(fmaf(s[nt][e], scale_log2, -m_use[r]));
+      s[nt][e] = pe;
+      row_l[r] += pe;
+    }
+}
+template <int D>
+__device__ __forceinline__ void wgmma_rescale_rows(float (&acc)[D / 8][4], const float (&corr)[2]) {
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    acc[j][0] *= corr[0]; acc[j][1] *= corr[0];
+    acc[j][2] *= corr[1]; acc[j][3] *= corr[1];
+  }
+}
+// The S accumulators of key columns 16ks..16ks+15 are the A fragment of k-step ks of P V.
+template <typename T, int BN>
+__device__ __forceinline__ void wgmma_pack_p(const float (&s)[BN / 8][4], uint32_t (&pa)[BN / 16][4]) {
+  using Mma = MmaOp<T>;
+#pragma unroll
+  for (int ks = 0; ks < BN / 16; ++ks) {
+    pa[ks][0] = Mma::pack(s[2 * ks][0], s[2 * ks][1]);
+    pa[ks][1] = Mma::pack(s[2 * ks][2], s[2 * ks][3]);
+    pa[ks][2] = Mma::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+    pa[ks][3] = Mma::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+  }
+}
+// Epilogue: normalise this lane's two rows (Rw + lane/4, + 8) and write O and lse.
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_write_o_lse(const moda_attn_params &p, const float (&acc)[D / 8][4],
+                                                  const float (&row_m)[2], const float (&row_l)[2], int64_t Rw,
+                                                  int lane, int64_t b, int64_t g) {
+  using Mma = MmaOp<T>;
+  const int64_t G = p.G, TG = p.T * p.G;
+  const int qc = lane % 4;
+  T *o = static_cast<T *>(p.o);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float l = warp_quad_sum(row_l[r]);
+    const int64_t R = Rw + lane / 4 + r * 8;
+    if (R >= TG) continue;
+    const int64_t t = R / G, h = g * G + R % G;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    T *orow = o + b * p.o_stride[0] + t * p.o_stride[1] + h * p.o_stride[2];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      const uint32_t packed = Mma::pack(acc[j][2 * r] * inv, acc[j][2 * r + 1] * inv);
+      *reinterpret_cast<uint32_t *>(orow + j * 8 + 2 * qc) = packed;
+    }
+    if (qc == 0) {
+      const float lse = l > 0.f ? row_m[r] * 0.6931471805599453f + logf(l) : -INFINITY;
+      p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]] = lse;
+    }
+  }
+}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(WgmmaFwdConfig<D>::NWARPS * 32, WgmmaFwdConfig<D>::MIN_CTAS)
@@ -167,63 +259,6 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
   auto issue_pv = [&](const uint32_t (&pa)[BN / 16][4], int stage) {
     wgmma_rs_mnmajor<T, D, BN / 16>(acc_o[0], pa, smem_u32(sV(stage)), BN, 1);  // V tile [keys][D]
   };
-  // Online softmax of block blk's scores, in place (s becomes P, unnormalised); updates row_m,
-  // row_l and returns the factor corr the rows' O must be multiplied by.
-  auto softmax_block = [&](float (&s)[BN / 8][4], int blk, float (&corr)[2]) {
-    const int j0 = blk * BN;
-    const bool need_mask = j0 + BN > unmasked_end;
-    float blk_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        float x = s[nt][e];
-        if (need_mask) {
-          const int j = j0 + nt * 8 + 2 * qc + (e & 1);
-          if (j > row_lim[r]) x = -INFINITY;
-        }
-        s[nt][e] = x;
-        blk_max[r] = fmaxf(blk_max[r], x);
-      }
-    float m_use[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      // scale > 0, so max(raw) * scale = max(scaled); -inf stays -inf
-      const float m_new = fmaxf(row_m[r], warp_quad_max(blk_max[r]) * scale_log2);
-      m_use[r] = m_new == -INFINITY ? 0.f : m_new;
-      corr[r] = exp2f(row_m[r] - m_use[r]);
-      row_m[r] = m_new;
-      row_l[r] *= corr[r];
-    }
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const float pe = exp2f(fmaf(s[nt][e], scale_log2, -m_use[r]));
-        s[nt][e] = pe;
-        row_l[r] += pe;
-      }
-  };
-  auto rescale_o = [&](const float (&corr)[2]) {
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      acc_o[0][j][0] *= corr[0]; acc_o[0][j][1] *= corr[0];
-      acc_o[0][j][2] *= corr[1]; acc_o[0][j][3] *= corr[1];
-    }
-  };
-  // The S accumulators of key columns 16ks..16ks+15 are the A fragment of k-step ks of P V.
-  auto pack_p = [&](const float (&s)[BN / 8][4], uint32_t (&pa)[BN / 16][4]) {
-#pragma unroll
-    for (int ks = 0; ks < BN / 16; ++ks) {
-      pa[ks][0] = Mma::pack(s[2 * ks][0], s[2 * ks][1]);
-      pa[ks][1] = Mma::pack(s[2 * ks][2], s[2 * ks][3]);
-      pa[ks][2] = Mma::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-      pa[ks][3] = Mma::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-    }
-  };
-
   if (n_blocks > 0) {
     // Q fragments (A operand) of this warp's 16 rows, all k-steps: loaded once.
     uint32_t q_a[KSTEPS][4];
@@ -247,9 +282,9 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
       wgmma_commit();
       wgmma_wait<0>();
       wgmma_fence_operand(s);
-      softmax_block(s, blk, corr);
-      rescale_o(corr);
-      pack_p(s, pa);
+      wgmma_softmax_block<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
+      wgmma_rescale_rows<D>(acc_o[0], corr);
+      wgmma_pack_p<T, BN>(s, pa);
       wgmma_fence_operand(acc_o[0]);
       wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
       issue_pv(pa, stage);
@@ -261,25 +296,181 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
   }
 
   // ---- epilogue: normalise, write O and lse ----
-  T *o = static_cast<T *>(p.o);
+  wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g);
+#elif defined(__CUDA_ARCH__)
+  __trap();  // a build without sm_90a code: fail loudly rather than leave O and lse unwritten
+#endif
+}
+
+// ---- warp-specialised variant (d = 64; FlashAttention-3's layout; experimental, flag bit 5) ----
+// Why: in fwd_wgmma_kernel both warpgroups load K/V with cp.async and meet at __syncthreads twice
+// per block, so they run in lockstep: both do their softmax at the same time and the tensor
+// cores idle meanwhile (H100: ~200 TF/s in the sequence phase where FA3 reaches ~500). Here
+//   warpgroup 0 = producer: its first thread streams K/V blocks with TMA into 2 stages (full[s]
+//     completes when the stage's bytes have landed; empty[s] when the 8 consumer warps are done
+//     with it), then drops to 24 registers;
+//   warpgroups 1, 2 = consumers (240 registers): the depth phase as before (their own smem, so
+//     the producer's first K/V blocks arrive meanwhile), then per block S = Q K^T, softmax,
+//     O += P V, with the S issue handed back and forth by two named barriers ("ping-pong"):
+//     while one warpgroup runs its softmax, the other's GEMMs have the tensor cores.
+// Named barriers: 1 = the consumers' Q tile is in smem; 2 / 3 = consumer warpgroup 0 / 1 may
+// issue its next S. The kernel uses no __syncthreads after the producer's warps have exited.
+struct WsFwdConfig {
+  static constexpr int D = 64, NCWARPS = 8, NTHREADS = 384;
+  static constexpr int BM = 16 * NCWARPS;      // packed rows per CTA
+  static constexpr int BN = 128;               // keys per block
+  static constexpr int LDS = D + 8;
+  static constexpr int Q_BYTES = BM * LDS * 2;
+  static constexpr int TILE_BYTES = BN * D * 2;
+  static constexpr int KV_STAGES = 2;
+  static constexpr int KV_BYTES = KV_STAGES * 2 * TILE_BYTES;
+  static constexpr int BAR_BYTES = 64;         // full[2], empty[2] (8 bytes each), padded
+  static constexpr int RST = 3, RSD = D + 4;   // depth ring stages and scratch stride, as fwd_wgmma_kernel<64>
+  static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2, SCRATCH_WARP_BYTES = (8 * RSD + 16) * 4;
+  static constexpr int RING_BYTES = NCWARPS * (RING_WARP_BYTES + SCRATCH_WARP_BYTES);
+  // sQ | K/V stages | barriers | depth ring + scratch (only when L > 0), after 1024 bytes of slack
+  static constexpr int SMEM_BYTES_NODEPTH = 1024 + Q_BYTES + KV_BYTES + BAR_BYTES;
+  static constexpr int SMEM_BYTES = SMEM_BYTES_NODEPTH + RING_BYTES;
+  static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "TMA / wgmma tiles stay 1024-byte aligned");
+  static_assert(SMEM_BYTES <= 232448, "within the sm_90 opt-in shared memory");
+  static_assert(128 * 24 + 256 * 240 <= 65536, "register split of the three warpgroups");
+};
+
+template <typename T>
+__global__ void __launch_bounds__(WsFwdConfig::NTHREADS, 1)
+fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
+                    const __grid_constant__ CUtensorMap tm_v) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Cfg = WsFwdConfig;
+  using Mma = MmaOp<T>;
+  constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, KSTEPS = D / 16;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  T *sQ = reinterpret_cast<T *>(smem);
+  unsigned char *sKV = smem + Cfg::Q_BYTES;
+  uint64_t *full = reinterpret_cast<uint64_t *>(sKV + Cfg::KV_BYTES), *empty = full + 2;
+  T *sRing = reinterpret_cast<T *>(sKV + Cfg::KV_BYTES + Cfg::BAR_BYTES);
+  auto sK = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES; };
+  auto sV = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) causal tiles first
+  const int64_t g = blockIdx.y, b = blockIdx.z;
+  const int64_t G = p.G, T_ = p.T, S = p.S, L = p.L, TG = T_ * G;
+  const int64_t R0 = tile * BM;
+  const bool causal = p.causal != 0;
+  const int64_t t_first_cta = R0 / G;
+  const int64_t t_last_cta = (R0 + BM - 1 < TG ? R0 + BM - 1 : TG - 1) / G;
+  int64_t kv_end = S;
+  if (causal) { int64_t e = S - T_ + t_last_cta + 1; kv_end = e < S ? e : S; }
+  if (kv_end < 0) kv_end = 0;
+  const int n_blocks = (int)((kv_end + BN - 1) / BN);
+
+  if (tid == 0) {
+    mbar_init(&full[0], 1); mbar_init(&full[1], 1);
+    mbar_init(&empty[0], Cfg::NCWARPS); mbar_init(&empty[1], Cfg::NCWARPS);
+    mbar_fence_init();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the producer's idle warps exit below
+
+  if (warp < 4) {  // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<24>();
+    if (tid == 0 && n_blocks > 0) {
+      tma_prefetch_map(&tm_k);
+      tma_prefetch_map(&tm_v);
+      for (int blk = 0; blk < n_blocks; ++blk) {
+        const int st = blk & 1;
+        if (blk >= 2) mbar_wait(&empty[st], ((blk >> 1) - 1) & 1);  // the consumers released its last use
+        mbar_arrive_expect_tx(&full[st], 2 * Cfg::TILE_BYTES);      // rows past S count too (zero-filled)
+        tma_load_4d(sK(st), &tm_k, &full[st], 0, (int)g, blk * BN, (int)b);
+        tma_load_4d(sV(st), &tm_v, &full[st], 0, (int)g, blk * BN, (int)b);
+      }
+    }
+    return;
+  }
+
+  // ---------------- consumer warpgroups ----------------
+  setmaxnreg_inc<240>();
+  const int ctid = tid - 128, cwarp = warp - 4, cwg = cwarp / 4;
+  const int qc = lane % 4;
+  const int64_t Rw = R0 + cwarp * 16;
+  const float scale_log2 = (float)p.scale * 1.4426950408889634f;
+  const T *q = static_cast<const T *>(p.q);
+  load_rows_async<D, LDS>(sQ, BM, ctid, 256, [&](int r) -> const T * {
+    const int64_t R = R0 + r;
+    return R < TG ? packed_row(q, p.q_stride, b, g, G, R) : nullptr;
+  });
+  cp_async_commit();
+  using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
+  static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES &&
+                Ring::WARP_SCRATCH_FLOATS * 4 == Cfg::SCRATCH_WARP_BYTES, "ring layout");
+  Ring ring;
+  if (L > 0) {
+    ring.init(p, flags, sRing + cwarp * Ring::WARP_RING_ELEMS, Rw, b, g, lane);
+    ring.prologue(p);
+    cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
+  } else {
+    cp_async_wait<0>();
+  }
+  named_bar_sync(1, 256);  // every consumer thread's Q rows are in smem
+
+  float row_m[2], row_l[2];
+  float acc_o[1][D / 8][4];
+  row_m[0] = row_m[1] = -INFINITY;
+  row_l[0] = row_l[1] = 0.f;
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
+
+  if (L > 0) {  // depth phase: own smem, so no barrier after it (the producer is already loading K/V)
+    float *scr = reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) + cwarp * Ring::WARP_SCRATCH_FLOATS;
+    ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
+  }
+
+  const int unmasked_end = (int)(causal ? (S - T_ + t_first_cta + 1 < S ? S - T_ + t_first_cta + 1 : S) : S);
+  int row_lim[2];  // last visible key of this lane's two rows (S < 2^31: fwd_wgmma_supported)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const float l = warp_quad_sum(row_l[r]);
     const int64_t R = Rw + lane / 4 + r * 8;
-    if (R >= TG) continue;
-    const int64_t t = R / G, h = g * G + R % G;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    T *orow = o + b * p.o_stride[0] + t * p.o_stride[1] + h * p.o_stride[2];
+    const int64_t t = (R < TG ? R : TG - 1) / G;
+    row_lim[r] = (int)(causal ? (S - T_ + t < S - 1 ? S - T_ + t : S - 1) : S - 1);
+  }
+
+  if (n_blocks > 0) {
+    uint32_t q_a[KSTEPS][4];
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      const uint32_t packed = Mma::pack(acc_o[0][j][2 * r] * inv, acc_o[0][j][2 * r + 1] * inv);
-      *reinterpret_cast<uint32_t *>(orow + j * 8 + 2 * qc) = packed;
-    }
-    if (qc == 0) {
-      const float lse = l > 0.f ? row_m[r] * 0.6931471805599453f + logf(l) : -INFINITY;
-      p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]] = lse;
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      ldmatrix_x4(q_a[ks], sQ + (cwarp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+    float s[BN / 8][4], corr[2];
+    uint32_t pa[BN / 16][4];
+    // ping-pong: consumer warpgroup 0 issues first; each hands the turn over after its S issue
+    // (warpgroup 1 skips its last hand-over, which nobody would wait for)
+    if (cwg == 1) named_bar_arrive(2, 256);
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int st = blk & 1;
+      mbar_wait(&full[st], (blk >> 1) & 1);
+      named_bar_sync(2 + cwg, 256);
+      wgmma_fence_operand(s);
+      wgmma_fence();
+      wgmma_rs_kmajor<T, BN, KSTEPS>(s, q_a, smem_u32(sK(st)), BN, 0);
+      wgmma_commit();
+      if (cwg == 0 || blk + 1 < n_blocks) named_bar_arrive(2 + (cwg ^ 1), 256);
+      wgmma_wait<0>();
+      wgmma_fence_operand(s);
+      wgmma_softmax_block<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
+      wgmma_rescale_rows<D>(acc_o[0], corr);
+      wgmma_pack_p<T, BN>(s, pa);
+      wgmma_fence_operand(acc_o[0]);
+      wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
+      wgmma_rs_mnmajor<T, D, BN / 16>(acc_o[0], pa, smem_u32(sV(st)), BN, 1);
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operand(acc_o[0]);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[st]);  // this warp is done with the stage's K and V
     }
   }
+  wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code: fail loudly rather than leave O and lse unwritten
 #endif
@@ -324,8 +515,79 @@ bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   return seq_keys >= 1024;
 }
 
-const char *fwd_wgmma_name(const moda_attn_params *p) {
+// The warp-specialised kernel: d = 64 where the wgmma kernel runs, with flag bit 5 (and its TMA
+// maps encodable; else the launch falls back to fwd_wgmma_kernel).
+static bool use_ws(const moda_attn_params *p, int flags) { return p->d == 64 && (flags & FWD_WGMMA_WS); }
+
+const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
+  if (use_ws(p, flags)) return "wgmma_d64_ws";
   return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
+}
+
+// cuTensorMapEncodeTiled from the driver, fetched once through the runtime (no -lcuda at link time).
+typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static EncodeTiledFn encode_tiled_fn() {
+  static EncodeTiledFn fn = nullptr;
+  static bool tried = false;
+  if (!tried) {
+    tried = true;
+    void *f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+        q == cudaDriverEntryPointSuccess)
+      fn = reinterpret_cast<EncodeTiledFn>(f);
+    else
+      cudaGetLastError();  // not sticky; leave no error behind for the next check
+  }
+  return fn;
+}
+
+int make_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
+                         const int64_t xs[3], int box_rows) {
+  EncodeTiledFn enc = encode_tiled_fn();
+  if (!enc) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: cuTensorMapEncodeTiled not available from the driver");
+  if (((uintptr_t)base & 15) || d % 64 || box_rows < 1 || box_rows > 256)
+    return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: rows not TMA-encodable (alignment, d, box)");
+  for (int i = 0; i < 3; ++i)
+    if (xs[i] <= 0 || (xs[i] * 2) % 16 || xs[i] * 2 >= (int64_t(1) << 40))
+      return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: a stride is not TMA-encodable (16-byte multiple, < 2^40)");
+  const cuuint64_t dims[4] = {(cuuint64_t)d, (cuuint64_t)H, (cuuint64_t)S, (cuuint64_t)B};
+  const cuuint64_t strides[3] = {(cuuint64_t)(xs[2] * 2), (cuuint64_t)(xs[1] * 2), (cuuint64_t)(xs[0] * 2)};
+  const cuuint32_t box[4] = {64, 1, (cuuint32_t)box_rows, 1}, estride[4] = {1, 1, 1, 1};
+  const CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void *>(base), dims, strides, box, estride,
+                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: cuTensorMapEncodeTiled failed (%d)", (int)r);
+  return MODA_OK;
+}
+
+template <typename T>
+static int launch_fwd_wgmma_ws(const moda_attn_params *p, cudaStream_t stream, int flags, bool *launched) {
+  using Cfg = WsFwdConfig;
+  *launched = false;
+  // 2-byte elements: the map's dtype only sets the element size and the OOB fill (zero bits)
+  CUtensorMap tm_k, tm_v;
+  if (make_rows_tensor_map(&tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, Cfg::BN) ||
+      make_rows_tensor_map(&tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, Cfg::BN))
+    return MODA_OK;  // not encodable: the caller runs fwd_wgmma_kernel
+  static bool attr_set = false;
+  if (!attr_set) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         Cfg::SMEM_BYTES),
+                    "cudaFuncSetAttribute(fwd_wgmma_ws)");
+    attr_set = true;
+  }
+  const int smem = p->L > 0 ? Cfg::SMEM_BYTES : Cfg::SMEM_BYTES_NODEPTH;
+  const int64_t tiles = (p->T * p->G + Cfg::BM - 1) / Cfg::BM;
+  *launched = true;
+  if (tiles <= 0) return MODA_OK;
+  if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
+  dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
+  fwd_wgmma_ws_kernel<T><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, flags, tm_k, tm_v);
+  MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_ws_kernel");
+  return MODA_OK;
 }
 
 template <typename T, int D>
@@ -354,6 +616,12 @@ static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, in
 
 int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) {
   const bool bf16 = p->dtype == MODA_BF16;
+  if (use_ws(p, flags)) {
+    bool launched = false;
+    const int st = bf16 ? launch_fwd_wgmma_ws<__nv_bfloat16>(p, stream, flags, &launched)
+                        : launch_fwd_wgmma_ws<__half>(p, stream, flags, &launched);
+    if (st || launched) return st;
+  }
   if (p->d == 128)
     return bf16 ? launch_fwd_wgmma_t<__nv_bfloat16, 128>(p, stream, flags)
                 : launch_fwd_wgmma_t<__half, 128>(p, stream, flags);

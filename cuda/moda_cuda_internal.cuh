@@ -63,7 +63,7 @@ int wgmma_mode();
 int wgmma_bwd_mode();  // MODA_CUDA_WGMMA_BWD=0..3 (none, both, dK/dV, dQ), else 1 when wgmma_mode() > 0
 // wgmma forward (attn_fwd_wgmma.cu, sm_90a): taken by fwd_mma_launch where supported.
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags);
-const char *fwd_wgmma_name(const moda_attn_params *p);
+const char *fwd_wgmma_name(const moda_attn_params *p, int flags);
 int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags);
 int fwd_simt_launch(const moda_attn_params *p, cudaStream_t stream);
 int bwd_simt_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace);

@@ -70,7 +70,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
   #          (MODA_CUDA_WGMMA=2: every shape they can run; MODA_CUDA_WGMMA_BWD splits them apart);
   #   v6san: compute-sanitizer on small cases: the wgmma forward, the mma.sync forward (MT 1, 2)
   #          and the backward options;
-  #   v6bench: the A/B timing table (mma.sync vs wgmma forward).
+  #   v6bench: the A/B timing tables (mma.sync vs wgmma forward; wgmma vs the warp-specialised one).
   # Run `cuda/run_checks.sh wgmma diag` first. REUSE_BUILD=1 skips the rebuild on a warm machine.
   grep -h -A3 "Compiling entry function.*wgmma" $OBJ/attn_fwd_wgmma.log $OBJ/attn_bwd_mma.log 2>/dev/null \
     | grep -E "Compiling|registers|spill" | sed 's/.*entry function//' > "$OUTDIR/ptxas_wgmma.txt"
@@ -85,6 +85,8 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step depth_nohint      MODA_CUDA_FWD_FLAGS=0 -- depth
     step quick_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- quick
     step depth_wgmma_fwd   MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 -- depth
+    step quick_wgmma_ws    MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- quick
+    step depth_wgmma_ws    MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=33 -- depth
     step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
     step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
     step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -103,11 +105,12 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     for tool in memcheck racecheck; do
       # the forwards: wgmma (default flags 1), mma.sync with 16 and 32 rows per warp
       san fwd_wgmma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=1
+      san fwd_wgmma_ws $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=33
       for mt in 1 2; do san fwd_mma_mt$mt $tool depthsan MODA_CUDA_WGMMA=0 MODA_CUDA_FWD_MT=$mt; done
       san bwd_all $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1
     done
   else
-    MODA_CUDA_WGMMA=1 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
+    MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
     grep -A12 "^forward, bf16" "$OUTDIR/v6_bench.log"
   fi
   echo; echo "== $MODE summary (every rc 0, every '0 failed', sanitizer 0 errors / 0 hazards) =="; cat "$SUM"

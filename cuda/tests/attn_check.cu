@@ -427,6 +427,7 @@ int main(int argc, char **argv) {
   printf("device: %s (sm_%d)\n", name, cc);
   if (argc > 1 && !strcmp(argv[1], "wgmmabench")) {  // run with MODA_CUDA_WGMMA=1 (or 2)
     ab_bench(1 | 16, 1, "mma.sync", "wgmma");
+    ab_bench(1, 1 | 32, "wgmma", "wgmma ws");  // the warp-specialised kernel (flag bit 5)
     return 0;
   }
   std::vector<Case> cases;

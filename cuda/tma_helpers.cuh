@@ -1,0 +1,99 @@
+// tma_helpers.cuh: Hopper (sm_90a) bulk tensor copies (TMA), shared-memory mbarriers, named
+// barriers and register reallocation, as thin PTX wrappers; and the host side that encodes a
+// K or V tensor ([B, S, H, d] with strides) as a TMA tensor map.
+//
+// Why: a warp-specialised kernel (FlashAttention-3's layout) lets one producer warp move K/V
+// tiles with TMA while two consumer warpgroups compute; the copy engine writes the same
+// 128-byte-swizzled layout that sw128_offset() describes and wgmma descriptors read, zero-fills
+// rows past the tensor's end, and signals completion on an mbarrier (bytes counted), so the
+// consumers need no cp.async address arithmetic and no block-wide barriers.
+// Device wrappers compile to nothing outside the sm_90a pass (their callers trap there).
+#pragma once
+
+#include <cuda.h>  // CUtensorMap and its enums (types only: the encoder is fetched at run time)
+#include <stdint.h>
+
+#include "mma_helpers.cuh"
+
+namespace moda_cuda {
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MODA_SM90A_BODY(...) __VA_ARGS__
+#else
+#define MODA_SM90A_BODY(...)
+#endif
+
+// ---- mbarriers (64-bit, in shared memory) ----
+__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count) {
+  MODA_SM90A_BODY(asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");)
+}
+// Makes the initialisations visible to the async proxy (TMA) and the other threads; then a
+// __syncthreads publishes them.
+__device__ __forceinline__ void mbar_fence_init() {
+  MODA_SM90A_BODY(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");)
+}
+// One arrival that also announces `bytes` more to come by complete_tx (the producer, before its
+// TMA copies into the stage).
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t bytes) {
+  MODA_SM90A_BODY(asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                               : "memory");)
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
+  MODA_SM90A_BODY(asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");)
+}
+// Waits until the barrier's phase with parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
+  MODA_SM90A_BODY(
+    uint32_t done = 0;
+    do {
+      asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                   : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+    } while (!done);)
+}
+
+// ---- TMA ----
+// A 4-d tile of `map` at element coordinates (c0 innermost .. c3) into shared memory at `dst`
+// (1024-byte aligned for the 128-byte swizzle); completion (bytes) is signalled on `bar`.
+__device__ __forceinline__ void tma_load_4d(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1, int c2,
+                                            int c3) {
+  MODA_SM90A_BODY(asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(bar))
+      : "memory");)
+}
+__device__ __forceinline__ void tma_prefetch_map(const CUtensorMap *map) {
+  MODA_SM90A_BODY(asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");)
+}
+
+// ---- named barriers (ids 1..15; 0 is __syncthreads) and register reallocation ----
+__device__ __forceinline__ void named_bar_sync(int id, int nthreads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int nthreads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
+}
+// Every thread of the warpgroup must execute these (sync.aligned).
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  MODA_SM90A_BODY(asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));)
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  MODA_SM90A_BODY(asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));)
+}
+
+#undef MODA_SM90A_BODY
+
+// ---- host ----
+// Encodes x = [B, S, H, d] (element strides xs[0] (batch), xs[1] (row), xs[2] (head), d
+// contiguous; 2-byte elements) as a 4-d TMA map over (d, H, S, B) with box {64, 1, box_rows, 1}
+// and the 128-byte swizzle: one box is one 64-column atom column of a sw128 tile of box_rows
+// rows (d = 128: two boxes, columns 0 and 64). Rows past S are zero-filled by the copy engine.
+// Returns 0, or a MODA_ERR_* status with moda_set_error's message (e.g. strides not multiples of
+// 16 bytes, base not 16-byte aligned, no driver entry point): the caller then keeps the
+// non-TMA kernel. attn_fwd_wgmma.cu.
+int make_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
+                         const int64_t xs[3], int box_rows);
+
+}  // namespace moda_cuda
