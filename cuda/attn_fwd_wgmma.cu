@@ -333,7 +333,9 @@ struct WsFwdConfig {
   static constexpr int SMEM_BYTES = SMEM_BYTES_NODEPTH + RING_BYTES;
   static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "TMA / wgmma tiles stay 1024-byte aligned");
   static_assert(SMEM_BYTES <= 232448, "within the sm_90 opt-in shared memory");
-  static_assert(128 * 24 + 256 * 240 <= 65536, "register split of the three warpgroups");
+  // the registers the launch gets (ptxas: 65536 / 384 rounded down to a multiple of 8 = 168 per
+  // thread) must cover the split, or setmaxnreg.inc would wait forever
+  static_assert(128 * 24 + 256 * 240 <= NTHREADS * ((65536 / NTHREADS) & ~7), "register split of the three warpgroups");
 };
 
 template <typename T>
@@ -515,15 +517,6 @@ bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   return seq_keys >= 1024;
 }
 
-// The warp-specialised kernel: d = 64 where the wgmma kernel runs, with flag bit 5 (and its TMA
-// maps encodable; else the launch falls back to fwd_wgmma_kernel).
-static bool use_ws(const moda_attn_params *p, int flags) { return p->d == 64 && (flags & FWD_WGMMA_WS); }
-
-const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
-  if (use_ws(p, flags)) return "wgmma_d64_ws";
-  return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
-}
-
 // cuTensorMapEncodeTiled from the driver, fetched once through the runtime (no -lcuda at link time).
 typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                   const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
@@ -544,34 +537,65 @@ static EncodeTiledFn encode_tiled_fn() {
   return fn;
 }
 
-int make_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
-                         const int64_t xs[3], int box_rows) {
+// The encoding without the error channel: nullptr, or why the rows cannot be a TMA map. (The
+// launcher only probes: a refusal there means the cp.async kernel runs, not an error.)
+static const char *encode_rows(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
+                               const int64_t xs[3], int box_rows) {
   EncodeTiledFn enc = encode_tiled_fn();
-  if (!enc) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: cuTensorMapEncodeTiled not available from the driver");
-  if (((uintptr_t)base & 15) || d % 64 || box_rows < 1 || box_rows > 256)
-    return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: rows not TMA-encodable (alignment, d, box)");
-  for (int i = 0; i < 3; ++i)
-    if (xs[i] <= 0 || (xs[i] * 2) % 16 || xs[i] * 2 >= (int64_t(1) << 40))
-      return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: a stride is not TMA-encodable (16-byte multiple, < 2^40)");
+  if (!enc) return "cuTensorMapEncodeTiled not available from the driver";
+  if (((uintptr_t)base & 15) || d % 64 || box_rows < 1 || box_rows > 256 || B < 1 || S < 1 || H < 1)
+    return "rows not TMA-encodable (base alignment, d a multiple of 64, 1..256 box rows, non-empty)";
+  // byte strides of (H, S, B); a size-1 dimension's stride is never used: any valid value will do
+  const int64_t n[3] = {H, S, B};
+  const int64_t st_el[3] = {xs[2], xs[1], xs[0]};
+  cuuint64_t strides[3];
+  int64_t extent = (int64_t)d * 2;  // bytes spanned by the dimensions inside this one
+  for (int i = 0; i < 3; ++i) {
+    int64_t bytes = st_el[i] * 2;
+    if (n[i] == 1) bytes = (extent + 15) / 16 * 16;
+    if (bytes <= 0 || bytes % 16 || bytes >= (int64_t(1) << 40))
+      return "a stride is not TMA-encodable (a positive multiple of 16 bytes below 2^40)";
+    strides[i] = (cuuint64_t)bytes;
+    extent = bytes * n[i];
+  }
   const cuuint64_t dims[4] = {(cuuint64_t)d, (cuuint64_t)H, (cuuint64_t)S, (cuuint64_t)B};
-  const cuuint64_t strides[3] = {(cuuint64_t)(xs[2] * 2), (cuuint64_t)(xs[1] * 2), (cuuint64_t)(xs[0] * 2)};
   const cuuint32_t box[4] = {64, 1, (cuuint32_t)box_rows, 1}, estride[4] = {1, 1, 1, 1};
+  // 2-byte elements: the map's dtype only sets the element size and the OOB fill (zero bits), so
+  // bf16 serves fp16 too
   const CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void *>(base), dims, strides, box, estride,
                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: cuTensorMapEncodeTiled failed (%d)", (int)r);
-  return MODA_OK;
+  return r == CUDA_SUCCESS ? nullptr : "cuTensorMapEncodeTiled refused the layout";
+}
+
+int make_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
+                         const int64_t xs[3], int box_rows) {
+  const char *why = encode_rows(map, base, B, S, H, d, xs, box_rows);
+  return why ? moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: %s", why) : MODA_OK;
+}
+
+// K and V as TMA maps for the warp-specialised kernel; false where either is not encodable.
+static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v) {
+  return !encode_rows(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsFwdConfig::BN) &&
+         !encode_rows(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsFwdConfig::BN);
+}
+
+// The warp-specialised kernel: d = 64 where the wgmma kernel runs, with flag bit 5, and K, V
+// encodable as TMA maps (else fwd_wgmma_kernel runs, and the name says so).
+static bool use_ws(const moda_attn_params *p, int flags) { return p->d == 64 && (flags & FWD_WGMMA_WS); }
+
+const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
+  CUtensorMap tm_k, tm_v;
+  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) return "wgmma_d64_ws";
+  return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
 }
 
 template <typename T>
 static int launch_fwd_wgmma_ws(const moda_attn_params *p, cudaStream_t stream, int flags, bool *launched) {
   using Cfg = WsFwdConfig;
   *launched = false;
-  // 2-byte elements: the map's dtype only sets the element size and the OOB fill (zero bits)
   CUtensorMap tm_k, tm_v;
-  if (make_rows_tensor_map(&tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, Cfg::BN) ||
-      make_rows_tensor_map(&tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, Cfg::BN))
-    return MODA_OK;  // not encodable: the caller runs fwd_wgmma_kernel
+  if (!ws_maps(p, &tm_k, &tm_v)) return MODA_OK;  // not encodable: the caller runs fwd_wgmma_kernel
   static bool attr_set = false;
   if (!attr_set) {
     MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,

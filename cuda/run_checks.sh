@@ -1,7 +1,7 @@
 #!/bin/bash
 # cuda/run_checks.sh: build the CUDA kernels with the standalone checker and run it (device machine).
 # Usage: cuda/run_checks.sh [quick|full] [bench] [sanitize]
-#        cuda/run_checks.sh build   (build both checkers into /tmp/moda_check_obj and run nothing)
+#        cuda/run_checks.sh build   (build the checkers (attn, wgmma, tma) into /tmp/moda_check_obj and run nothing)
 #        cuda/run_checks.sh v6 | v6san | v6bench  (session-4 work: the checker grids on the default
 #        path, with the wgmma kernels forced and on the mma.sync forward's depth ring |
 #        compute-sanitizer | mma.sync vs wgmma forward timing)
@@ -10,6 +10,10 @@
 #        cuda/tests/wgmma_check.cu: S = Q K^T, O = P V (RS) and dQ = dS K (SS) vs a float64 reference;
 #        diag: also run the alternative (lbo, sbo) encodings on passing cases; sanitize: then
 #        again under compute-sanitizer memcheck; exit status = the checker's; < 1 minute)
+#        cuda/run_checks.sh tma [sanitize]   (cuda/tests/tma_check.cu: TMA boxes of make_rows_tensor_map
+#        vs load_rows_sw128_async vs the host's sw128 layout, mbarrier phases, and the synchronisation
+#        skeleton of fwd_wgmma_ws_kernel; links attn_fwd_wgmma.o + attn_fwd_mma.o; sanitize: then
+#        again under compute-sanitizer memcheck; log $OUT/tma_check.log; exit status = the checker's)
 # Writes logs under $OUT (device tool) or /tmp/moda_out.
 set -u
 MODE=${1:-quick}; BENCH=${2:-}; SAN=${3:-}
@@ -22,6 +26,36 @@ build_wgmma_check() {
   nvcc -O2 -std=c++17 -I cuda $ARCH -lineinfo -Xptxas -v cuda/tests/wgmma_check.cu -o $OBJ/wgmma_check \
       > $OBJ/wgmma_check.build.log 2>&1 || { cat $OBJ/wgmma_check.build.log; return 1; }
 }
+# tma_check: its object and log in $OBJ/tma/ (the attn_check link takes $OBJ/*.o); it links the two
+# library objects that hold make_rows_tensor_map and what it calls (built here unless $1 = reuse).
+build_tma_check() {
+  mkdir -p $OBJ/tma
+  if [ "${1:-}" != reuse ]; then
+    local pids=() f p rc=0
+    for f in attn_fwd_wgmma attn_fwd_mma; do
+      nvcc $FLAGS -Xptxas -v -c cuda/$f.cu -o $OBJ/$f.o > $OBJ/$f.log 2>&1 &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait $p || rc=1; done
+    if [ $rc != 0 ]; then cat $OBJ/attn_fwd_wgmma.log $OBJ/attn_fwd_mma.log | grep -B2 -A2 error; return 1; fi
+  fi
+  { nvcc $FLAGS -Xptxas -v -c cuda/tests/tma_check.cu -o $OBJ/tma/tma_check.o &&
+    nvcc -o $OBJ/tma_check $OBJ/tma/tma_check.o $OBJ/attn_fwd_wgmma.o $OBJ/attn_fwd_mma.o -lcudart; } \
+      > $OBJ/tma/tma_check.build.log 2>&1 || { cat $OBJ/tma/tma_check.build.log; return 1; }
+}
+if [ "$MODE" = tma ]; then
+  TMA_SAN=; for a in $BENCH $SAN; do [ "$a" = sanitize ] && TMA_SAN=1; done
+  if [ -n "${REUSE_BUILD:-}" ] && [ -x $OBJ/tma_check ]; then echo "(REUSE_BUILD: tma_check)"
+  else build_tma_check || exit 1; fi
+  grep -A3 "Compiling entry function" $OBJ/tma/tma_check.build.log | grep -E "Compiling|registers|spill" \
+    | sed 's/.*entry function//' > "$OUTDIR/tma_ptxas.txt"
+  timeout 300 $OBJ/tma_check 2>&1 | tee "$OUTDIR/tma_check.log"; rc=${PIPESTATUS[0]}
+  if [ -n "$TMA_SAN" ]; then
+    timeout 300 compute-sanitizer --tool memcheck $OBJ/tma_check > "$OUTDIR/tma_memcheck.log" 2>&1
+    echo "memcheck rc=$?: $(grep -E '^tma_check:' "$OUTDIR/tma_memcheck.log" | tail -1) | $(grep 'ERROR SUMMARY' "$OUTDIR/tma_memcheck.log" | tail -1)"
+  fi
+  exit $rc
+fi
 if [ "$MODE" = build ]; then
   # build both checkers into $OBJ without running them (on a machine with nvcc but no GPU), so
   # a device call can carry them: tar -C /tmp -cJf X.tar.xz moda_check_obj, then REUSE_BUILD=1
@@ -54,7 +88,7 @@ grep -h -A3 "Compiling entry function.*fwd_mma" $OBJ/attn_fwd_mma.log | grep -E 
 rm -f $OBJ/attn_check
 nvcc -o $OBJ/attn_check $OBJ/*.o -lcudart || exit 1
 fi
-[ "$MODE" = build ] && { ls -la $OBJ/attn_check $OBJ/wgmma_check; exit 0; }
+[ "$MODE" = build ] && { build_tma_check reuse || exit 1; ls -la $OBJ/attn_check $OBJ/wgmma_check $OBJ/tma_check; exit 0; }
 step() {  # step NAME ENV... -- ARGS: run the checker, keep its log ($OUTDIR/dr_NAME.log), one line in $SUM
   local name=$1; shift; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
   if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi  # ONLY=regex: a subset of the steps

@@ -20,11 +20,11 @@ tar -cJf .devcarry/pack.tar.xz build/libmoda.so build/libmoda_cuda.so .devlibs
 # the standalone checkers (sm_90a), so the device spends no time compiling them; rebuilt when any
 # CUDA source is newer; tools/device_run.sh unpacks them and sets REUSE_BUILD=1
 CHK=/tmp/moda_check_obj
-if [ ! -x $CHK/attn_check ] || [ ! -x $CHK/wgmma_check ] || \
+if [ ! -x $CHK/attn_check ] || [ ! -x $CHK/wgmma_check ] || [ ! -x $CHK/tma_check ] || \
    [ -n "$(find cuda -newer $CHK/attn_check \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' \))" ]; then
   bash cuda/run_checks.sh build >/dev/null || { echo "device_pack: checker build failed" >&2; exit 1; }
 fi
-tar -cJf .devcarry/checkobj.tar.xz -C /tmp moda_check_obj/attn_check moda_check_obj/wgmma_check \
+tar -cJf .devcarry/checkobj.tar.xz -C /tmp moda_check_obj/attn_check moda_check_obj/wgmma_check moda_check_obj/tma_check \
     $(cd /tmp && ls moda_check_obj/*.log)
 [ -f .deb/unpack.sh ] || bash ../shared/device/fetch-lua-debs.sh
 ls -la .devcarry/pack.tar.xz

@@ -3,6 +3,7 @@
 # device machine in one call, each under its own time limit and all under one deadline, so a call
 # never runs past the device tool's 10-minute limit and what finished still comes back.
 #   wgmma    cuda/run_checks.sh wgmma diag      (wgmma wrappers and descriptors, unit check)
+#   tma      cuda/run_checks.sh tma             (TMA maps, mbarriers, the ws kernel's sync skeleton)
 #   v6 v6san v6bench quick full                 (cuda/run_checks.sh modes, prebuilt checker)
 #   spec     busted CUDA spec, default kernels  (MODA_CUDA_SPEC_TABLE=1)
 #   specall  busted CUDA spec with every experimental switch on
@@ -36,6 +37,7 @@ stage() {  # stage NAME MAXSECONDS CMD...: run with the smaller of MAXSECONDS an
 for st in "$@"; do
   case $st in
     wgmma) stage wgmma 120 bash cuda/run_checks.sh wgmma diag ;;
+    tma) OUT=$LOGS/tma stage tma 120 bash cuda/run_checks.sh tma ;;
     v6|v6san|v6bench|quick|full) OUT=$LOGS/$st stage $st 420 bash cuda/run_checks.sh $st ;;
     spec) MODA_CUDA_SPEC_TABLE=1 stage spec 300 $BUSTED --lua=luajit spec/cuda_attention_spec.lua ;;
     specall) MODA_CUDA_SPEC_TABLE=1 MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 \
