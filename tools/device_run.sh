@@ -9,6 +9,7 @@
 #   specall  busted CUDA spec with every experimental switch on
 #   bench    bench/cuda_attention.py $BENCH_ARGS (env MODA_CUDA_* passes through; no spaces in it)
 #   benchnd  the same with --nondet and MODA_CUDA_BWD_ATOMIC_DQ=1 (dQ by atomics)
+#   ncu      Nsight Compute on $NCU_KERNEL (regex, default bwd_dq) at bench shape $NCU_SHAPE
 # Expects what tools/device_pack.sh packs (.devcarry: libraries and the prebuilt checkers) and
 # .deb; logs of every stage are packed into $OUT/logs.tar.xz (the tool returns 8 files at most).
 # DEADLINE (seconds from start, default 560) bounds the whole call.
@@ -45,6 +46,12 @@ for st in "$@"; do
     bench) PYTHONUNBUFFERED=1 TAIL=40 stage bench 540 python3 bench/cuda_attention.py ${BENCH_ARGS:-} ;;
     benchnd) PYTHONUNBUFFERED=1 TAIL=40 MODA_CUDA_BWD_ATOMIC_DQ=1 \
                stage benchnd 540 python3 bench/cuda_attention.py --nondet ${BENCH_ARGS:-} ;;
+    ncu) # one launch of the kernels matching $NCU_KERNEL (default: the dQ kernel) inside the
+         # benchmark at shape $NCU_SHAPE: speed of light, memory, warp stalls, occupancy
+         TAIL=80 stage ncu 300 ncu --clock-control none -k "regex:${NCU_KERNEL:-bwd_dq}" -c "${NCU_COUNT:-1}" \
+           --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+           --section Occupancy --section LaunchStats \
+           python3 bench/cuda_attention.py --only "${NCU_SHAPE:-DeiT-Tiny-64}" ;;
     *) echo "device_run: unknown stage $st" ;;
   esac
 done
