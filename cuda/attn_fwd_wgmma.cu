@@ -117,13 +117,34 @@ __device__ __forceinline__ void wgmma_pack_p(const float (&s)[BN / 8][4], uint32
     pa[ks][3] = Mma::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
   }
 }
-// Epilogue: normalise this lane's two rows (Rw + lane/4, + 8) and write O and lse.
+// The sequence keys the CTA's BM packed rows from R0 visit: n_blocks blocks of BN, the keys below
+// unmasked_end that no row of the CTA needs masked, and row_lim = the last visible key of this
+// lane's two rows (Rw + lane/4, + 8). Key indices fit in int: fwd_wgmma_supported requires S < 2^31.
+template <int BM, int BN>
+__device__ __forceinline__ void wgmma_seq_range(const moda_attn_params &p, int64_t R0, int64_t Rw, int lane,
+                                                int &n_blocks, int &unmasked_end, int (&row_lim)[2]) {
+  const int64_t G = p.G, T_ = p.T, S = p.S, TG = T_ * G;
+  const bool causal = p.causal != 0;
+  const int64_t t_first_cta = R0 / G;
+  const int64_t t_last_cta = (R0 + BM - 1 < TG ? R0 + BM - 1 : TG - 1) / G;
+  int64_t kv_end = S;
+  if (causal) { int64_t e = S - T_ + t_last_cta + 1; kv_end = e < S ? e : S; }
+  if (kv_end < 0) kv_end = 0;
+  n_blocks = (int)((kv_end + BN - 1) / BN);
+  unmasked_end = (int)(causal ? (S - T_ + t_first_cta + 1 < S ? S - T_ + t_first_cta + 1 : S) : S);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t R = Rw + lane / 4 + r * 8;
+    const int64_t t = (R < TG ? R : TG - 1) / G;
+    row_lim[r] = (int)(causal ? (S - T_ + t < S - 1 ? S - T_ + t : S - 1) : S - 1);
+  }
+}
+// Epilogue: normalise this lane's two rows (Rw + lane/4, + 8) and write O and lse (TG = T * G).
 template <typename T, int D>
 __device__ __forceinline__ void wgmma_write_o_lse(const moda_attn_params &p, const float (&acc)[D / 8][4],
                                                   const float (&row_m)[2], const float (&row_l)[2], int64_t Rw,
-                                                  int lane, int64_t b, int64_t g) {
+                                                  int lane, int64_t b, int64_t g, int64_t G, int64_t TG) {
   using Mma = MmaOp<T>;
-  const int64_t G = p.G, TG = p.T * p.G;
   const int qc = lane % 4;
   T *o = static_cast<T *>(p.o);
 #pragma unroll
@@ -171,7 +192,6 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
   const int64_t R0 = tile * BM;        // first packed row of this CTA
   const int64_t Rw = R0 + warp * 16;   // first packed row of this warp
   const float scale_log2 = (float)p.scale * LOG2E;
-  const bool causal = p.causal != 0;
 
   const T *q = static_cast<const T *>(p.q);
   const T *k = static_cast<const T *>(p.k);
@@ -216,23 +236,8 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
   auto sK = [&](int stage) { return sUnion + stage * 2 * Cfg::TILE_BYTES; };
   auto sV = [&](int stage) { return sUnion + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
 
-  const int64_t t_first_cta = R0 / G;
-  const int64_t t_last_cta = (R0 + BM - 1 < TG ? R0 + BM - 1 : TG - 1) / G;
-  int64_t kv_end = S;
-  if (causal) { int64_t e = S - T_ + t_last_cta + 1; kv_end = e < S ? e : S; }
-  if (kv_end < 0) kv_end = 0;
-  const int n_blocks = (int)((kv_end + BN - 1) / BN);
-  // Keys below this need no mask for any row of the CTA.
-  const int unmasked_end = (int)(causal ? (S - T_ + t_first_cta + 1 < S ? S - T_ + t_first_cta + 1 : S) : S);
-
-  // Last visible key of this lane's two rows.
-  int row_lim[2];  // key indices fit in int: fwd_wgmma_supported requires S < 2^31
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    int64_t R = Rw + lane / 4 + r * 8;
-    int64_t t = (R < TG ? R : TG - 1) / G;
-    row_lim[r] = (int)(causal ? (S - T_ + t < S - 1 ? S - T_ + t : S - 1) : S - 1);
-  }
+  int n_blocks, unmasked_end, row_lim[2];
+  wgmma_seq_range<BM, BN>(p, R0, Rw, lane, n_blocks, unmasked_end, row_lim);
 
   const bool kv_hint = (flags & FWD_KV_EVICT_LAST) != 0;
   const uint64_t kv_pol = kv_hint ? l2_policy_evict_last() : 0;
@@ -296,7 +301,7 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
   }
 
   // ---- epilogue: normalise, write O and lse ----
-  wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g);
+  wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g, G, TG);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code: fail loudly rather than leave O and lse unwritten
 #endif
@@ -359,15 +364,12 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) causal tiles first
   const int64_t g = blockIdx.y, b = blockIdx.z;
-  const int64_t G = p.G, T_ = p.T, S = p.S, L = p.L, TG = T_ * G;
+  const int64_t G = p.G, L = p.L, TG = p.T * G;
   const int64_t R0 = tile * BM;
-  const bool causal = p.causal != 0;
-  const int64_t t_first_cta = R0 / G;
-  const int64_t t_last_cta = (R0 + BM - 1 < TG ? R0 + BM - 1 : TG - 1) / G;
-  int64_t kv_end = S;
-  if (causal) { int64_t e = S - T_ + t_last_cta + 1; kv_end = e < S ? e : S; }
-  if (kv_end < 0) kv_end = 0;
-  const int n_blocks = (int)((kv_end + BN - 1) / BN);
+  // (row_lim is only meaningful for consumer lanes: Rw below is a consumer warp's first row)
+  const int64_t Rw = R0 + (warp - 4) * 16;
+  int n_blocks, unmasked_end, row_lim[2];
+  wgmma_seq_range<BM, BN>(p, R0, Rw, lane, n_blocks, unmasked_end, row_lim);
 
   if (tid == 0) {
     mbar_init(&full[0], 1); mbar_init(&full[1], 1);
@@ -396,7 +398,6 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   setmaxnreg_inc<240>();
   const int ctid = tid - 128, cwarp = warp - 4, cwg = cwarp / 4;
   const int qc = lane % 4;
-  const int64_t Rw = R0 + cwarp * 16;
   const float scale_log2 = (float)p.scale * 1.4426950408889634f;
   const T *q = static_cast<const T *>(p.q);
   load_rows_async<D, LDS>(sQ, BM, ctid, 256, [&](int r) -> const T * {
@@ -427,15 +428,6 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   if (L > 0) {  // depth phase: own smem, so no barrier after it (the producer is already loading K/V)
     float *scr = reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) + cwarp * Ring::WARP_SCRATCH_FLOATS;
     ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
-  }
-
-  const int unmasked_end = (int)(causal ? (S - T_ + t_first_cta + 1 < S ? S - T_ + t_first_cta + 1 : S) : S);
-  int row_lim[2];  // last visible key of this lane's two rows (S < 2^31: fwd_wgmma_supported)
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t R = Rw + lane / 4 + r * 8;
-    const int64_t t = (R < TG ? R : TG - 1) / G;
-    row_lim[r] = (int)(causal ? (S - T_ + t < S - 1 ? S - T_ + t : S - 1) : S - 1);
   }
 
   if (n_blocks > 0) {
@@ -472,7 +464,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       if (lane == 0) mbar_arrive(&empty[st]);  // this warp is done with the stage's K and V
     }
   }
-  wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g);
+  wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g, G, TG);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code: fail loudly rather than leave O and lse unwritten
 #endif
