@@ -80,10 +80,12 @@ static void copy_strides(int64_t *dst, const moda_tensor *t, int n) {
   for (int i = 0; i < n; i++) dst[i] = t ? t->strides[i] : 0;
 }
 
-/* Validates everything the forward and the backward share and fills p (less the gradients). */
+/* Validates everything the forward and the backward share and fills p (less the gradients).
+ * names_only (moda_attn_kernel_names): o and lse are not checked (NULL: p->o, p->lse stay NULL). */
 static int setup(const char *fn, moda_attn_params *p, const moda_tensor *q, const moda_tensor *k,
                  const moda_tensor *v, const moda_tensor *kd, const moda_tensor *vd,
-                 const moda_tensor *o, const moda_tensor *lse, const moda_attn_opts *opts_in) {
+                 const moda_tensor *o, const moda_tensor *lse, const moda_attn_opts *opts_in,
+                 int names_only) {
   moda_attn_opts defaults = {MODA_MASK_CAUSAL, MODA_DEPTH_TOKEN, 64, MODA_IMPL_FAST, 0, 0, 0.0};
   const moda_attn_opts *opts = opts_in ? opts_in : &defaults;
   memset(p, 0, sizeof *p);
@@ -144,10 +146,12 @@ static int setup(const char *fn, moda_attn_params *p, const moda_tensor *q, cons
     int64_t wvd[5] = {B, T, L, Hk, d};
     MODA_CHECK(check_tensor(fn, "vd", vd, 5, L_DEPTH, wvd, dt, same, dev));
   }
-  int64_t wo[4] = {B, T, Hq, d};
-  MODA_CHECK(check_tensor(fn, "o", o, 4, L_BTHD, wo, dt, same, dev));
-  int64_t wl[3] = {B, Hq, T};
-  MODA_CHECK(check_tensor(fn, "lse", lse, 3, L_LSE, wl, MODA_F32, " (lse is always float32)", dev));
+  if (!names_only) {  /* moda_attn_kernel_names: the outputs need not exist */
+    int64_t wo[4] = {B, T, Hq, d};
+    MODA_CHECK(check_tensor(fn, "o", o, 4, L_BTHD, wo, dt, same, dev));
+    int64_t wl[3] = {B, Hq, T};
+    MODA_CHECK(check_tensor(fn, "lse", lse, 3, L_LSE, wl, MODA_F32, " (lse is always float32)", dev));
+  }
 
   p->dtype = dt;
   p->causal = opts->mask == MODA_MASK_CAUSAL;
@@ -185,7 +189,7 @@ int moda_attn_fwd(moda_tensor *o, moda_tensor *lse, const moda_tensor *q, const 
                   const moda_attn_opts *opts) {
   const char *fn = "moda_attn_fwd";
   moda_attn_params p;
-  MODA_CHECK(setup(fn, &p, q, k, v, kd, vd, o, lse, opts));
+  MODA_CHECK(setup(fn, &p, q, k, v, kd, vd, o, lse, opts, 0));
   return dispatch(fn, &p, q->device_id, 0);
 }
 
@@ -196,7 +200,7 @@ int moda_attn_bwd(moda_tensor *dq, moda_tensor *dk, moda_tensor *dv, moda_tensor
                   const moda_attn_opts *opts) {
   const char *fn = "moda_attn_bwd";
   moda_attn_params p;
-  MODA_CHECK(setup(fn, &p, q, k, v, kd, vd, o, lse, opts));
+  MODA_CHECK(setup(fn, &p, q, k, v, kd, vd, o, lse, opts, 0));
   const int dt = p.dtype, dev = q->device_id;
   const char *same = " (the dtype of q)";
   int64_t wq[4] = {p.B, p.T, p.Hq, p.d}, wk[4] = {p.B, p.S, p.Hk, p.d};
@@ -221,4 +225,28 @@ int moda_attn_bwd(moda_tensor *dq, moda_tensor *dk, moda_tensor *dv, moda_tensor
   p.dkd = (void *)data_of(dkd); copy_strides(p.dkd_stride, dkd, 4);
   p.dvd = (void *)data_of(dvd); copy_strides(p.dvd_stride, dvd, 4);
   return dispatch(fn, &p, dev, 1);
+}
+
+int moda_attn_kernel_names(const char **fwd_name, const char **bwd_name, const moda_tensor *q,
+                           const moda_tensor *k, const moda_tensor *v, const moda_tensor *kd,
+                           const moda_tensor *vd, const moda_attn_opts *opts) {
+  const char *fn = "moda_attn_kernel_names";
+  if (!fwd_name || !bwd_name)
+    return moda_set_error(MODA_ERR_ARG, "%s: fwd_name, bwd_name: expected pointers, got NULL", fn);
+  *fwd_name = *bwd_name = NULL;
+  moda_attn_params p;
+  MODA_CHECK(setup(fn, &p, q, k, v, kd, vd, NULL, NULL, opts, 1));
+  const int device = q->device_id;
+  if (device == MODA_CPU) {  /* as dispatch() picks */
+    const int fast = p.impl == MODA_IMPL_FAST && (p.dtype == MODA_F32 || p.dtype == MODA_F64);
+    *fwd_name = *bwd_name = fast ? "cpu_fast" : "cpu_reference";
+    return MODA_OK;
+  }
+  const moda_backend *be = moda_get_backend(device);
+  if (!be || !be->attn_kernel_name)
+    return moda_set_error(MODA_ERR_DEVICE, "%s: no backend for %s%s", fn, moda_device_name(device),
+                          be ? " names its attention kernels" : " (is libmoda_cuda loaded?)");
+  *fwd_name = be->attn_kernel_name(&p, 0);
+  *bwd_name = be->attn_kernel_name(&p, 1);
+  return MODA_OK;
 }

@@ -162,6 +162,8 @@ typedef struct moda_backend {
   int (*fill)(moda_tensor *t, double value);
   int (*attn_fwd)(const struct moda_attn_params *p);
   int (*attn_bwd)(const struct moda_attn_params *p);
+  /* which kernel attn_fwd (backward = 0) or attn_bwd (1) would run for p: a static string */
+  const char *(*attn_kernel_name)(const struct moda_attn_params *p, int backward);
 } moda_backend;
 int moda_register_backend(int device, const moda_backend *backend);
 const moda_backend *moda_get_backend(int device);

@@ -228,9 +228,13 @@ static int backend_attn_bwd(const moda_attn_params *p) {
   return moda_attn_bwd_cuda(p, nullptr, nullptr, 0);
 }
 
+static const char *backend_attn_kernel_name(const moda_attn_params *p, int backward) {
+  return backward ? moda_attn_bwd_cuda_kernel_name(p) : moda_attn_fwd_cuda_kernel_name(p);
+}
+
 static const moda_backend g_backend = {
   "cuda", backend_alloc, backend_free, backend_memcpy, backend_copy, backend_fill,
-  backend_attn_fwd, backend_attn_bwd,
+  backend_attn_fwd, backend_attn_bwd, backend_attn_kernel_name,
 };
 
 }  // namespace moda_cuda

@@ -2,6 +2,7 @@
 --
 --   local o, lse = moda.attention(q, k, v, kd, vd, opts)
 --   local dq, dk, dv, dkd, dvd = moda.attention_backward(dout, q, k, v, kd, vd, o, lse, opts)
+--   local fwd_name, bwd_name = moda.attention_kernels(q, k, v, kd, vd, opts)
 --
 -- q [B,T,Hq,d]; k, v [B,S,Hk,d]; kd, vd [B,T,L,Hk,d] or both nil (L = 0); o like q;
 -- lse float32 [B,Hq,T]. opts (all optional):
@@ -96,7 +97,7 @@ end
 -- C messages start with their function's name; the Lua name replaces it.
 local function check(what, status)
   if status ~= 0 then
-    local msg = ffi.string(C.moda_last_error()):gsub("^moda_attn_[fb]wd: ", "")
+    local msg = ffi.string(C.moda_last_error()):gsub("^moda_attn_[%w_]+: ", "")
     error(what .. ": " .. msg, 3)
   end
 end
@@ -154,10 +155,28 @@ function M.attention_backward(dout, q, k, v, kd, vd, o, lse, opts)
   return dq, dk, dv, dkd, dvd
 end
 
--- require("moda.attention").install(moda) adds moda.attention and moda.attention_backward.
+-- The names of the kernels moda.attention and moda.attention_backward would run for these
+-- inputs and opts (opts.out is not looked at; outputs are taken to be ones moda allocates):
+--   local fwd, bwd = moda.attention_kernels(q, k, v, kd, vd, { mask = "causal" })
+--   --> "wgmma_d64", "wgmma_d64_fdepth" on an H100; "cpu_fast", "cpu_fast" on the CPU
+function M.attention_kernels(q, k, v, kd, vd, opts)
+  local what = "moda.attention_kernels"
+  need_tensor(what, q, "q")
+  need_tensor(what, k, "k")
+  need_tensor(what, v, "v")
+  check_depth_pair(what, kd, vd, "kd", "vd")
+  local copts = c_opts(what, opts)
+  local fwd, bwd = ffi.new("const char *[1]"), ffi.new("const char *[1]")
+  check(what, C.moda_attn_kernel_names(fwd, bwd, q, k, v, kd, vd, copts))
+  return ffi.string(fwd[0]), ffi.string(bwd[0])
+end
+
+-- require("moda.attention").install(moda) adds moda.attention, moda.attention_backward and
+-- moda.attention_kernels.
 function M.install(moda)
   moda.attention = M.attention
   moda.attention_backward = M.attention_backward
+  moda.attention_kernels = M.attention_kernels
   return moda
 end
 

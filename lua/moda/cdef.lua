@@ -140,6 +140,8 @@ typedef struct moda_backend {
   int (*fill)(moda_tensor *t, double value);
   int (*attn_fwd)(const struct moda_attn_params *p);
   int (*attn_bwd)(const struct moda_attn_params *p);
+  /* which kernel attn_fwd (backward = 0) or attn_bwd (1) would run for p: a static string */
+  const char *(*attn_kernel_name)(const struct moda_attn_params *p, int backward);
 } moda_backend;
 int moda_register_backend(int device, const moda_backend *backend);
 const moda_backend *moda_get_backend(int device);
@@ -195,6 +197,14 @@ int moda_attn_bwd(moda_tensor *dq, moda_tensor *dk, moda_tensor *dv, moda_tensor
                   const moda_tensor *k, const moda_tensor *v, const moda_tensor *kd,
                   const moda_tensor *vd, const moda_tensor *o, const moda_tensor *lse,
                   const moda_attn_opts *opts);
+
+/* Which kernels moda_attn_fwd and moda_attn_bwd would run for these tensors and opts (the
+ * forward's o and lse need not exist): *fwd_name and *bwd_name get static strings, e.g.
+ * "cpu_fast", "cpu_reference", or the CUDA backend's names ("wgmma_d64", "mma_sync_d128",
+ * "wgmma_d64_atomic_dq_fdepth", ...). Validation and errors as moda_attn_fwd. */
+int moda_attn_kernel_names(const char **fwd_name, const char **bwd_name, const moda_tensor *q,
+                           const moda_tensor *k, const moda_tensor *v, const moda_tensor *kd,
+                           const moda_tensor *vd, const moda_attn_opts *opts);
 
 /* The CPU implementations, on validated params (dtype f32 or f64; the reference also takes f16
  * and bf16). The reference accumulates in float64 with plain loops: the oracle. */
