@@ -20,7 +20,9 @@
 //    the SM's tensor cores. (Measured on the H100 and deleted: one warpgroup per CTA with two
 //    CTAs per SM, 1.2-1.3x slower; FA3's intra-warpgroup overlap with three K/V stages, 1-2%
 //    slower.)
-// Only the sm_90a pass of nvcc compiles the body; fwd_wgmma_supported() keeps other devices away.
+// fwd_wgmma_ws_kernel (further down; d = 64, MODA_CUDA_FWD_FLAGS bit 5, experimental): the same
+// math with a TMA producer warp and two consumer warpgroups that take turns on the tensor cores.
+// Only the sm_90a pass of nvcc compiles the bodies; fwd_wgmma_supported() keeps other devices away.
 #include <stdio.h>
 #include <stdlib.h>
 
