@@ -531,6 +531,21 @@ static EncodeTiledFn encode_tiled_fn() {
   return fn;
 }
 
+// The strides of dims 1.. in bytes (dims[0] is contiguous, dims[0] * 2 bytes): a size-1
+// dimension's stride is never used, so any valid value replaces it. nullptr or why not.
+static const char *tma_strides(const int64_t *n, const int64_t *st_el, int nd, int64_t inner_bytes, cuuint64_t *out) {
+  int64_t extent = inner_bytes;
+  for (int i = 0; i < nd; ++i) {
+    int64_t bytes = st_el[i] * 2;
+    if (n[i] == 1) bytes = (extent + 15) / 16 * 16;
+    if (bytes <= 0 || bytes % 16 || bytes >= (int64_t(1) << 40))
+      return "a stride is not TMA-encodable (a positive multiple of 16 bytes below 2^40)";
+    out[i] = (cuuint64_t)bytes;
+    extent = bytes * n[i];
+  }
+  return nullptr;
+}
+
 // The encoding without the error channel: nullptr, or why the rows cannot be a TMA map. (The
 // launcher only probes: a refusal there means the cp.async kernel runs, not an error.)
 static const char *encode_rows(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
@@ -539,19 +554,11 @@ static const char *encode_rows(CUtensorMap *map, const void *base, int64_t B, in
   if (!enc) return "cuTensorMapEncodeTiled not available from the driver";
   if (((uintptr_t)base & 15) || d % 64 || box_rows < 1 || box_rows > 256 || B < 1 || S < 1 || H < 1)
     return "rows not TMA-encodable (base alignment, d a multiple of 64, 1..256 box rows, non-empty)";
-  // byte strides of (H, S, B); a size-1 dimension's stride is never used: any valid value will do
+  // byte strides of (H, S, B)
   const int64_t n[3] = {H, S, B};
   const int64_t st_el[3] = {xs[2], xs[1], xs[0]};
   cuuint64_t strides[3];
-  int64_t extent = (int64_t)d * 2;  // bytes spanned by the dimensions inside this one
-  for (int i = 0; i < 3; ++i) {
-    int64_t bytes = st_el[i] * 2;
-    if (n[i] == 1) bytes = (extent + 15) / 16 * 16;
-    if (bytes <= 0 || bytes % 16 || bytes >= (int64_t(1) << 40))
-      return "a stride is not TMA-encodable (a positive multiple of 16 bytes below 2^40)";
-    strides[i] = (cuuint64_t)bytes;
-    extent = bytes * n[i];
-  }
+  if (const char *why = tma_strides(n, st_el, 3, (int64_t)d * 2, strides)) return why;
   const cuuint64_t dims[4] = {(cuuint64_t)d, (cuuint64_t)H, (cuuint64_t)S, (cuuint64_t)B};
   const cuuint32_t box[4] = {64, 1, (cuuint32_t)box_rows, 1}, estride[4] = {1, 1, 1, 1};
   // 2-byte elements: the map's dtype only sets the element size and the OOB fill (zero bits), so
@@ -566,6 +573,30 @@ int make_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t 
                          const int64_t xs[3], int box_rows) {
   const char *why = encode_rows(map, base, B, S, H, d, xs, box_rows);
   return why ? moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: %s", why) : MODA_OK;
+}
+
+int make_packed_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t Hk, int64_t G, int d,
+                                const int64_t xs[3], int box_rows) {
+  EncodeTiledFn enc = encode_tiled_fn();
+  if (!enc) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: cuTensorMapEncodeTiled not available from the driver");
+  if (((uintptr_t)base & 15) || d % 64 || B < 1 || T < 1 || Hk < 1 || G < 1 || box_rows < 1 || box_rows > 256 ||
+      box_rows % G)
+    return moda_set_error(MODA_ERR_UNSUPPORTED,
+                          "cuda: packed rows not TMA-encodable (base alignment, d a multiple of 64, G dividing the box rows)");
+  // dims (d, i, t, g, b): i steps one head, g steps G heads
+  const int64_t n[4] = {G, T, Hk, B};
+  const int64_t st_el[4] = {xs[2], xs[1], G * xs[2], xs[0]};
+  cuuint64_t strides[4];
+  if (const char *why = tma_strides(n, st_el, 4, (int64_t)d * 2, strides))
+    return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: packed rows: %s", why);
+  const cuuint64_t dims[5] = {(cuuint64_t)d, (cuuint64_t)G, (cuuint64_t)T, (cuuint64_t)Hk, (cuuint64_t)B};
+  const cuuint32_t box[5] = {64, (cuuint32_t)G, (cuuint32_t)(box_rows / G), 1, 1}, estride[5] = {1, 1, 1, 1, 1};
+  const CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5, const_cast<void *>(base), dims, strides, box, estride,
+                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: cuTensorMapEncodeTiled refused the packed rows (%d)", (int)r);
+  return MODA_OK;
 }
 
 // K and V as TMA maps for the warp-specialised kernel; false where either is not encodable.

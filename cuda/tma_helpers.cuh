@@ -62,6 +62,15 @@ __device__ __forceinline__ void tma_load_4d(void *dst, const CUtensorMap *map, u
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(bar))
       : "memory");)
 }
+// The same for a 5-d map (packed query rows, make_packed_rows_tensor_map).
+__device__ __forceinline__ void tma_load_5d(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1, int c2,
+                                            int c3, int c4) {
+  MODA_SM90A_BODY(asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(smem_u32(bar))
+      : "memory");)
+}
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap *map) {
   MODA_SM90A_BODY(asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");)
 }
@@ -95,5 +104,13 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 // non-TMA kernel. attn_fwd_wgmma.cu.
 int make_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
                          const int64_t xs[3], int box_rows);
+// Packed query rows (SPEC section 4: R = t*G + i for KV head g reads q[b, t, g*G + i, :]) of
+// x = [B, T, Hk*G, d] (element strides xs = {batch, token, head}) as a 5-d TMA map over
+// (d, i < G, t, g, b) with box {64, G, box_rows/G, 1, 1}: one box is box_rows consecutive packed
+// rows starting at a multiple of G (coordinates (64*col_box, 0, R0/G, g, b)), one sw128 atom
+// column of a box_rows-row tile; tokens past T are zero-filled. G must divide box_rows.
+// Returns 0 or MODA_ERR_UNSUPPORTED with a message. (For the v8 backward plan, CUDA_NOTES.md.)
+int make_packed_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t Hk, int64_t G, int d,
+                                const int64_t xs[3], int box_rows);
 
 }  // namespace moda_cuda

@@ -19,6 +19,10 @@
 //   encode cases: make_rows_tensor_map must refuse a stride that is not a multiple of 16 bytes,
 //     a base that is not 16-byte aligned, d = 96 and 257-row boxes, and accept d = 128 with
 //     256-row boxes.
+//   packed cases: make_packed_rows_tensor_map's 5-d map (d, i < G, t, g, b) over a padded
+//     q [2, T = 37, 2G heads, d] (d = 64, 128; G = 1, 2, 8, 16; and G = 64 with T = 3): every
+//     64-row tile of packed rows R = t*G + i of both KV heads and batches by tma_load_5d, against
+//     the host's packed order in the sw128 layout (tokens past T = 0). For the v8 backward plan.
 //   ws_pipeline cases: the synchronisation skeleton of fwd_wgmma_ws_kernel (384 threads,
 //     __launch_bounds__(384, 1), setmaxnreg 24 / 240, producer warps returning early, full[2]
 //     (count 1 + 2 boxes of tx bytes) / empty[2] (count 8, lane 0 of each consumer warp) with
@@ -123,6 +127,32 @@ __global__ void __launch_bounds__(128) tma_box_kernel(const __grid_constant__ CU
     copy_tile_out(out + ((size_t)blockIdx.x * 2 + round) * bytes, tile, bytes);
     __syncthreads();
   }
+}
+
+// Packed query rows (make_packed_rows_tensor_map, 5-d): one CTA per (tile, g, b) coordinate, one
+// phase; nbox column boxes of 64 elements. out: [ncoords][nbox * 64 * 128] bytes.
+struct PackedCoord { int tile, g, b; };
+__global__ void __launch_bounds__(128) tma_packed_kernel(const __grid_constant__ CUtensorMap map, const PackedCoord *coords,
+                                                         int G, int nbox, uint8_t *out) {
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ __align__(8) uint64_t bar;
+  uint8_t *tile = align1024(smem_raw);
+  const int bytes = nbox * 64 * 128;
+  if (threadIdx.x == 0) {
+    mbar_init(&bar, 1);
+    mbar_fence_init();
+  }
+  poison_tile(tile, bytes);
+  fence_proxy_async_smem();
+  __syncthreads();
+  const PackedCoord c = coords[blockIdx.x];
+  if (threadIdx.x == 0) {
+    mbar_arrive_expect_tx(&bar, (uint32_t)bytes);
+    // rows tile*64 .. : tokens tile*64/G .., all G heads of KV head g
+    for (int i = 0; i < nbox; ++i) tma_load_5d(tile + i * 64 * 128, &map, &bar, 64 * i, 0, c.tile * 64 / G, c.g, c.b);
+  }
+  mbar_wait(&bar, 0);
+  copy_tile_out(out + (size_t)blockIdx.x * bytes, tile, bytes);
 }
 
 // The same rows by cp.async into the sw128 layout (the non-TMA kernels' loader). out: [ncoords][bytes].
@@ -514,6 +544,65 @@ static void case_ws(const Tensor &t, int n_blocks, int short_by, int delay) {
   report(bad_bytes == 0 && kv_bad == 0 && bad_order == 0 && tickets == 2 * n_blocks, name, buf + det);
 }
 
+// Packed rows: q [B = 2, T, Hk = 2 heads of G, d] with padded strides, every 64-row tile of both
+// KV heads and batches by the 5-d map, against the host's packed order in the sw128 layout.
+static void case_packed(int d, int G, int T) {
+  char nb[96];
+  snprintf(nb, sizeof nb, "packed_d%d_G%d_T%d", d, G, T);
+  const std::string name = nb;
+  const int B = 2, Hk = 2, Hq = Hk * G;
+  bool ok = true;
+  Tensor q;  // as a [B, T, Hq, d] tensor: "S" = T tokens, "H" = Hq heads
+  if (!make_tensor(q, "padded", B, T, Hq, d, std::hash<std::string>()(name))) { report(false, name, "cudaMalloc failed"); return; }
+  CUtensorMap map;
+  g_err[0] = 0;
+  if (make_packed_rows_tensor_map(&map, q.dev, B, T, Hk, G, d, q.xs, 64)) {
+    report(false, name, std::string("make_packed_rows_tensor_map failed: ") + g_err);
+    cudaFree(q.dev);
+    return;
+  }
+  const int ntile = (T * G + 63) / 64, nbox = d / 64, bytes = nbox * 64 * 128;
+  std::vector<PackedCoord> coords;
+  for (int b = 0; b < B; ++b)
+    for (int g = 0; g < Hk; ++g)
+      for (int t = 0; t < ntile; ++t) coords.push_back({t, g, b});
+  const int n = (int)coords.size();
+  PackedCoord *dc = nullptr;
+  uint8_t *dout = nullptr;
+  CK(cudaMalloc(&dc, n * sizeof(PackedCoord)));
+  CK(cudaMalloc(&dout, (size_t)n * bytes));
+  if (ok) CK(cudaMemcpy(dc, coords.data(), n * sizeof(PackedCoord), cudaMemcpyHostToDevice));
+  if (ok) CK(cudaMemset(dout, 0xFF, (size_t)n * bytes));
+  const size_t smem = (size_t)bytes + 1024;
+  if (ok) CK(cudaFuncSetAttribute(tma_packed_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  if (ok) {
+    tma_packed_kernel<<<n, 128, smem>>>(map, dc, G, nbox, dout);
+    ok = wait_device(name);
+  }
+  std::vector<uint8_t> got((size_t)n * bytes);
+  if (ok) CK(cudaMemcpy(got.data(), dout, got.size(), cudaMemcpyDeviceToHost));
+  cudaFree(dc); cudaFree(dout); cudaFree(q.dev);
+  if (!ok) { report(false, name, "CUDA error"); return; }
+  int64_t bad = 0;
+  int shown = 0;
+  std::string det;
+  std::vector<uint8_t> e((size_t)bytes);
+  for (int k = 0; k < n; ++k) {
+    const PackedCoord &c = coords[k];
+    for (int r = 0; r < 64; ++r) {
+      const int R = c.tile * 64 + r, t = R / G, i = R % G;
+      for (int col = 0; col < d; ++col) {
+        const uint16_t v = t < T ? q.at(c.b, t, c.g * G + i, col) : 0;
+        memcpy(&e[sw128_offset_host(r, col, 64)], &v, 2);
+      }
+    }
+    bad += compare_bytes(&got[(size_t)k * bytes], e.data(), bytes, 64, "packed", BoxCoord{c.tile, c.g, c.b}, det, shown);
+  }
+  char buf[160];
+  snprintf(buf, sizeof buf, "%d tiles of 64 packed rows; bad bytes %lld", n, (long long)bad);
+  report(bad == 0, name, buf + det);
+}
+
 int main() {
   int ndev = 0;
   cudaError_t e = cudaGetDeviceCount(&ndev);
@@ -544,6 +633,11 @@ int main() {
       for (int S : {300, 5, 128}) case_box(layout, d, S, 128);
   case_box("padded", 64, 300, 64);
   case_box("padded", 128, 300, 64);
+
+  // packed query rows (5-d map; the v8 backward plan): T*G not a multiple of 64 in most cases
+  for (int d : {64, 128})
+    for (int G : {1, 2, 8, 16}) case_packed(d, G, 37);
+  case_packed(64, 64, 3);
 
   // the warp-specialised kernel's synchronisation skeleton
   Tensor t;
