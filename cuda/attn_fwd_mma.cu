@@ -361,7 +361,7 @@ static int g_fwd_flags = -1;  // -1: not read yet
 static int fwd_flags() {
   if (g_fwd_flags < 0) {
     const char *e = getenv("MODA_CUDA_FWD_FLAGS");
-    g_fwd_flags = e && *e ? atoi(e) & FWD_FLAGS_MASK : FWD_DEPTH_EVICT_FIRST;
+    g_fwd_flags = e && *e ? atoi(e) & FWD_FLAGS_MASK : FWD_FLAGS_DEFAULT;
   }
   return g_fwd_flags;
 }

@@ -20,7 +20,7 @@
 //    the SM's tensor cores. (Measured on the H100 and deleted: one warpgroup per CTA with two
 //    CTAs per SM, 1.2-1.3x slower; FA3's intra-warpgroup overlap with three K/V stages, 1-2%
 //    slower.)
-// fwd_wgmma_ws_kernel (further down; d = 64, MODA_CUDA_FWD_FLAGS bit 5, experimental): the same
+// fwd_wgmma_ws_kernel (further down; d = 64, the default since session 6; MODA_CUDA_FWD_FLAGS=1 off): the same
 // math with a TMA producer warp and two consumer warpgroups that take turns on the tensor cores.
 // Only the sm_90a pass of nvcc compiles the bodies; fwd_wgmma_supported() keeps other devices away.
 #include <stdio.h>
@@ -498,17 +498,24 @@ int wgmma_bwd_mode() {
   return mode;
 }
 
+// The warp-specialised kernel: d = 64 where the wgmma kernel runs, with flag bit 5, and K, V
+// encodable as TMA maps (else fwd_wgmma_kernel runs, and the name says so). Flag bit 5 is in
+// the default flags since session 6 (it passed the checker, sanitizer and spec on the H100)..
+static bool use_ws(const moda_attn_params *p, int flags) { return p->d == 64 && (flags & FWD_WGMMA_WS); }
+
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   const int mode = wgmma_mode();
   // the A/B flags of the mma.sync kernel (v3 arithmetic, mma.sync forced) keep it
   if (cc != 90 || mode == 0 || (flags & (FWD_NO_WGMMA | FWD_NO_FOLD))) return false;
   if (!fwd_mma_supported(p, cc)) return false;  // same dtype, dim, alignment and size rules
   if (mode == 2) return true;
-  // where the sequence part is long; short ones (DeiT's 197 keys: 0.236 vs 0.203 ms on mma.sync)
-  // keep the mma.sync kernel's 12 warps/SM. Measured on the H100 (session 5): wgmma 1.06-1.10x
-  // faster on the paper shapes, 1.05x at the LM-64 shape (1024 keys, L = 126), equal at DeiT-64.
+  // where the sequence part is long; short ones (DeiT's 197 keys: 0.206 ms on mma.sync, 0.239 on
+  // wgmma, 0.210 on wgmma ws) keep the mma.sync kernel's 12 warps/SM. Measured on the H100: the
+  // v6 wgmma kernel 1.06-1.10x faster than mma.sync on the paper shapes, 1.05x at LM-64 (1024
+  // keys, L = 126), equal at DeiT-64 (session 5); the warp-specialised one (d = 64) a further
+  // 1.45-1.69x on the paper shapes, 1.08x at LM-64 (session 6), so it takes over from 256 keys.
   const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
-  return seq_keys >= 1024;
+  return seq_keys >= (use_ws(p, flags) ? 256 : 1024);
 }
 
 // cuTensorMapEncodeTiled from the driver, fetched once through the runtime (no -lcuda at link time).
@@ -604,10 +611,6 @@ static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *t
   return !encode_rows(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsFwdConfig::BN) &&
          !encode_rows(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsFwdConfig::BN);
 }
-
-// The warp-specialised kernel: d = 64 where the wgmma kernel runs, with flag bit 5, and K, V
-// encodable as TMA maps (else fwd_wgmma_kernel runs, and the name says so).
-static bool use_ws(const moda_attn_params *p, int flags) { return p->d == 64 && (flags & FWD_WGMMA_WS); }
 
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
   CUtensorMap tm_k, tm_v;
