@@ -131,15 +131,16 @@ template <typename T, int D>
 __global__ void __launch_bounds__(256) bwd_preprocess_kernel(const moda_attn_params p, float *lse2,
                                                              float *delta) {
   constexpr int TPR = D / 8;  // threads per row, 8 elements (16 bytes) each
-  const int64_t TG = p.T * p.G;
-  const int64_t nrows = p.B * p.Hk * TG;
-  const int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / TPR;  // packed (b, g, R)
+  const int64_t TG = p.T * p.G, TGp = stat_rows(TG);
+  const int64_t nrows = p.B * p.Hk * TGp;
+  const int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / TPR;  // packed (b, g, R), padded
   const int part = threadIdx.x % TPR;
-  const bool ok = row < nrows;
+  const bool in_range = row < nrows;
+  const bool ok = in_range && row % TGp < TG;  // a real row (else padding: lse2 = +inf, delta = 0)
   float acc = 0.f;
   int64_t b = 0, g = 0, t = 0, h = 0;
   if (ok) {
-    const int64_t R = row % TG, bg = row / TG;
+    const int64_t R = row % TGp, bg = row / TGp;
     g = bg % p.Hk; b = bg / p.Hk; t = R / p.G; h = g * p.G + R % p.G;
     const T *dor = static_cast<const T *>(p.dout) + b * p.dout_stride[0] + t * p.dout_stride[1] + h * p.dout_stride[2];
     const T *orow = static_cast<const T *>(p.o) + b * p.o_stride[0] + t * p.o_stride[1] + h * p.o_stride[2];
@@ -156,6 +157,9 @@ __global__ void __launch_bounds__(256) bwd_preprocess_kernel(const moda_attn_par
     delta[row] = acc;
     float l = p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + t * p.lse_stride[2]];
     lse2[row] = l == -INFINITY ? INFINITY : l * kLog2e;
+  } else if (in_range && part == 0) {
+    delta[row] = 0.f;
+    lse2[row] = INFINITY;
   }
 }
 
@@ -230,8 +234,8 @@ bwd_dkv_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *
   const int64_t R_begin = t_lo * G, R_end = (t_hi + 1) * G;
   const int n_qblk = R_end > R_begin ? (int)((R_end - R_begin + BQ - 1) / BQ) : 0;
 
-  const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * TG;
-  const float *delta_bg = ws_delta + (b * p.Hk + g) * TG;
+  const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * stat_rows(TG);
+  const float *delta_bg = ws_delta + (b * p.Hk + g) * stat_rows(TG);
   const T *q = static_cast<const T *>(p.q);
   const T *dout = static_cast<const T *>(p.dout);
   auto sQ = [&](int stage) { return sQstage + stage * 2 * BQ * LDS; };
@@ -467,8 +471,8 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
   const int64_t R_begin = t_lo * G, R_end = TG;
   const int n_qblk = R_end > R_begin ? (int)((R_end - R_begin + BQ - 1) / BQ) : 0;
 
-  const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * TG;
-  const float *delta_bg = ws_delta + (b * p.Hk + g) * TG;
+  const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * stat_rows(TG);
+  const float *delta_bg = ws_delta + (b * p.Hk + g) * stat_rows(TG);
   const T *q = static_cast<const T *>(p.q);
   const T *dout = static_cast<const T *>(p.dout);
   auto load_q_block = [&](int blk, int stage) {
@@ -700,8 +704,8 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
     return packed_row(dout, p.dout_stride, b, g, G, R);
   });
   cp_async_commit();
-  const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * TG;
-  const float *delta_bg = ws_delta + (b * p.Hk + g) * TG;
+  const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * stat_rows(TG);
+  const float *delta_bg = ws_delta + (b * p.Hk + g) * stat_rows(TG);
   for (int r = tid; r < BM; r += NTHREADS) {
     int64_t R = R0 + r;
     sLse[r] = R < TG ? lse2_bg[R] : INFINITY;
@@ -1156,18 +1160,18 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     attr_set = true;
   }
   const int64_t TG = p->T * p->G;
-  const int64_t rows = p->B * p->Hk * TG;
-  float *ws_lse2 = workspace, *ws_delta = workspace + rows;
+  const int64_t rows = p->B * p->Hk * TG, rows_p = p->B * p->Hk * stat_rows(TG);
+  float *ws_lse2 = workspace, *ws_delta = workspace + rows_p;  // stat_rows(T*G) per (b, g)
   const bool fuse = D == 64 && bwd_fuse_depth_selected(p);  // dkd, dvd from the dQ kernel (no kernel 3)
   // sequence dQ summed by the dK/dV kernel; its vector reductions need an 8-byte aligned
   // accumulator (a caller's workspace might not be: then the deterministic path runs)
   const bool atomic = D == 64 && bwd_atomic_dq_selected(p) && ((uintptr_t)workspace & 15) == 0;
-  float *dq_accum = atomic ? workspace + 2 * rows : nullptr;  // [B, Hk, T*G, d] float32
+  float *dq_accum = atomic ? workspace + 2 * rows_p : nullptr;  // [B, Hk, T*G, d] float32
   const int64_t dq_tiles = (TG + Cfg::BM - 1) / Cfg::BM;
   const dim3 dq_grid((unsigned)dq_tiles, (unsigned)p->Hk, (unsigned)p->B);
   if (rows > 0) {
     constexpr int TPR = D / 8;
-    const int64_t blocks = (rows * TPR + 255) / 256;
+    const int64_t blocks = (rows_p * TPR + 255) / 256;
     if (blocks > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: too many rows");
     bwd_preprocess_kernel<T, D><<<(unsigned)blocks, 256, 0, stream>>>(*p, ws_lse2, ws_delta);
     MODA_CUDA_CHECK_LAUNCH("bwd_preprocess_kernel");
@@ -1191,7 +1195,11 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     dim3 grid((unsigned)(((p->S + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
     bool launched = false;
     if constexpr (D == 64) {
-      if (bwd_wgmma_selected(p, 1)) {
+      if (bwd_wgmma_selected(p, 1) && bwd_ws_selected(p)) {  // warp-specialised, 128 keys per CTA
+        const int st = bwd_dkv_ws_launch(p, stream, ws_lse2, ws_delta, atomic ? dq_accum : nullptr, &launched);
+        if (st) return st;
+      }
+      if (!launched && bwd_wgmma_selected(p, 1)) {
         static bool wg_attr = false;
         if (!wg_attr) {
           int st;
@@ -1260,17 +1268,22 @@ bool bwd_mma_supported(const moda_attn_params *p, int cc) {
 const char *bwd_mma_name(const moda_attn_params *p) {
   // the sequence dK/dV and the dQ kernels; the depth dK/dV kernel is always mma.sync
   // dQ's sum order varies run to run on the atomic path; "_fdepth": depth gradients fused into dQ
+  // "_ws": the warp-specialised dK/dV kernel (attn_bwd_wgmma.cu)
   const bool fd = bwd_fuse_depth_selected(p);
-  if (bwd_atomic_dq_selected(p)) return fd ? "wgmma_d64_atomic_dq_fdepth" : "wgmma_d64_atomic_dq";
+  const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p);
+  if (bwd_atomic_dq_selected(p))
+    return ws ? (fd ? "wgmma_d64_ws_atomic_dq_fdepth" : "wgmma_d64_ws_atomic_dq")
+              : (fd ? "wgmma_d64_atomic_dq_fdepth" : "wgmma_d64_atomic_dq");
+  if (ws) return fd ? "wgmma_d64_ws_fdepth" : "wgmma_d64_ws";
   if (bwd_wgmma_selected(p, 1) || bwd_wgmma_selected(p, 2)) return fd ? "wgmma_d64_fdepth" : "wgmma_d64";
   if (fd) return "mma_sync_d64_fdepth";
   return p->d == 128 ? "mma_sync_d128" : "mma_sync_d64";
 }
 
-// lse2 and delta per packed row, + the float32 dQ accumulator of the atomic-dQ path
+// lse2 and delta per packed row (stat_rows padding), + the float32 dQ accumulator of the atomic-dQ path
 int64_t bwd_mma_workspace_floats(const moda_attn_params *p) {
-  const int64_t rows = p->B * p->Hq * p->T;
-  return 2 * rows + (bwd_atomic_dq_selected(p) ? rows * p->d : 0);
+  const int64_t rows = p->B * p->Hq * p->T, rows_p = p->B * p->Hk * stat_rows(p->T * p->G);
+  return 2 * rows_p + (bwd_atomic_dq_selected(p) ? rows * p->d : 0);
 }
 
 int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace) {

@@ -553,9 +553,7 @@ static const char *tma_strides(const int64_t *n, const int64_t *st_el, int nd, i
   return nullptr;
 }
 
-// The encoding without the error channel: nullptr, or why the rows cannot be a TMA map. (The
-// launcher only probes: a refusal there means the cp.async kernel runs, not an error.)
-static const char *encode_rows(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
+const char *encode_rows_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
                                const int64_t xs[3], int box_rows) {
   EncodeTiledFn enc = encode_tiled_fn();
   if (!enc) return "cuTensorMapEncodeTiled not available from the driver";
@@ -578,38 +576,40 @@ static const char *encode_rows(CUtensorMap *map, const void *base, int64_t B, in
 
 int make_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
                          const int64_t xs[3], int box_rows) {
-  const char *why = encode_rows(map, base, B, S, H, d, xs, box_rows);
+  const char *why = encode_rows_map(map, base, B, S, H, d, xs, box_rows);
   return why ? moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: %s", why) : MODA_OK;
 }
 
-int make_packed_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t Hk, int64_t G, int d,
-                                const int64_t xs[3], int box_rows) {
+const char *encode_packed_rows_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t Hk, int64_t G,
+                                   int d, const int64_t xs[3], int box_rows) {
   EncodeTiledFn enc = encode_tiled_fn();
-  if (!enc) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: cuTensorMapEncodeTiled not available from the driver");
+  if (!enc) return "cuTensorMapEncodeTiled not available from the driver";
   if (((uintptr_t)base & 15) || d % 64 || B < 1 || T < 1 || Hk < 1 || G < 1 || box_rows < 1 || box_rows > 256 ||
-      box_rows % G)
-    return moda_set_error(MODA_ERR_UNSUPPORTED,
-                          "cuda: packed rows not TMA-encodable (base alignment, d a multiple of 64, G dividing the box rows)");
+      box_rows % G || G > 256)
+    return "packed rows not TMA-encodable (base alignment, d a multiple of 64, G dividing the box rows)";
   // dims (d, i, t, g, b): i steps one head, g steps G heads
   const int64_t n[4] = {G, T, Hk, B};
   const int64_t st_el[4] = {xs[2], xs[1], G * xs[2], xs[0]};
   cuuint64_t strides[4];
-  if (const char *why = tma_strides(n, st_el, 4, (int64_t)d * 2, strides))
-    return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: packed rows: %s", why);
+  if (const char *why = tma_strides(n, st_el, 4, (int64_t)d * 2, strides)) return why;
   const cuuint64_t dims[5] = {(cuuint64_t)d, (cuuint64_t)G, (cuuint64_t)T, (cuuint64_t)Hk, (cuuint64_t)B};
   const cuuint32_t box[5] = {64, (cuuint32_t)G, (cuuint32_t)(box_rows / G), 1, 1}, estride[5] = {1, 1, 1, 1, 1};
   const CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5, const_cast<void *>(base), dims, strides, box, estride,
                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: cuTensorMapEncodeTiled refused the packed rows (%d)", (int)r);
-  return MODA_OK;
+  return r == CUDA_SUCCESS ? nullptr : "cuTensorMapEncodeTiled refused the packed rows";
+}
+
+int make_packed_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t Hk, int64_t G, int d,
+                                const int64_t xs[3], int box_rows) {
+  const char *why = encode_packed_rows_map(map, base, B, T, Hk, G, d, xs, box_rows);
+  return why ? moda_set_error(MODA_ERR_UNSUPPORTED, "cuda: %s", why) : MODA_OK;
 }
 
 // K and V as TMA maps for the warp-specialised kernel; false where either is not encodable.
 static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v) {
-  return !encode_rows(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsFwdConfig::BN) &&
-         !encode_rows(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsFwdConfig::BN);
+  return !encode_rows_map(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsFwdConfig::BN) &&
+         !encode_rows_map(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsFwdConfig::BN);
 }
 
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {

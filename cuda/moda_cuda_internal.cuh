@@ -47,6 +47,11 @@ __device__ __forceinline__ T *packed_row(T *base, const int64_t *st, int64_t b, 
   return base + b * st[0] + (R / G) * st[1] + (g * G + R % G) * st[2];
 }
 
+// Rows of lse2 / delta per (batch, KV head) in the backward's workspace: T*G rounded up to 64
+// (padding: lse2 = +inf, delta = 0), so any 64-row block starting at a multiple of 64 is a
+// 256-byte aligned bulk copy (the warp-specialised dK/dV kernel's TMA loads).
+__host__ __device__ __forceinline__ int64_t stat_rows(int64_t TG) { return (TG + 63) / 64 * 64; }
+
 // The library-owned grow-only workspace (backend.cu).
 int workspace_get(void **ptr, int64_t bytes);
 
@@ -73,6 +78,12 @@ bool bwd_mma_supported(const moda_attn_params *p, int cc);
 const char *bwd_mma_name(const moda_attn_params *p);
 int64_t bwd_mma_workspace_floats(const moda_attn_params *p);
 int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace);
+// The warp-specialised sequence dK/dV kernel (attn_bwd_wgmma.cu, sm_90a, d = 64, G dividing 64,
+// TMA-encodable q, k, v, dout): MODA_CUDA_BWD_WS; launched = false where it cannot run (the
+// caller then runs bwd_dkv_wgmma_kernel). dq_accum != nullptr: dQ by float32 reductions.
+bool bwd_ws_selected(const moda_attn_params *p);
+int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
+                      float *dq_accum, bool *launched);
 
 // Decode path (attn_decode.cu): T <= 16 queries against a long cache, split-K + combine.
 bool fwd_decode_selected(const moda_attn_params *p);

@@ -124,6 +124,10 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
     step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
     step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step bwd_ws            MODA_CUDA_BWD_WS=1 -- bwd
+    step bwd_no_ws         MODA_CUDA_BWD_WS=0 -- bwd
+    step bwd_ws_atomic     MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step quick_ws_atomic   MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_fuse_depth    MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
     step quick_fuse_depth  MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
     step quick_wgmma_all   MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
@@ -137,11 +141,13 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
         "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
     }
     for tool in memcheck racecheck; do
-      # the forwards: wgmma (default flags 1), mma.sync with 16 and 32 rows per warp
+      # the forwards: wgmma (flags 1), wgmma ws (33, the default), mma.sync with 16 and 32 rows per warp
       san fwd_wgmma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=1
       san fwd_wgmma_ws $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=33
       for mt in 1 2; do san fwd_mma_mt$mt $tool depthsan MODA_CUDA_WGMMA=0 MODA_CUDA_FWD_MT=$mt; done
       san bwd_all $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_ws_atomic $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_ws_det $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=0
     done
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"

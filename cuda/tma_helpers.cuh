@@ -71,6 +71,14 @@ __device__ __forceinline__ void tma_load_5d(void *dst, const CUtensorMap *map, u
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(smem_u32(bar))
       : "memory");)
 }
+// A 1-d bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) from global `src`
+// to shared `dst`, completion (bytes) signalled on `bar`.
+__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
+  MODA_SM90A_BODY(asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                                   smem_u32(dst)),
+                               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                               : "memory");)
+}
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap *map) {
   MODA_SM90A_BODY(asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");)
 }
@@ -109,8 +117,14 @@ int make_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t 
 // (d, i < G, t, g, b) with box {64, G, box_rows/G, 1, 1}: one box is box_rows consecutive packed
 // rows starting at a multiple of G (coordinates (64*col_box, 0, R0/G, g, b)), one sw128 atom
 // column of a box_rows-row tile; tokens past T are zero-filled. G must divide box_rows.
-// Returns 0 or MODA_ERR_UNSUPPORTED with a message. (For the v8 backward plan, CUDA_NOTES.md.)
+// Returns 0 or MODA_ERR_UNSUPPORTED with a message. (The warp-specialised dK/dV kernel, attn_bwd_wgmma.cu.)
 int make_packed_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t Hk, int64_t G, int d,
                                 const int64_t xs[3], int box_rows);
+// The same encodings without the error channel: nullptr, or why the tensor cannot be a TMA map
+// (for launchers that only probe: a refusal there means the non-TMA kernel runs, not an error).
+const char *encode_rows_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
+                            const int64_t xs[3], int box_rows);
+const char *encode_packed_rows_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t Hk, int64_t G,
+                                   int d, const int64_t xs[3], int box_rows);
 
 }  // namespace moda_cuda

@@ -1,0 +1,356 @@
+// attn_bwd_wgmma.cu: the sequence dK/dV kernel of the MoDA backward, warp-specialised for Hopper
+// (sm_90a, d = 64): FlashAttention-3's layout applied to kernel 2 of attn_bwd_mma.cu.
+//
+// Why: bwd_dkv_wgmma_kernel (attn_bwd_mma.cu) is one warpgroup per 64 keys that loads its own
+// Q/dO tiles by cp.async and meets at __syncthreads twice per step, so copies, softmax and GEMMs
+// never overlap within a CTA, and every 64 keys re-read each Q/dO tile from L2 (profile, session 5:
+// T=4096 dK/dV 1.69 ms, ~165 TF/s). Here:
+// - CTA = 128 keys of one KV head and batch, 3 warpgroups (384 threads, 1 CTA/SM). Warpgroup 0
+//   is the producer: after setmaxnreg.dec its warp 0 loads the K/V block once (TMA, 4-d rows
+//   maps) and then streams the packed query rows that can see the block in steps of 64: Q and dO
+//   by TMA through the 5-d packed-rows map (rows R = t*G + i in order, tokens past T zero-filled;
+//   G must divide 64), lse2/delta by 1-d bulk copies (the workspace pads them to stat_rows), into
+//   NST stages with full/empty mbarriers.
+// - Warpgroups 1 and 2 (setmaxnreg.inc 240) own keys 0..63 and 64..127 of the block; per step,
+//   on the same shared Q/dO tiles (half the Q/dO traffic per key of the 64-key kernel):
+//       S^T  = K_w Q^T, dP^T = V_w dO^T     SS wgmma m64n64k16 (A = the K/V tile, K-major)
+//       P^T, dS^T on the accumulators       (the arithmetic of bwd_dkv_wgmma_kernel)
+//       dV += P^T dO, dK += dS^T Q           RS wgmma, B = the dO / Q tiles read MN-major
+// - DQ (deterministic = 0): both warpgroups put dS^T into a 128-key tile; the warpgroup
+//   whose turn it is (they alternate by step) waits for the other's half on a named barrier and
+//   runs dQ_step = dS K (m64n64, k = 128 keys, SS: A = dS read MN-major, B = the K tile MN-major),
+//   added to the float32 accumulator [B, Hk, T*G, d] by vector reductions: one 64 x 64 reduction
+//   per 128 keys, half of bwd_dkv_wgmma_kernel's. (Measured and dropped, session 6: each
+//   warpgroup its own 64 keys' dQ without the coupling, 1.2x slower; the tile through smem to
+//   one cp.reduce.async.bulk, FA3's way, no faster than the vector reductions.) The dQ kernel then runs its depth part and adds
+//   the accumulator, as on the 64-key path.
+// The launcher falls back (launched = false) where a tensor is not TMA-encodable or G does not
+// divide 64. MODA_CUDA_BWD_WS=0 turns the kernel off (on by default: see ws_mode).
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "moda_cuda_internal.cuh"
+#include "mma_helpers.cuh"
+#include "tma_helpers.cuh"
+#include "wgmma_gemm.cuh"
+
+namespace moda_cuda {
+namespace {
+
+struct WsBwdConfig {
+  static constexpr int D = 64, BN = 128, BQ = 64, NST = 3, NTHREADS = 384;
+  static constexpr int TILE = 64 * D * 2;            // one sw128 tile of 64 rows (8 KB)
+  static constexpr int KV_BYTES = 2 * 2 * TILE;      // the K and V blocks, 128 rows each
+  static constexpr int STAGE_BYTES = 2 * TILE;       // Q and dO tiles of one step
+  static constexpr int DS_BYTES = 2 * 2 * TILE;      // dS^T: 2 step parities x 128 keys
+  static constexpr int STAT_BYTES = 2 * BQ * 4;      // lse2, delta of one step
+  static constexpr int BAR_BYTES = 64;               // full[NST], empty[NST], kv: 8 bytes each
+  // K/V | stages | dS^T (DQ) | stats of each stage | barriers, after 1024 bytes of alignment slack
+  static constexpr int smem_bytes(bool dq) {
+    return 1024 + KV_BYTES + NST * STAGE_BYTES + (dq ? DS_BYTES : 0) + NST * STAT_BYTES + BAR_BYTES;
+  }
+  static_assert((2 * NST + 1) * 8 <= BAR_BYTES, "barriers fit");
+  static_assert(128 * 24 + 256 * 240 <= NTHREADS * ((65536 / NTHREADS) & ~7), "register split of the three warpgroups");
+};
+constexpr int kBarDs = 1;  // named barriers 1, 2: the dS^T tile of step parity 0, 1 is complete
+
+template <typename T, bool DQ>
+__global__ void __launch_bounds__(WsBwdConfig::NTHREADS, 1)
+bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum,
+                        const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
+                        const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Cfg = WsBwdConfig;
+  using Mma = MmaOp<T>;
+  constexpr int D = Cfg::D, BN = Cfg::BN, BQ = Cfg::BQ, NST = Cfg::NST, TILE = Cfg::TILE;
+  constexpr int KSTEPS = D / 16, NT = BQ / 8;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  unsigned char *sK = smem, *sV = smem + 2 * TILE;
+  unsigned char *sStage = smem + Cfg::KV_BYTES;
+  auto sQ = [&](int st) { return sStage + st * Cfg::STAGE_BYTES; };
+  auto sdO = [&](int st) { return sStage + st * Cfg::STAGE_BYTES + TILE; };
+  unsigned char *sDS = sStage + NST * Cfg::STAGE_BYTES;  // [parity][128 keys][64 rows], sw128
+  float *sStat = reinterpret_cast<float *>(sDS + (DQ ? Cfg::DS_BYTES : 0));
+  auto sLse = [&](int st) { return sStat + st * 2 * BQ; };
+  auto sDelta = [&](int st) { return sStat + st * 2 * BQ + BQ; };
+  uint64_t *full = reinterpret_cast<uint64_t *>(sStat + NST * 2 * BQ);
+  uint64_t *empty = full + NST, *kvbar = empty + NST;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t kblk = blockIdx.x / p.Hk, g = blockIdx.x % p.Hk, b = blockIdx.z;  // key-block-major
+  const int64_t G = p.G, T_ = p.T, S = p.S, TG = T_ * G;
+  const int64_t i0 = kblk * BN;
+  const bool causal = p.causal != 0;
+  // packed query rows [R_begin, R_end) that include every row that can see some key of the block;
+  // R_begin rounded down to a multiple of 64 so each step's lse2/delta rows are one aligned bulk
+  // copy (the rows before the first that sees the block are masked: < 1 step of extra work)
+  int64_t t_lo = causal ? i0 - (S - T_) : 0;
+  if (t_lo < 0) t_lo = 0;
+  const int64_t R_begin = t_lo * G / BQ * BQ, R_end = TG;
+  const int n_qblk = R_end > R_begin ? (int)((R_end - R_begin + BQ - 1) / BQ) : 0;
+
+  if (tid == 0) {
+    for (int s = 0; s < NST; ++s) {
+      mbar_init(&full[s], 1);      // the producer thread, which also announces the bytes
+      mbar_init(&empty[s], 256);   // every consumer thread (each releases its own reads)
+    }
+    mbar_init(kvbar, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the producer's idle warps exit below
+
+  if (warp < 4) {  // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<24>();
+    if (warp != 0 || n_qblk == 0) return;  // one thread of warp 0 issues every copy
+    if (lane != 0) return;
+    const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * stat_rows(TG), *delta_bg = ws_delta + (b * p.Hk + g) * stat_rows(TG);
+    {
+      tma_prefetch_map(&tm_q);
+      tma_prefetch_map(&tm_do);
+      mbar_arrive_expect_tx(kvbar, Cfg::KV_BYTES);  // rows past S count too (zero-filled)
+      tma_load_4d(sK, &tm_k, kvbar, 0, (int)g, (int)i0, (int)b);
+      tma_load_4d(sV, &tm_v, kvbar, 0, (int)g, (int)i0, (int)b);
+    }
+    for (int blk = 0; blk < n_qblk; ++blk) {
+      const int st = blk % NST;
+      if (blk >= NST) mbar_wait(&empty[st], ((blk / NST) - 1) & 1);  // the consumers released its last use
+      const int64_t Rq = R_begin + (int64_t)blk * BQ;
+      mbar_arrive_expect_tx(&full[st], 2 * TILE + Cfg::STAT_BYTES);
+      tma_load_5d(sQ(st), &tm_q, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b);
+      tma_load_5d(sdO(st), &tm_do, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b);
+      // 64 rows from a multiple of 64: inside the padded stat_rows(T*G) (+inf / 0 past T*G)
+      bulk_load(sLse(st), lse2_bg + Rq, BQ * 4, &full[st]);
+      bulk_load(sDelta(st), delta_bg + Rq, BQ * 4, &full[st]);
+    }
+    return;
+  }
+
+  // ---------------- consumer warpgroups ----------------
+  setmaxnreg_inc<240>();
+  const int cwarp = warp - 4, cwg = cwarp / 4, wq = cwarp % 4;  // wq: warp within its warpgroup
+  const int qr = lane / 4, qc = lane % 4;
+  const float scale_log2 = (float)p.scale * 1.4426950408889634f;
+  const int64_t i0w = i0 + cwg * 64;  // this warpgroup's first key
+  int64_t key_pos[2];
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) key_pos[h2] = i0w + wq * 16 + qr + 8 * h2;
+
+  float acc_dk[D / 8][4], acc_dv[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_dk[j][e] = acc_dv[j][e] = 0.f;
+
+  const uint32_t k_w = smem_u32(sK) + cwg * TILE, v_w = smem_u32(sV) + cwg * TILE;
+  // S^T = K_w Q^T, dP^T = V_w dO^T of step blk (waits for its stage): both operands K-major sw128
+  // tiles (k16 step ks: +32 bytes). Issued and committed.
+  float s[NT][4], dp[NT][4];
+  auto issue_sdp = [&](int blk) {
+    const int st = blk % NST;
+    mbar_wait(&full[st], (blk / NST) & 1);
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      WgmmaSS<T, BQ, 0, 0>::run(s, wgmma_desc_sw128(k_w + ks * 32, 16, 1024),
+                                wgmma_desc_sw128(smem_u32(sQ(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      WgmmaSS<T, BQ, 0, 0>::run(dp, wgmma_desc_sw128(v_w + ks * 32, 16, 1024),
+                                wgmma_desc_sw128(smem_u32(sdO(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+    wgmma_commit();
+  };
+  // Per step: S/dP -> softmax -> dV/dK (+ dS^T to smem) -> release the stage -> dQ, each GEMM
+  // waited for before the next phase; the two warpgroups' phases interleave on the tensor cores.
+  // (Issuing S/dP(blk + 1) before waiting for dV/dK(blk) made ptxas serialize the wgmmas.)
+  if (n_qblk > 0) mbar_wait(kvbar, 0);
+  for (int blk = 0; blk < n_qblk; ++blk) {
+    const int st = blk % NST;
+    const int64_t Rq = R_begin + (int64_t)blk * BQ;
+    issue_sdp(blk);
+    wgmma_wait<0>();
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+
+    // P^T and dS^T in place (as bwd_dkv_wgmma_kernel), packed as the A fragments of dV/dK
+    const bool need_mask = causal && S - T_ + Rq / G < i0w + 63;
+    const float *lse_s = sLse(st), *delta_s = sDelta(st);
+    uint32_t pa[BQ / 16][4], da[BQ / 16][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const float2 l2 = *reinterpret_cast<const float2 *>(lse_s + nt * 8 + 2 * qc);
+      const float2 dl = *reinterpret_cast<const float2 *>(delta_s + nt * 8 + 2 * qc);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = nt * 8 + 2 * qc + (e & 1);
+        bool vis = true;
+        if (need_mask) vis = key_pos[e >> 1] <= S - T_ + (Rq + col) / G;
+        const float pe = vis ? exp2f(s[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
+        s[nt][e] = pe;
+        dp[nt][e] = pe * (dp[nt][e] - ((e & 1) ? dl.y : dl.x));
+      }
+    }
+#pragma unroll
+    for (int kq = 0; kq < BQ / 16; ++kq) {
+      pa[kq][0] = Mma::pack(s[2 * kq][0], s[2 * kq][1]);
+      pa[kq][1] = Mma::pack(s[2 * kq][2], s[2 * kq][3]);
+      pa[kq][2] = Mma::pack(s[2 * kq + 1][0], s[2 * kq + 1][1]);
+      pa[kq][3] = Mma::pack(s[2 * kq + 1][2], s[2 * kq + 1][3]);
+      da[kq][0] = Mma::pack(dp[2 * kq][0], dp[2 * kq][1]);
+      da[kq][1] = Mma::pack(dp[2 * kq][2], dp[2 * kq][3]);
+      da[kq][2] = Mma::pack(dp[2 * kq + 1][0], dp[2 * kq + 1][1]);
+      da[kq][3] = Mma::pack(dp[2 * kq + 1][2], dp[2 * kq + 1][3]);
+    }
+    // dV += P^T dO, dK += dS^T Q
+    wgmma_fence_operand(acc_dv);
+    wgmma_fence_operand(acc_dk);
+    wgmma_fence();
+    wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dv, pa, smem_u32(sdO(st)), BQ, 1);
+    wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dk, da, smem_u32(sQ(st)), BQ, 1);
+    wgmma_commit();
+    if constexpr (DQ) {
+      // dS^T -> the step parity's 128-key tile, element (key, row) at sw128_offset(key, row, 128):
+      // da[kq][2 * (nt & 1) + h2] is the (row, row + 1) pair of key row wq*16 + qr + 8*h2, columns
+      // nt*8 + 2*qc (nt = 2*kq + (nt & 1)). Keys past S enter as 0: their K rows are zero, but dS
+      // there is -P*delta, which can overflow fp16 to inf, and inf * 0 = NaN.
+      unsigned char *ds_tile = sDS + (blk & 1) * 2 * TILE;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2)
+          *reinterpret_cast<uint32_t *>(ds_tile + sw128_offset(cwg * 64 + wq * 16 + qr + 8 * h2, nt * 8 + 2 * qc, BN)) =
+              key_pos[h2] < S ? da[nt / 2][2 * (nt & 1) + h2] : 0u;
+      fence_proxy_async_smem();  // this thread's dS^T stores -> visible to the dQ wgmma
+    }
+    wgmma_wait<0>();
+    wgmma_fence_operand(acc_dv);
+    wgmma_fence_operand(acc_dk);
+    // every thread arrives after its own reads of the stage's lse2/delta (and its warpgroup's wgmma
+    // reads of Q and dO): one arrival per warp after __syncwarp is enough by the memory model, but
+    // compute-sanitizer's racecheck then reports the next bulk copy into the stage as a race
+    mbar_arrive(&empty[st]);
+
+    if constexpr (DQ) {
+      // The warpgroups take turns at dQ over all 128 keys; the other one only announces its half.
+      // The tile of this parity is written again two steps on, by which time its reader has passed
+      // its wgmma wait: the writer's intermediate step waited (or was waited for) on the other
+      // parity's barrier.
+      if (cwg == (blk & 1)) {
+        named_bar_sync(kBarDs + (blk & 1), 256);
+        float acc_dq[D / 8][4];
+        const uint32_t ds_base = smem_u32(sDS) + (blk & 1) * 2 * TILE;
+        wgmma_fence_operand(acc_dq);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)  // k = keys: 16 key rows (2048 bytes) per step in both tiles
+          WgmmaSS<T, D, 1, 1>::run(acc_dq, wgmma_desc_sw128(ds_base + kk * 16 * 128, 64 * 128, 1024),
+                                   wgmma_desc_sw128(smem_u32(sK) + kk * 16 * 128, 64 * 128, 1024), kk > 0 ? 1 : 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(acc_dq);
+        // this warp's 16 query rows of the step: unscaled dS K, added by vector reductions
+        float *acc_bg = dq_accum + (b * p.Hk + g) * TG * D;
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2) {
+          const int64_t R = Rq + wq * 16 + qr + 8 * h2;
+          if (R < R_end) {
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j)
+              red_add_f32x2(acc_bg + R * D + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+          }
+        }
+      } else {
+        named_bar_arrive(kBarDs + (blk & 1), 256);
+      }
+    }
+  }
+
+  T *dkb = static_cast<T *>(p.dk);
+  T *dvb = static_cast<T *>(p.dv);
+  const float scale = (float)p.scale;
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    const int64_t i = key_pos[h2];
+    if (i >= S) continue;
+    T *dkr = dkb + b * p.dk_stride[0] + i * p.dk_stride[1] + g * p.dk_stride[2];
+    T *dvr = dvb + b * p.dv_stride[0] + i * p.dv_stride[1] + g * p.dv_stride[2];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<uint32_t *>(dkr + j * 8 + 2 * qc) = Mma::pack(acc_dk[j][2 * h2] * scale, acc_dk[j][2 * h2 + 1] * scale);
+      *reinterpret_cast<uint32_t *>(dvr + j * 8 + 2 * qc) = Mma::pack(acc_dv[j][2 * h2], acc_dv[j][2 * h2 + 1]);
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // a build without sm_90a code: fail loudly rather than leave dK and dV unwritten
+#endif
+}
+
+// The four TMA maps, or false where one is not encodable (or G does not divide the 64-row box).
+bool ws_bwd_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v, CUtensorMap *tm_q,
+                 CUtensorMap *tm_do) {
+  if (p->d != 64 || 64 % p->G != 0) return false;
+  return !encode_rows_map(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsBwdConfig::BN) &&
+         !encode_rows_map(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsBwdConfig::BN) &&
+         !encode_packed_rows_map(tm_q, p->q, p->B, p->T, p->Hk, p->G, 64, p->q_stride, WsBwdConfig::BQ) &&
+         !encode_packed_rows_map(tm_do, p->dout, p->B, p->T, p->Hk, p->G, 64, p->dout_stride, WsBwdConfig::BQ);
+}
+
+template <typename T, bool DQ>
+int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, float *dq_accum,
+              const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q, const CUtensorMap &tm_do) {
+  constexpr int smem = WsBwdConfig::smem_bytes(DQ);
+  static bool attr_set = false;  // per instantiation
+  if (!attr_set) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(bwd_dkv_wgmma_ws_kernel<T, DQ>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                    "cudaFuncSetAttribute(bwd_dkv_wgmma_ws)");
+    attr_set = true;
+  }
+  const int64_t kblocks = (p->S + WsBwdConfig::BN - 1) / WsBwdConfig::BN;
+  dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
+  bwd_dkv_wgmma_ws_kernel<T, DQ><<<grid, WsBwdConfig::NTHREADS, smem, stream>>>(*p, lse2, delta, dq_accum, tm_k,
+                                                                                      tm_v, tm_q, tm_do);
+  MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_ws_kernel");
+  return MODA_OK;
+}
+
+}  // namespace
+
+// MODA_CUDA_BWD_WS=0 turns the kernel off (bwd_dkv_wgmma_kernel runs instead); unset or 1: on
+// where it can run (session 6, H100: 0.95x the time of bwd_dkv_wgmma_kernel at the paper's
+// T=4096, 0.92x at DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8).
+static int ws_mode() {
+  static int mode = -1;
+  if (mode < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_WS");
+    mode = !(e && e[0] == '0');
+  }
+  return mode;
+}
+
+bool bwd_ws_selected(const moda_attn_params *p) {
+  if (!ws_mode() || p->d != 64 || 64 % p->G != 0) return false;
+  CUtensorMap a, b, c, d;
+  return ws_bwd_maps(p, &a, &b, &c, &d);
+}
+
+int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
+                      float *dq_accum, bool *launched) {
+  *launched = false;
+  CUtensorMap tm_k, tm_v, tm_q, tm_do;
+  if (!ws_bwd_maps(p, &tm_k, &tm_v, &tm_q, &tm_do)) return MODA_OK;
+  if ((p->S + WsBwdConfig::BN - 1) / WsBwdConfig::BN * p->Hk > 0x7fffffff) return MODA_OK;
+  *launched = true;
+  const bool bf16 = p->dtype == MODA_BF16;
+  if (dq_accum)
+    return bf16 ? launch_ws<__nv_bfloat16, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
+                : launch_ws<__half, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
+  return bf16 ? launch_ws<__nv_bfloat16, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
+              : launch_ws<__half, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
+}
+
+}  // namespace moda_cuda
