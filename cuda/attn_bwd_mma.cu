@@ -42,6 +42,7 @@
 #include <stdlib.h>
 
 #include "moda_cuda_internal.cuh"
+#include "attn_bwd_common.cuh"
 #include "mma_helpers.cuh"
 #include "wgmma_gemm.cuh"
 
@@ -537,36 +538,13 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
 
-    // P^T and dS^T (in place), as kernel 2.
+    // P^T and dS^T (in place), as kernel 2; then the A fragments of dV += P^T dO, dK += dS^T Q
     const bool need_mask = causal && S - T_ + Rq / G < i0 + BN - 1;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const float2 l2 = *reinterpret_cast<const float2 *>(lse_s + nt * 8 + 2 * qc);
-      const float2 dl = *reinterpret_cast<const float2 *>(delta_s + nt * 8 + 2 * qc);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = nt * 8 + 2 * qc + (e & 1);
-        bool vis = true;
-        if (need_mask) vis = key_pos[e >> 1] <= S - T_ + (Rq + col) / G;
-        const float pe = vis ? exp2f(s[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
-        s[nt][e] = pe;
-        dp[nt][e] = pe * (dp[nt][e] - ((e & 1) ? dl.y : dl.x));
-      }
-    }
-
-    // dV += P^T dO, dK += dS^T Q: A from the accumulators, B = the dO / Q tiles read MN-major.
+    bwd_p_ds_causal<NT>(s, dp, lse_s, delta_s, qc, scale_log2, need_mask, key_pos, S - T_, Rq, G);
     uint32_t pa[BQ / 16][4], da[BQ / 16][4];
-#pragma unroll
-    for (int kq = 0; kq < BQ / 16; ++kq) {
-      pa[kq][0] = Mma::pack(s[2 * kq][0], s[2 * kq][1]);
-      pa[kq][1] = Mma::pack(s[2 * kq][2], s[2 * kq][3]);
-      pa[kq][2] = Mma::pack(s[2 * kq + 1][0], s[2 * kq + 1][1]);
-      pa[kq][3] = Mma::pack(s[2 * kq + 1][2], s[2 * kq + 1][3]);
-      da[kq][0] = Mma::pack(dp[2 * kq][0], dp[2 * kq][1]);
-      da[kq][1] = Mma::pack(dp[2 * kq][2], dp[2 * kq][3]);
-      da[kq][2] = Mma::pack(dp[2 * kq + 1][0], dp[2 * kq + 1][1]);
-      da[kq][3] = Mma::pack(dp[2 * kq + 1][2], dp[2 * kq + 1][3]);
-    }
+    pack_acc_as_a<T, BQ / 16>(s, pa);
+    pack_acc_as_a<T, BQ / 16>(dp, da);
+    // B = the dO / Q tiles read MN-major
     wgmma_fence_operand(acc_dv);
     wgmma_fence_operand(acc_dk);
     wgmma_fence();

@@ -32,6 +32,7 @@
 
 #include "moda_cuda_internal.cuh"
 #include "mma_helpers.cuh"
+#include "attn_bwd_common.cuh"
 #include "tma_helpers.cuh"
 #include "wgmma_gemm.cuh"
 
@@ -178,33 +179,10 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
 
     // P^T and dS^T in place (as bwd_dkv_wgmma_kernel), packed as the A fragments of dV/dK
     const bool need_mask = causal && S - T_ + Rq / G < i0w + 63;
-    const float *lse_s = sLse(st), *delta_s = sDelta(st);
     uint32_t pa[BQ / 16][4], da[BQ / 16][4];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const float2 l2 = *reinterpret_cast<const float2 *>(lse_s + nt * 8 + 2 * qc);
-      const float2 dl = *reinterpret_cast<const float2 *>(delta_s + nt * 8 + 2 * qc);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = nt * 8 + 2 * qc + (e & 1);
-        bool vis = true;
-        if (need_mask) vis = key_pos[e >> 1] <= S - T_ + (Rq + col) / G;
-        const float pe = vis ? exp2f(s[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
-        s[nt][e] = pe;
-        dp[nt][e] = pe * (dp[nt][e] - ((e & 1) ? dl.y : dl.x));
-      }
-    }
-#pragma unroll
-    for (int kq = 0; kq < BQ / 16; ++kq) {
-      pa[kq][0] = Mma::pack(s[2 * kq][0], s[2 * kq][1]);
-      pa[kq][1] = Mma::pack(s[2 * kq][2], s[2 * kq][3]);
-      pa[kq][2] = Mma::pack(s[2 * kq + 1][0], s[2 * kq + 1][1]);
-      pa[kq][3] = Mma::pack(s[2 * kq + 1][2], s[2 * kq + 1][3]);
-      da[kq][0] = Mma::pack(dp[2 * kq][0], dp[2 * kq][1]);
-      da[kq][1] = Mma::pack(dp[2 * kq][2], dp[2 * kq][3]);
-      da[kq][2] = Mma::pack(dp[2 * kq + 1][0], dp[2 * kq + 1][1]);
-      da[kq][3] = Mma::pack(dp[2 * kq + 1][2], dp[2 * kq + 1][3]);
-    }
+    bwd_p_ds_causal<NT>(s, dp, sLse(st), sDelta(st), qc, scale_log2, need_mask, key_pos, S - T_, Rq, G);
+    pack_acc_as_a<T, BQ / 16>(s, pa);
+    pack_acc_as_a<T, BQ / 16>(dp, da);
     // dV += P^T dO, dK += dS^T Q
     wgmma_fence_operand(acc_dv);
     wgmma_fence_operand(acc_dk);

@@ -107,18 +107,6 @@ __device__ __forceinline__ void wgmma_rescale_rows(float (&acc)[D / 8][4], const
     acc[j][2] *= corr[1]; acc[j][3] *= corr[1];
   }
 }
-// The S accumulators of key columns 16ks..16ks+15 are the A fragment of k-step ks of P V.
-template <typename T, int BN>
-__device__ __forceinline__ void wgmma_pack_p(const float (&s)[BN / 8][4], uint32_t (&pa)[BN / 16][4]) {
-  using Mma = MmaOp<T>;
-#pragma unroll
-  for (int ks = 0; ks < BN / 16; ++ks) {
-    pa[ks][0] = Mma::pack(s[2 * ks][0], s[2 * ks][1]);
-    pa[ks][1] = Mma::pack(s[2 * ks][2], s[2 * ks][3]);
-    pa[ks][2] = Mma::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-    pa[ks][3] = Mma::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-  }
-}
 // The sequence keys the CTA's BM packed rows from R0 visit: n_blocks blocks of BN, the keys below
 // unmasked_end that no row of the CTA needs masked, and row_lim = the last visible key of this
 // lane's two rows (Rw + lane/4, + 8). Key indices fit in int: fwd_wgmma_supported requires S < 2^31.
@@ -291,7 +279,7 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
       wgmma_fence_operand(s);
       wgmma_softmax_block<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
       wgmma_rescale_rows<D>(acc_o[0], corr);
-      wgmma_pack_p<T, BN>(s, pa);
+      pack_acc_as_a<T, BN / 16>(s, pa);
       wgmma_fence_operand(acc_o[0]);
       wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
       issue_pv(pa, stage);
@@ -455,7 +443,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       wgmma_fence_operand(s);
       wgmma_softmax_block<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
       wgmma_rescale_rows<D>(acc_o[0], corr);
-      wgmma_pack_p<T, BN>(s, pa);
+      pack_acc_as_a<T, BN / 16>(s, pa);
       wgmma_fence_operand(acc_o[0]);
       wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
       wgmma_rs_mnmajor<T, D, BN / 16>(acc_o[0], pa, smem_u32(sV(st)), BN, 1);

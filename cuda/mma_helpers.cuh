@@ -135,6 +135,20 @@ template <> struct MmaOp<__half> {
     return *reinterpret_cast<uint32_t *>(&v);
   }
 };
+// Accumulators [2*KS][4] (m16n8 tiles along n, or a warpgroup's m64nN accumulator: per warp the
+// same layout) of columns 16ks..16ks+15 as the A fragment of k-step ks of the next MMA (P V in
+// the forward, P^T dO and dS^T Q in the backward): the FlashAttention register reuse.
+template <typename T, int KS>
+__device__ __forceinline__ void pack_acc_as_a(const float (&c)[2 * KS][4], uint32_t (&a)[KS][4]) {
+  using Mma = MmaOp<T>;
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    a[ks][0] = Mma::pack(c[2 * ks][0], c[2 * ks][1]);
+    a[ks][1] = Mma::pack(c[2 * ks][2], c[2 * ks][3]);
+    a[ks][2] = Mma::pack(c[2 * ks + 1][0], c[2 * ks + 1][1]);
+    a[ks][3] = Mma::pack(c[2 * ks + 1][2], c[2 * ks + 1][3]);
+  }
+}
 
 // ---- row loaders (cp.async, 16-byte pieces) ----
 // Copies `rows` rows of D elements (16-byte chunks) into smem rows of LDS elements (padded: no
