@@ -162,6 +162,23 @@ describe("moda.attention_backward argument errors", function()
   end)
 end)
 
+describe("attention error positions", function()
+  it("points at the user's call, however deep the check that fails", function()
+    local x = good()
+    -- a Lua function between pcall and moda.attention (no tail calls, which leave no frame):
+    -- the message gets its file and line
+    local function user_call_fwd() local o = moda.attention(x.q, x.k, x.v, x.kd, 7); return o end
+    local function user_call_bwd() local dq = moda.attention_backward(x.q, x.q, x.k, x.v, nil, x.vd, x.q, x.q); return dq end
+    local function user_call_c() local o = moda.attention(x.q, x.k, r({ B, S, Hk, d + 1 }), x.kd, x.vd); return o end
+    for _, f in ipairs({ user_call_fwd, user_call_bwd, user_call_c }) do
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      err = tostring(err)
+      assert.truthy(err:find("attention_errors_spec.lua:%d+: moda%.attention"), err)
+    end
+  end)
+end)
+
 describe("moda.attention_kernels", function()
   it("names the CPU implementation that would run", function()
     local x = good()

@@ -36,9 +36,20 @@ local function describe(x)
   return "a " .. type(x)
 end
 
--- Raised from a helper called by the public function: level 3 points at the user's call.
+-- The error level of the first caller outside this file (the user's call), however deep the
+-- helper that raises it sits (error(msg, level) counts frames as debug.getinfo does).
+local THIS_FILE = debug.getinfo(1, "S").source
+local function user_level()
+  local level = 2
+  while true do
+    local info = debug.getinfo(level + 1, "S")
+    if info == nil or info.source ~= THIS_FILE then return level end
+    level = level + 1
+  end
+end
+
 local function fail(what, fmt, ...)
-  error(what .. ": " .. string.format(fmt, ...), 3)
+  error(what .. ": " .. string.format(fmt, ...), user_level())
 end
 
 local function need_tensor(what, x, name)
@@ -98,25 +109,26 @@ end
 local function check(what, status)
   if status ~= 0 then
     local msg = ffi.string(C.moda_last_error()):gsub("^moda_attn_[%w_]+: ", "")
-    error(what .. ": " .. msg, 3)
+    error(what .. ": " .. msg, user_level())
   end
 end
 
-local function check_depth_pair(what, kd, vd, kname, vname)
-  opt_tensor(what, kd, kname)
-  opt_tensor(what, vd, vname)
+-- The Lua-side checks of the inputs all three entry points take (shapes, dtypes and devices are
+-- checked in C): q, k, v tensors, kd and vd both tensors or both nil.
+local function check_inputs(what, q, k, v, kd, vd)
+  need_tensor(what, q, "q")
+  need_tensor(what, k, "k")
+  need_tensor(what, v, "v")
+  opt_tensor(what, kd, "kd")
+  opt_tensor(what, vd, "vd")
   if (kd == nil) ~= (vd == nil) then
-    fail(what, "%s: expected %s and %s both given or both nil, got %s only", kd and vname or kname,
-         kname, vname, kd and kname or vname)
+    fail(what, "%s: expected kd and vd both given or both nil, got %s only", kd and "vd" or "kd", kd and "kd" or "vd")
   end
 end
 
 function M.attention(q, k, v, kd, vd, opts)
   local what = "moda.attention"
-  need_tensor(what, q, "q")
-  need_tensor(what, k, "k")
-  need_tensor(what, v, "v")
-  check_depth_pair(what, kd, vd, "kd", "vd")
+  check_inputs(what, q, k, v, kd, vd)
   local copts, out = c_opts(what, opts)
   local o, lse = out.o, out.lse
   opt_tensor(what, o, "opts.out.o")
@@ -134,10 +146,7 @@ end
 function M.attention_backward(dout, q, k, v, kd, vd, o, lse, opts)
   local what = "moda.attention_backward"
   need_tensor(what, dout, "dout")
-  need_tensor(what, q, "q")
-  need_tensor(what, k, "k")
-  need_tensor(what, v, "v")
-  check_depth_pair(what, kd, vd, "kd", "vd")
+  check_inputs(what, q, k, v, kd, vd)
   need_tensor(what, o, "o")
   need_tensor(what, lse, "lse")
   local copts, out = c_opts(what, opts)
@@ -161,10 +170,7 @@ end
 --   --> "wgmma_d64", "wgmma_d64_fdepth" on an H100; "cpu_fast", "cpu_fast" on the CPU
 function M.attention_kernels(q, k, v, kd, vd, opts)
   local what = "moda.attention_kernels"
-  need_tensor(what, q, "q")
-  need_tensor(what, k, "k")
-  need_tensor(what, v, "v")
-  check_depth_pair(what, kd, vd, "kd", "vd")
+  check_inputs(what, q, k, v, kd, vd)
   local copts = c_opts(what, opts)
   local fwd, bwd = ffi.new("const char *[1]"), ffi.new("const char *[1]")
   check(what, C.moda_attn_kernel_names(fwd, bwd, q, k, v, kd, vd, copts))
