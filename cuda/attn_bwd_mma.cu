@@ -1173,7 +1173,9 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     dim3 grid((unsigned)(((p->S + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
     bool launched = false;
     if constexpr (D == 64) {
-      if (bwd_wgmma_selected(p, 1) && bwd_ws_selected(p)) {  // warp-specialised, 128 keys per CTA
+      // warp-specialised, 128 keys per CTA; its bulk copies of lse2/delta need a 16-byte aligned
+      // workspace (the library's always is; a caller's might not be: then the kernel below runs)
+      if (bwd_wgmma_selected(p, 1) && bwd_ws_selected(p) && ((uintptr_t)workspace & 15) == 0) {
         const int st = bwd_dkv_ws_launch(p, stream, ws_lse2, ws_delta, atomic ? dq_accum : nullptr, &launched);
         if (st) return st;
       }

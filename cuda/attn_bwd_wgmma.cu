@@ -271,6 +271,8 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
 bool ws_bwd_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v, CUtensorMap *tm_q,
                  CUtensorMap *tm_do) {
   if (p->d != 64 || 64 % p->G != 0) return false;
+  // TMA coordinates are 32-bit: key and token indices (and the packed rows) stay below 2^31
+  if (p->S >= (1ll << 31) - 256 || p->T * p->G >= (1ll << 31) - 64) return false;
   return !encode_rows_map(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsBwdConfig::BN) &&
          !encode_rows_map(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsBwdConfig::BN) &&
          !encode_packed_rows_map(tm_q, p->q, p->B, p->T, p->Hk, p->G, 64, p->q_stride, WsBwdConfig::BQ) &&
