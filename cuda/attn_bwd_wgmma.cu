@@ -54,7 +54,6 @@ struct WsBwdConfig {
   static_assert((2 * NST + 1) * 8 <= BAR_BYTES, "barriers fit");
   static_assert(128 * 24 + 256 * 240 <= NTHREADS * ((65536 / NTHREADS) & ~7), "register split of the three warpgroups");
 };
-constexpr int kBarDs = 1;  // named barriers 1, 2: the dS^T tile of step parity 0, 1 is complete
 
 template <typename T, bool DQ>
 __global__ void __launch_bounds__(WsBwdConfig::NTHREADS, 1)
@@ -66,6 +65,7 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
   using Mma = MmaOp<T>;
   constexpr int D = Cfg::D, BN = Cfg::BN, BQ = Cfg::BQ, NST = Cfg::NST, TILE = Cfg::TILE;
   constexpr int KSTEPS = D / 16, NT = BQ / 8;
+  constexpr int kBarDs = 1;  // named barriers 1, 2: the dS^T tile of step parity 0, 1 is complete
 
   extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
   unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
