@@ -72,8 +72,8 @@ int moda_attn_bwd(moda_tensor *dq, moda_tensor *dk, moda_tensor *dv, moda_tensor
 
 /* Which kernels moda_attn_fwd and moda_attn_bwd would run for these tensors and opts (the
  * forward's o and lse need not exist): *fwd_name and *bwd_name get static strings, e.g.
- * "cpu_fast", "cpu_reference", or the CUDA backend's names ("wgmma_d64", "mma_sync_d128",
- * "wgmma_d64_atomic_dq_fdepth", ...). Validation and errors as moda_attn_fwd. */
+ * "cpu_fast", "cpu_reference", or the CUDA backend's names ("wgmma_d64_ws", "mma_sync_d128",
+ * "wgmma_d64_ws_atomic_dq_fdepth", ...). Validation and errors as moda_attn_fwd. */
 int moda_attn_kernel_names(const char **fwd_name, const char **bwd_name, const moda_tensor *q,
                            const moda_tensor *k, const moda_tensor *v, const moda_tensor *kd,
                            const moda_tensor *vd, const moda_attn_opts *opts);

@@ -48,11 +48,13 @@ int moda_cuda_release_workspace(void);
 /* Bytes of float32 workspace moda_attn_bwd_cuda needs for these params. */
 int64_t moda_attn_bwd_cuda_workspace_size(const moda_attn_params *p);
 /* Which forward kernel moda_attn_fwd_cuda would run: "mma_sync_d64", "mma_sync_d64x2",
-   "mma_sync_d128", "wgmma_d64", "wgmma_d128", "decode_d64_r8", ..., "simt". */
+   "mma_sync_d128", "wgmma_d64_ws" (warp-specialised), "wgmma_d64", "wgmma_d128", "decode_d64_r8",
+   ..., "simt". */
 const char *moda_attn_fwd_cuda_kernel_name(const moda_attn_params *p);
 /* Which backward kernels moda_attn_bwd_cuda would run: "mma_sync_d64", "mma_sync_d128",
-   "wgmma_d64" (sm_90a kernels for the sequence parts), "simt"; "_atomic_dq" appended where dQ is
-   summed by atomics (deterministic = 0), "_fdepth" where the dQ kernel computes dkd and dvd. */
+   "wgmma_d64" (sm_90a kernels for the sequence parts), "wgmma_d64_ws" (with the warp-specialised
+   dK/dV kernel), "simt"; "_atomic_dq" appended where dQ is summed by atomics (deterministic = 0),
+   "_fdepth" where the dQ kernel computes dkd and dvd. */
 const char *moda_attn_bwd_cuda_kernel_name(const moda_attn_params *p);
 
 /* Bytes of float32 workspace moda_attn_fwd_cuda needs for these params: 0 for the tiled
