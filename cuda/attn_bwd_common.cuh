@@ -5,6 +5,9 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "mma_helpers.cuh"
+#include "wgmma_ops.cuh"
+
 namespace moda_cuda {
 
 // P^T = exp2(S^T * scale_log2 - lse2) and dS^T = P^T (dP^T - delta), in place on a warp's 16 key
@@ -29,6 +32,50 @@ __device__ __forceinline__ void bwd_p_ds_causal(float (&s)[NT][4], float (&dp)[N
       const float pe = vis ? exp2f(s[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
       s[nt][e] = pe;
       dp[nt][e] = pe * (dp[nt][e] - ((e & 1) ? dl.y : dl.x));
+    }
+  }
+}
+
+// This warp's dS^T rows into a 128-byte-swizzled dS^T tile (element (key, row) at
+// sw128_offset(key, row, tile_rows)): key rows key0 + qr and key0 + qr + 8, columns nt*8 + 2*qc
+// (+1), taken from the A fragments da of dK += dS^T Q (da[nt/2][2*(nt&1) + h2] is the pair of key
+// row key0 + qr + 8*h2). Keys >= S enter as 0: their K rows are zero, but dS there is -P*delta
+// with P = exp2(-lse2), which can overflow fp16 to inf, and inf * 0 = NaN.
+template <int NT>
+__device__ __forceinline__ void store_ds_t(unsigned char *tile, int tile_rows, int key0, const uint32_t (&da)[NT / 2][4],
+                                           const int64_t (&key_pos)[2], int64_t S, int qr, int qc) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int h2 = 0; h2 < 2; ++h2)
+      *reinterpret_cast<uint32_t *>(tile + sw128_offset(key0 + qr + 8 * h2, nt * 8 + 2 * qc, tile_rows)) =
+          key_pos[h2] < S ? da[nt / 2][2 * (nt & 1) + h2] : 0u;
+}
+
+// dQ_step = dS K over NKEYS keys for the warpgroup's 64 query rows (SS wgmma m64n64: A = the dS^T
+// tile read MN-major, B = the K tile read MN-major, 16 key rows = 2048 bytes per k16 step in
+// both), waited for (with every wgmma before it), then this warp's rows R and R + 8 (R = its
+// first row + qr) added to the float32 accumulator acc_bg [rows][64] by vector reductions; rows
+// >= R_end are skipped. The caller has made the dS^T tile visible (fence.proxy.async + barrier).
+template <typename T, int NKEYS>
+__device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base, float *acc_bg, int64_t R, int64_t R_end,
+                                               int qc) {
+  float acc_dq[8][4];
+  wgmma_fence_operand(acc_dq);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < NKEYS / 16; ++kk)
+    WgmmaSS<T, 64, 1, 1>::run(acc_dq, wgmma_desc_sw128(ds_base + kk * 16 * 128, 64 * 128, 1024),
+                              wgmma_desc_sw128(k_base + kk * 16 * 128, 64 * 128, 1024), kk > 0 ? 1 : 0);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operand(acc_dq);
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    if (R + 8 * h2 < R_end) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        red_add_f32x2(acc_bg + (R + 8 * h2) * 64 + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
     }
   }
 }

@@ -552,40 +552,14 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
     wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dk, da, q_base, BQ, 1);
     wgmma_commit();
     if constexpr (ATOMIC_DQ) {
-      // dS^T -> smem as the MN-major A of dQ = dS K: element (key, row) at sw128_offset(key, row),
-      // rows contiguous, so each lane's (row, row + 1) pair is one 4-byte store. (The previous
-      // step's dQ wgmma, which read this tile, was waited for before the last barrier.)
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2)
-          // keys past S: their K rows are zero, but dS there is -P*delta with P = exp2(-lse2), which
-          // can overflow fp16 to inf and inf * 0 = NaN; so they enter as 0
-          *reinterpret_cast<uint32_t *>(sDS + sw128_offset(warp * 16 + qr + 8 * h2, nt * 8 + 2 * qc, BN)) =
-              key_pos[h2] < S ? Mma::pack(dp[nt][2 * h2], dp[nt][2 * h2 + 1]) : 0u;
+      // dS^T -> smem as the MN-major A of dQ = dS K (the previous step's dQ wgmma, which read
+      // this tile, was waited for before the last barrier)
+      store_ds_t<NT>(sDS, BN, warp * 16, da, key_pos, S, qr, qc);
       fence_proxy_async_smem();
       __syncthreads();  // every warp's dS^T rows are in the tile
-      float acc_dq[D / 8][4];
-      wgmma_fence_operand(acc_dq);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk)  // k = keys: 16 key rows (2048 bytes) per step in both tiles
-        WgmmaSS<T, D, 1, 1>::run(acc_dq, wgmma_desc_sw128(smem_u32(sDS) + kk * 16 * 128, BN * 128, 1024),
-                                 wgmma_desc_sw128(smem_u32(sKsw) + kk * 16 * 128, BN * 128, 1024), kk > 0 ? 1 : 0);
-      wgmma_commit();
-      wgmma_wait<0>();  // dV, dK and dQ of this step
-      wgmma_fence_operand(acc_dq);
-      // this warp's 16 query rows of the step (m = row): unscaled dS K, added to the accumulator
-      float *acc_bg = dq_accum + (b * p.Hk + g) * TG * D;
-#pragma unroll
-      for (int h2 = 0; h2 < 2; ++h2) {
-        const int64_t R = Rq + warp * 16 + qr + 8 * h2;
-        if (R < R_end) {
-#pragma unroll
-          for (int j = 0; j < D / 8; ++j)
-            red_add_f32x2(acc_bg + R * D + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
-        }
-      }
+      // dV, dK and this warp's 16 query rows of dQ = dS K (unscaled), added to the accumulator
+      dq_step_reduce<T, BN>(smem_u32(sDS), smem_u32(sKsw), dq_accum + (b * p.Hk + g) * TG * D, Rq + warp * 16 + qr,
+                            R_end, qc);
     } else {
       wgmma_wait<0>();
     }

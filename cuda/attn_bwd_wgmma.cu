@@ -191,17 +191,8 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
     wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dk, da, smem_u32(sQ(st)), BQ, 1);
     wgmma_commit();
     if constexpr (DQ) {
-      // dS^T -> the step parity's 128-key tile, element (key, row) at sw128_offset(key, row, 128):
-      // da[kq][2 * (nt & 1) + h2] is the (row, row + 1) pair of key row wq*16 + qr + 8*h2, columns
-      // nt*8 + 2*qc (nt = 2*kq + (nt & 1)). Keys past S enter as 0: their K rows are zero, but dS
-      // there is -P*delta, which can overflow fp16 to inf, and inf * 0 = NaN.
-      unsigned char *ds_tile = sDS + (blk & 1) * 2 * TILE;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2)
-          *reinterpret_cast<uint32_t *>(ds_tile + sw128_offset(cwg * 64 + wq * 16 + qr + 8 * h2, nt * 8 + 2 * qc, BN)) =
-              key_pos[h2] < S ? da[nt / 2][2 * (nt & 1) + h2] : 0u;
+      // dS^T -> the step parity's 128-key tile (this warpgroup's 64 key rows)
+      store_ds_t<NT>(sDS + (blk & 1) * 2 * TILE, BN, cwg * 64 + wq * 16, da, key_pos, S, qr, qc);
       fence_proxy_async_smem();  // this thread's dS^T stores -> visible to the dQ wgmma
     }
     wgmma_wait<0>();
@@ -219,28 +210,9 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
       // parity's barrier.
       if (cwg == (blk & 1)) {
         named_bar_sync(kBarDs + (blk & 1), 256);
-        float acc_dq[D / 8][4];
-        const uint32_t ds_base = smem_u32(sDS) + (blk & 1) * 2 * TILE;
-        wgmma_fence_operand(acc_dq);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)  // k = keys: 16 key rows (2048 bytes) per step in both tiles
-          WgmmaSS<T, D, 1, 1>::run(acc_dq, wgmma_desc_sw128(ds_base + kk * 16 * 128, 64 * 128, 1024),
-                                   wgmma_desc_sw128(smem_u32(sK) + kk * 16 * 128, 64 * 128, 1024), kk > 0 ? 1 : 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operand(acc_dq);
         // this warp's 16 query rows of the step: unscaled dS K, added by vector reductions
-        float *acc_bg = dq_accum + (b * p.Hk + g) * TG * D;
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2) {
-          const int64_t R = Rq + wq * 16 + qr + 8 * h2;
-          if (R < R_end) {
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j)
-              red_add_f32x2(acc_bg + R * D + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
-          }
-        }
+        dq_step_reduce<T, BN>(smem_u32(sDS) + (blk & 1) * 2 * TILE, smem_u32(sK), dq_accum + (b * p.Hk + g) * TG * D,
+                              Rq + wq * 16 + qr, R_end, qc);
       } else {
         named_bar_arrive(kBarDs + (blk & 1), 256);
       }
