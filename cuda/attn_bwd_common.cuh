@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "moda_cuda_internal.cuh"
 #include "mma_helpers.cuh"
 #include "wgmma_ops.cuh"
 
@@ -76,6 +77,31 @@ __device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         red_add_f32x2(acc_bg + (R + 8 * h2) * 64 + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+    }
+  }
+}
+
+// The epilogue of a dK/dV kernel: this lane's two key rows key_pos[h2] (< S) of dk = scale * acc_dk
+// and dv = acc_dv, from a 64-column accumulator in the wgmma m64 / mma.sync m16n8 layout (columns
+// j*8 + 2*qc, +1), as 4-byte pairs into the [B, S, Hk, 64] outputs of KV head g, batch b.
+template <typename T>
+__device__ __forceinline__ void store_dk_dv(const moda_attn_params &p, const float (&acc_dk)[8][4],
+                                            const float (&acc_dv)[8][4], const int64_t (&key_pos)[2], int64_t b,
+                                            int64_t g, int qc) {
+  using Mma = MmaOp<T>;
+  T *dkb = static_cast<T *>(p.dk);
+  T *dvb = static_cast<T *>(p.dv);
+  const float scale = (float)p.scale;
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    const int64_t i = key_pos[h2];
+    if (i >= p.S) continue;
+    T *dkr = dkb + b * p.dk_stride[0] + i * p.dk_stride[1] + g * p.dk_stride[2];
+    T *dvr = dvb + b * p.dv_stride[0] + i * p.dv_stride[1] + g * p.dv_stride[2];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      *reinterpret_cast<uint32_t *>(dkr + j * 8 + 2 * qc) = Mma::pack(acc_dk[j][2 * h2] * scale, acc_dk[j][2 * h2 + 1] * scale);
+      *reinterpret_cast<uint32_t *>(dvr + j * 8 + 2 * qc) = Mma::pack(acc_dv[j][2 * h2], acc_dv[j][2 * h2 + 1]);
     }
   }
 }

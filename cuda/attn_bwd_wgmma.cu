@@ -219,21 +219,7 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
     }
   }
 
-  T *dkb = static_cast<T *>(p.dk);
-  T *dvb = static_cast<T *>(p.dv);
-  const float scale = (float)p.scale;
-#pragma unroll
-  for (int h2 = 0; h2 < 2; ++h2) {
-    const int64_t i = key_pos[h2];
-    if (i >= S) continue;
-    T *dkr = dkb + b * p.dk_stride[0] + i * p.dk_stride[1] + g * p.dk_stride[2];
-    T *dvr = dvb + b * p.dv_stride[0] + i * p.dv_stride[1] + g * p.dv_stride[2];
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      *reinterpret_cast<uint32_t *>(dkr + j * 8 + 2 * qc) = Mma::pack(acc_dk[j][2 * h2] * scale, acc_dk[j][2 * h2 + 1] * scale);
-      *reinterpret_cast<uint32_t *>(dvr + j * 8 + 2 * qc) = Mma::pack(acc_dv[j][2 * h2], acc_dv[j][2 * h2 + 1]);
-    }
-  }
+  store_dk_dv<T>(p, acc_dk, acc_dv, key_pos, b, g, qc);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code: fail loudly rather than leave dK and dV unwritten
 #endif
