@@ -1,5 +1,7 @@
-// attn_bwd_common.cuh: the per-step arithmetic that the Hopper dK/dV kernels (bwd_dkv_wgmma_kernel
-// in attn_bwd_mma.cu, bwd_dkv_wgmma_ws_kernel in attn_bwd_wgmma.cu) share.
+// attn_bwd_common.cuh: what the backward kernels share: the per-row lse2/delta loads (the
+// mma.sync kernels and the depth kernel, attn_bwd_depth.cu) and the per-step arithmetic of the
+// Hopper dK/dV kernels (bwd_dkv_wgmma_kernel in attn_bwd_mma.cu, bwd_dkv_wgmma_ws_kernel in
+// attn_bwd_wgmma.cu).
 #pragma once
 
 #include <math.h>
@@ -10,6 +12,31 @@
 #include "wgmma_ops.cuh"
 
 namespace moda_cuda {
+
+// 4-byte cp.async (cp.async.ca: the .cg form takes 16 bytes only): the per-row lse2 / delta of
+// the next query block land with its Q/dO rows, no thread stalls on a plain load.
+__device__ __forceinline__ void cp_async_4(void *smem_dst, const void *gmem_src) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(smem_dst)), "l"(gmem_src));
+#endif
+}
+
+// lse2 and delta of packed rows Rq .. Rq + rows - 1 into smem by 4-byte cp.async, so they land
+// with the block's Q/dO rows; rows at or past R_end get lse2 = +inf (P = 0 there, no further mask).
+__device__ __forceinline__ void load_row_stats(float *s_lse, float *s_delta, const float *lse2_bg,
+                                               const float *delta_bg, int64_t Rq, int64_t R_end, int rows,
+                                               int tid, int nthreads) {
+  for (int r = tid; r < rows; r += nthreads) {
+    const int64_t R = Rq + r;
+    if (R < R_end) {
+      cp_async_4(s_lse + r, lse2_bg + R);
+      cp_async_4(s_delta + r, delta_bg + R);
+    } else {
+      s_lse[r] = INFINITY;
+      s_delta[r] = 0.f;
+    }
+  }
+}
 
 // P^T = exp2(S^T * scale_log2 - lse2) and dS^T = P^T (dP^T - delta), in place on a warp's 16 key
 // rows x 8*NT query columns (the wgmma m64 / mma.sync m16n8 accumulator layout: element e of tile

@@ -87,6 +87,10 @@ struct BwdConfig {
   static constexpr int DQ_FIXED_WG = (DQ_FIXED + 1023) / 1024 * 1024;
   static constexpr int DQ_KV_WG = 2 * 2 * BK * D * 2;
   static constexpr int DQ_SMEM_WG = 1024 + DQ_FIXED_WG + (DQ_KV_WG > DQ_DEPTH ? DQ_KV_WG : DQ_DEPTH);
+  // Sequence-only runs (the depth part is bwd_depth_token_kernel's): no depth chunks in smem.
+  static constexpr int DQ_SMEM_SEQ = DQ_FIXED + DQ_KV;
+  static constexpr int DQ_SMEM_WG_SEQ = 1024 + DQ_FIXED_WG + DQ_KV_WG;
+  static_assert(DQ_SMEM_WG_SEQ <= DQ_SMEM_WG, "the sequence-only variant needs no more than the full one");
   static_assert(DQ_SMEM_WG <= 232448 - 1024, "dQ wgmma variant: within the sm_90 opt-in shared memory");
 };
 
@@ -95,31 +99,6 @@ __device__ __forceinline__ bool depth_visible(int64_t u, int64_t t, int64_t chun
   if (u < 0) return false;  // padding row
   if (chunk <= 0) return u == t;
   return u / chunk == t / chunk && (!causal || u <= t);
-}
-
-// 4-byte cp.async (cp.async.ca: the .cg form takes 16 bytes only): the per-row lse2 / delta of
-// the next query block land with its Q/dO rows, no thread stalls on a plain load.
-__device__ __forceinline__ void cp_async_4(void *smem_dst, const void *gmem_src) {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(smem_dst)), "l"(gmem_src));
-#endif
-}
-
-// lse2 and delta of packed rows Rq .. Rq + rows - 1 into smem by 4-byte cp.async, so they land
-// with the block's Q/dO rows; rows at or past R_end get lse2 = +inf (P = 0 there, no further mask).
-__device__ __forceinline__ void load_row_stats(float *s_lse, float *s_delta, const float *lse2_bg,
-                                               const float *delta_bg, int64_t Rq, int64_t R_end, int rows,
-                                               int tid, int nthreads) {
-  for (int r = tid; r < rows; r += nthreads) {
-    const int64_t R = Rq + r;
-    if (R < R_end) {
-      cp_async_4(s_lse + r, lse2_bg + R);
-      cp_async_4(s_delta + r, delta_bg + R);
-    } else {
-      s_lse[r] = INFINITY;
-      s_delta[r] = 0.f;
-    }
-  }
 }
 
 template <typename T>
@@ -590,10 +569,15 @@ constexpr int kDkvWgmmaSmemAtomic = kDkvWgmmaSmem + 2 * 64 * 64 * 2;  // + K cop
 // rows (m16n8k8, k = the group's 8 rows), written at once. Kernel 3 is then skipped: kd and vd are
 // read once by the backward instead of twice.
 // ACCUM (with bwd_dkv_wgmma_kernel<T, true>, deterministic = 0): the sequence part of dQ was
-// summed into dq_accum by the dK/dV kernel; this kernel adds it to its depth part and writes dq.
+// summed into dq_buf by the dK/dV kernel; this kernel adds it to its depth part and writes dq.
+// Sequence only (!ACCUM and dq_buf != nullptr; with bwd_depth_token_kernel, attn_bwd_depth.cu):
+// no depth part; the sequence part is written unscaled in float32 to dq_buf [B, Hk, T*G, d], and
+// the depth kernel adds its part and writes dq. A run-time switch, not a template parameter: the
+// compile-time variant of the wgmma kernel came out wrong from 2 key blocks on (H100, CUDA 13,
+// session 7; its loop's PTX equals this kernel's, whose L = 0 runs pass), this one is verified.
 template <typename T, int D, bool WG = false, bool FUSE = false, bool ACCUM = false>
 __global__ void __launch_bounds__(BwdConfig<D>::NTHREADS)
-bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, const float *dq_accum) {
+bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_buf) {
   using Cfg = BwdConfig<D>;
   using Mma = MmaOp<T>;
   constexpr int BM = Cfg::BM, BK = Cfg::BK, DL = Cfg::DL, LDS = Cfg::LDS, NTHREADS = Cfg::NTHREADS;
@@ -658,12 +642,13 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
     row_lse2[h2] = sLse[warp * 16 + qr + 8 * h2];
     row_delta[h2] = sDelta[warp * 16 + qr + 8 * h2];
   }
+  const bool seq_only = !ACCUM && dq_buf != nullptr;
   float acc_dq[D / 8][4];
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) acc_dq[j][0] = acc_dq[j][1] = acc_dq[j][2] = acc_dq[j][3] = 0.f;
 
   // ================= depth part: transposed small GEMMs per group of 8 rows =================
-  if (L > 0) {
+  if (!seq_only && L > 0) {
     T *sKd = reinterpret_cast<T *>(sUnion) + warp * 2 * DL * LDS;
     T *sVd = sKd + DL * LDS;
     float *scratch = reinterpret_cast<float *>(sUnion + Cfg::NWARPS * 2 * DL * LDS * 2) + warp * 16 * D;
@@ -970,8 +955,20 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
     }
   }
 
+  if (seq_only) {  // unscaled, for bwd_depth_token_kernel
+    float *buf_bg = dq_buf + (b * p.Hk + g) * TG * D;
+#pragma unroll
+    for (int h2 = 0; h2 < 2; ++h2) {
+      const int64_t R = Rw + qr + 8 * h2;
+      if (R >= TG) continue;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        *reinterpret_cast<float2 *>(buf_bg + R * D + j * 8 + 2 * qc) = make_float2(acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+    }
+    return;
+  }
   if constexpr (ACCUM) {  // the sequence part, summed by the dK/dV kernel (unscaled, as acc_dq)
-    const float *acc_bg = dq_accum + (b * p.Hk + g) * TG * D;
+    const float *acc_bg = dq_buf + (b * p.Hk + g) * TG * D;
 #pragma unroll
     for (int h2 = 0; h2 < 2; ++h2) {
       const int64_t R = Rw + qr + 8 * h2;
@@ -1100,11 +1097,14 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   const int64_t TG = p->T * p->G;
   const int64_t rows = p->B * p->Hk * TG, rows_p = p->B * p->Hk * stat_rows(TG);
   float *ws_lse2 = workspace, *ws_delta = workspace + rows_p;  // stat_rows(T*G) per (b, g)
-  const bool fuse = D == 64 && bwd_fuse_depth_selected(p);  // dkd, dvd from the dQ kernel (no kernel 3)
+  // The depth part by bwd_depth_token_kernel (attn_bwd_depth.cu), last: it adds the float32
+  // sequence dQ in dq_accum (its 8-byte reads need an aligned workspace; a caller's might not be)
+  const bool depth_k = bwd_depth_kernel_selected(p) && rows > 0 && ((uintptr_t)workspace & 15) == 0;
+  const bool fuse = !depth_k && D == 64 && bwd_fuse_depth_selected(p);  // dkd, dvd from the dQ kernel (no kernel 3)
   // sequence dQ summed by the dK/dV kernel; its vector reductions need an 8-byte aligned
   // accumulator (a caller's workspace might not be: then the deterministic path runs)
   const bool atomic = D == 64 && bwd_atomic_dq_selected(p) && ((uintptr_t)workspace & 15) == 0;
-  float *dq_accum = atomic ? workspace + 2 * rows_p : nullptr;  // [B, Hk, T*G, d] float32
+  float *dq_accum = atomic || depth_k ? workspace + 2 * rows_p : nullptr;  // [B, Hk, T*G, d] float32
   const int64_t dq_tiles = (TG + Cfg::BM - 1) / Cfg::BM;
   const dim3 dq_grid((unsigned)dq_tiles, (unsigned)p->Hk, (unsigned)p->B);
   if (rows > 0) {
@@ -1119,13 +1119,25 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
       bool launched = false;
       if constexpr (D == 64) {
         const bool wg = bwd_wgmma_selected(p, 2);
-        const int smem = wg ? Cfg::DQ_SMEM_WG : Cfg::DQ_SMEM;
-        auto kern = wg ? (fuse ? bwd_dq_mma_kernel<T, D, true, true> : bwd_dq_mma_kernel<T, D, true, false>)
-                       : (fuse ? bwd_dq_mma_kernel<T, D, false, true> : bwd_dq_mma_kernel<T, D, false, false>);
-        kern<<<dq_grid, Cfg::NTHREADS, smem, stream>>>(*p, ws_lse2, ws_delta, nullptr);
+        if (depth_k) {
+          if (wg)
+            bwd_dq_mma_kernel<T, D, true><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_WG_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
+          else
+            bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
+        } else {
+          const int smem = wg ? Cfg::DQ_SMEM_WG : Cfg::DQ_SMEM;
+          auto kern = wg ? (fuse ? bwd_dq_mma_kernel<T, D, true, true> : bwd_dq_mma_kernel<T, D, true, false>)
+                         : (fuse ? bwd_dq_mma_kernel<T, D, false, true> : bwd_dq_mma_kernel<T, D, false, false>);
+          kern<<<dq_grid, Cfg::NTHREADS, smem, stream>>>(*p, ws_lse2, ws_delta, nullptr);
+        }
         launched = true;
       }
-      if (!launched) bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, nullptr);
+      if (!launched) {
+        if (depth_k)
+          bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
+        else
+          bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, nullptr);
+      }
       MODA_CUDA_CHECK_LAUNCH("bwd_dq_mma_kernel");
     }
   }
@@ -1167,12 +1179,13 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     MODA_CUDA_CHECK_LAUNCH("bwd_dkv_mma_kernel");
   }
   if constexpr (D == 64) {
-    if (atomic && rows > 0) {  // after the dK/dV kernel (same stream): depth part + the accumulator
+    if (atomic && rows > 0 && !depth_k) {  // after the dK/dV kernel (same stream): depth part + the accumulator
       auto kern = fuse ? bwd_dq_mma_kernel<T, D, false, true, true> : bwd_dq_mma_kernel<T, D, false, false, true>;
       kern<<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
       MODA_CUDA_CHECK_LAUNCH("bwd_dq_accum_kernel");
     }
   }
+  if (depth_k) return bwd_depth_launch(p, stream, ws_lse2, ws_delta, dq_accum);  // after dQ and dK/dV
   if (p->L > 0 && rows > 0 && !fuse) {
     dim3 grid((unsigned)(((p->T * p->L + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
     bwd_dkv_mma_kernel<T, D, true, DEPTH_MINB><<<grid, Cfg::NTHREADS, Cfg::dkv_smem(Cfg::BQ_DEPTH), stream>>>(*p, ws_lse2, ws_delta);
@@ -1209,6 +1222,14 @@ const char *bwd_mma_name(const moda_attn_params *p) {
   // the sequence dK/dV and the dQ kernels; the depth dK/dV kernel is always mma.sync
   // dQ's sum order varies run to run on the atomic path; "_fdepth": depth gradients fused into dQ
   // "_ws": the warp-specialised dK/dV kernel (attn_bwd_wgmma.cu)
+  // "_dtok": the depth part by bwd_depth_token_kernel (attn_bwd_depth.cu)
+  if (bwd_depth_kernel_selected(p)) {
+    const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p);
+    if (bwd_atomic_dq_selected(p)) return ws ? "wgmma_d64_ws_atomic_dq_dtok" : "wgmma_d64_atomic_dq_dtok";
+    if (ws) return "wgmma_d64_ws_dtok";
+    if (bwd_wgmma_selected(p, 1) || bwd_wgmma_selected(p, 2)) return "wgmma_d64_dtok";
+    return p->d == 128 ? "mma_sync_d128_dtok" : "mma_sync_d64_dtok";
+  }
   const bool fd = bwd_fuse_depth_selected(p);
   const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p);
   if (bwd_atomic_dq_selected(p))
@@ -1223,7 +1244,7 @@ const char *bwd_mma_name(const moda_attn_params *p) {
 // lse2 and delta per packed row (stat_rows padding), + the float32 dQ accumulator of the atomic-dQ path
 int64_t bwd_mma_workspace_floats(const moda_attn_params *p) {
   const int64_t rows = p->B * p->Hq * p->T, rows_p = p->B * p->Hk * stat_rows(p->T * p->G);
-  return 2 * rows_p + (bwd_atomic_dq_selected(p) ? rows * p->d : 0);
+  return 2 * rows_p + (bwd_atomic_dq_selected(p) || bwd_depth_kernel_selected(p) ? rows * p->d : 0);
 }
 
 int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace) {

@@ -85,6 +85,12 @@ bool bwd_ws_selected(const moda_attn_params *p);
 int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                       float *dq_accum, bool *launched);
 
+// The depth part of the backward for token visibility (attn_bwd_depth.cu): dkd, dvd and dq's
+// depth part, added to the unscaled float32 sequence dQ in dq_seq; writes dq. Runs last.
+bool bwd_depth_kernel_selected(const moda_attn_params *p);
+int bwd_depth_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
+                     const float *dq_seq);
+
 // Decode path (attn_decode.cu): T <= 16 queries against a long cache, split-K + combine.
 bool fwd_decode_selected(const moda_attn_params *p);
 int64_t fwd_decode_workspace_bytes(const moda_attn_params *p);

@@ -128,6 +128,9 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_no_ws         MODA_CUDA_BWD_WS=0 -- bwd
     step bwd_ws_atomic     MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_ws_atomic   MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
+    step bwd_no_depth_k    MODA_CUDA_BWD_DEPTH_KERNEL=0 -- bwd
+    step bwd_no_depth_k_nd MODA_CUDA_BWD_DEPTH_KERNEL=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step bwd_depth_k_mma   MODA_CUDA_WGMMA=0 -- bwd
     step bwd_fuse_depth    MODA_CUDA_BWD_FUSE_DEPTH=1 -- bwd
     step quick_fuse_depth  MODA_CUDA_BWD_FUSE_DEPTH=1 -- quick
     step quick_wgmma_all   MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick

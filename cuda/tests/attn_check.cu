@@ -497,6 +497,15 @@ int main(int argc, char **argv) {
     cases.push_back({1, 125, 250, 2, 8, 5, 64, 1, 0, MODA_F16, true, 0, 1});
     cases.push_back({2, 131, 131, 1, 2, 7, 64, 1, 0, MODA_BF16, true, 0, 1});
     cases.push_back({1, 97, 97, 2, 1, 3, 64, 0, 0, MODA_F16, true, 0, 1});
+    // the token-visibility depth kernel (attn_bwd_depth.cu): units of 8/G tokens with T not a
+    // multiple of them, several 64-row items per unit (L = 126: the last one partial), G = 16, 32
+    // (one token per unit), d = 128, B and Hk > 1 (units of several (b, g) in one CTA)
+    cases.push_back({2, 99, 99, 2, 4, 126, 64, 0, 0, MODA_BF16, true, 0, 1});
+    cases.push_back({1, 61, 61, 1, 1, 300, 64, 1, 0, MODA_F16, true, 0, 0});
+    cases.push_back({1, 45, 50, 2, 32, 70, 64, 1, 0, MODA_BF16, true, 0, 1});
+    cases.push_back({2, 33, 33, 1, 16, 64, 128, 0, 0, MODA_F16, true, 0, 0});
+    cases.push_back({1, 73, 73, 3, 2, 9, 128, 1, 0, MODA_BF16, true, 0, 1});
+    cases.push_back({1, 40, 40, 1, 32, 130, 128, 0, 0, MODA_BF16, true, 0, 0});
   }
   const size_t bwd_grid_end = cases.size();
   // Decode path (split-K over a long cache, attn_decode.cu), forced on: T 1, 3, 16 new queries,
@@ -536,6 +545,9 @@ int main(int argc, char **argv) {
     // with S % 64 != 0: keys past S in the last block; causal with S > T)
     cases.push_back({1, 70, 75, 2, 4, 3, 64, 0, 0, MODA_F16, true, 0, 0});
     cases.push_back({1, 61, 66, 1, 8, 2, 64, 1, 0, MODA_BF16, true, 0, 0});
+    // the depth kernel: several items per unit, G = 32, d = 128
+    cases.push_back({1, 21, 21, 2, 4, 70, 64, 0, 0, MODA_BF16, true, 0, 1});
+    cases.push_back({1, 9, 9, 1, 32, 5, 128, 1, 0, MODA_F16, true, 0, 0});
   }
   // Forward-only cases aimed at the depth phase of the tensor-core forward (the ring: chunk
   // sequence across groups, L not a multiple of 16, tokens spanning groups, chunk visibility,

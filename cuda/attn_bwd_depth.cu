@@ -1,0 +1,449 @@
+// attn_bwd_depth.cu: the depth part of the MoDA backward for token visibility, as one
+// memory-streaming kernel (mma.sync m16n8k16 / m16n8k8, sm_80+, d = 64 / 128).
+//
+// With token visibility (SPEC section 1, chunk <= 0) the depth rows of token u are seen only by
+// the G query heads of u, so per (batch, KV head, token) the depth backward is closed:
+//     S^T = kd_u q_u^T,  dP^T = vd_u dO_u^T                         [L x G]
+//     P^T = exp2(S^T * scale*log2(e) - lse2),  dS^T = P^T (dP^T - delta)
+//     dvd_u = P^T dO_u,  dkd_u = scale * dS^T q_u                   [L x d], complete here
+//     dq_u += scale * dS kd_u                                       [G x d]
+// It reads kd, vd once and writes dkd, dvd once: ~8 L d bytes per token and KV head against
+// ~10 L G d FLOPs, a stream at the memory rate, and the kernel is built for that:
+// - a unit is NC = max(8, G) packed query rows (8/G whole tokens for G dividing 8, one token for
+//   G = 16, 32) and the TPU*L depth rows of its TPU tokens, walked in items of 64 depth rows
+//   (flattened i = (u - u_first)*L + l; a depth row of another token of the unit is masked);
+// - persistent CTAs of 4 warps each take a contiguous range of units ((b, g, unit) flattened)
+//   and stream its items through an NST-stage cp.async ring; a stage holds the item's kd, vd rows
+//   and its unit's q, dO rows and lse2, delta (re-read per item, from L2: they are small);
+// - warp w owns depth rows 16w..16w+15 of an item: S^T, dP^T, P^T, dS^T, then dvd and dkd
+//   (m16n8k8 for NC = 8, k = the unit's query rows), staged in smem (dvd over the warp's own vd
+//   rows) and written as whole 16-byte pieces of whole rows;
+// - dq^T += kd^T dS^T sums over all 64 rows of the item, so the warps exchange dS through smem
+//   and warp w then owns head dims (D/4)w..(D/4)(w+1)-1 of dq^T for the whole unit: its
+//   accumulators live across the unit's items and nothing is summed across warps.
+// dq: the sequence part arrives unscaled in float32 in dq_seq [B, Hk, T*G, d] (summed there by
+// the dK/dV kernel's reductions, deterministic = 0, or written by the dQ kernel's sequence-only
+// variant); this kernel adds the depth part, scales and writes dq once. It runs last.
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "moda_cuda_internal.cuh"
+#include "attn_bwd_common.cuh"
+#include "mma_helpers.cuh"
+
+namespace moda_cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <int D, int NC>
+struct DepthBwdConfig {
+  static constexpr int NWARPS = 4, NTHREADS = 128;
+  static constexpr int ROWS = 64;       // depth rows per item (16 per warp)
+  static constexpr int LDS = D + 8;     // smem row stride (elements): ldmatrix without bank conflicts
+  static constexpr int LDSD = ROWS + 8; // dS tile [NC][ROWS] row stride
+  // Ring depth: 3 stages at d = 64 (72 KB at NC = 8: 3 CTAs per SM), 2 at d = 128 (2 CTAs per SM).
+  static constexpr int NST = D <= 64 ? 3 : 2;
+  static constexpr int MINB = D <= 64 ? 3 : 2;      // CTAs per SM the registers are cut for
+  static constexpr int KV_BYTES = ROWS * LDS * 2;   // kd or vd rows of a stage
+  static constexpr int Q_BYTES = NC * LDS * 2;      // q or dO rows of a stage
+  static constexpr int STAGE = 2 * KV_BYTES + 2 * Q_BYTES + 2 * NC * 4;
+  static constexpr int DS_BYTES = NC * LDSD * 2;
+  static constexpr int SMEM = NST * STAGE + DS_BYTES + KV_BYTES;  // + the dkd staging rows
+  static_assert(STAGE % 16 == 0 && DS_BYTES % 16 == 0, "16-byte aligned smem pieces");
+};
+
+template <typename T, int D, int NC>
+__global__ void __launch_bounds__(128, (DepthBwdConfig<D, NC>::MINB))
+bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, const float *dq_seq,
+                       int64_t units_per_bg, int64_t total_units) {
+  using Cfg = DepthBwdConfig<D, NC>;
+  using Mma = MmaOp<T>;
+  constexpr int ROWS = Cfg::ROWS, LDS = Cfg::LDS, LDSD = Cfg::LDSD, NST = Cfg::NST;
+  constexpr int NT = NC / 8, KSTEPS = D / 16, MT = D / 64;  // MT: dq^T m16 tiles per warp
+  static_assert(NC == 8 || NC == 16 || NC == 32, "NC: 8, 16 or 32 query rows per unit");
+  static_assert(D == 64 || D == 128, "d: 64 or 128");
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  T *sDS = reinterpret_cast<T *>(smem + NST * Cfg::STAGE);                  // dS [NC][LDSD]
+  T *sDkd = reinterpret_cast<T *>(smem + NST * Cfg::STAGE + Cfg::DS_BYTES); // dkd [ROWS][LDS]
+  auto sKd = [&](int s) { return reinterpret_cast<T *>(smem + s * Cfg::STAGE); };
+  auto sVd = [&](int s) { return reinterpret_cast<T *>(smem + s * Cfg::STAGE + Cfg::KV_BYTES); };
+  auto sQ = [&](int s) { return reinterpret_cast<T *>(smem + s * Cfg::STAGE + 2 * Cfg::KV_BYTES); };
+  auto sdO = [&](int s) { return reinterpret_cast<T *>(smem + s * Cfg::STAGE + 2 * Cfg::KV_BYTES + Cfg::Q_BYTES); };
+  auto sLse = [&](int s) {
+    return reinterpret_cast<float *>(smem + s * Cfg::STAGE + 2 * Cfg::KV_BYTES + 2 * Cfg::Q_BYTES);
+  };
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, qr = lane / 4, qc = lane % 4;
+  const int64_t G = p.G, T_ = p.T, L = p.L, TG = T_ * G, Hk = p.Hk;
+  const int TPU = NC / (int)G;                              // tokens per unit (the host: G divides NC)
+  const int CPU = (int)((TPU * L + ROWS - 1) / ROWS);       // items per unit
+  const float scale_log2 = (float)p.scale * kLog2e, scale = (float)p.scale;
+  const int64_t U_beg = (int64_t)blockIdx.x * total_units / gridDim.x;
+  const int64_t U_end = (int64_t)(blockIdx.x + 1) * total_units / gridDim.x;
+  const int64_t n_items = (U_end - U_beg) * CPU;
+
+  // Where an item is: (b, g, unit, chunk), advanced one item at a time (no divisions in the
+  // loop: the per-item index math was the kernel's largest instruction cost). The loads run
+  // NST - 1 items ahead of the compute, so each has its own cursor.
+  struct Cursor {
+    int64_t b, g, unit;
+    int chunk;
+    __device__ void advance(int cpu, int64_t units_per_bg, int64_t hk) {
+      if (++chunk < cpu) return;
+      chunk = 0;
+      if (++unit < units_per_bg) return;
+      unit = 0;
+      if (++g < hk) return;
+      g = 0;
+      ++b;
+    }
+  };
+  Cursor first;
+  {
+    const int64_t bg = U_beg / units_per_bg;
+    first.unit = U_beg - bg * units_per_bg;
+    first.b = bg / Hk;
+    first.g = bg - first.b * Hk;
+    first.chunk = 0;
+  }
+  // the unit's depth rows (flattened i < nkeys: token i / L of the unit, slot i % L)
+  auto unit_keys = [&](const Cursor &c) {
+    const int64_t left = T_ - c.unit * TPU;
+    return (int)(left < TPU ? left : TPU) * (int)L;
+  };
+
+  constexpr int PIECES = D / 8;                    // 16-byte pieces per row
+  constexpr int ROWS_PER_PASS = Cfg::NTHREADS / PIECES;
+  const int prow = tid / PIECES, pcol = (tid % PIECES) * 8;
+  auto load_item = [&](const Cursor &c, int s) {
+    const int nkeys = unit_keys(c), i0 = c.chunk * ROWS;
+    const int64_t u_lo = c.unit * TPU, R0 = c.unit * NC;
+    const T *kd = static_cast<const T *>(p.kd) + c.b * p.kd_stride[0] + c.g * p.kd_stride[3] + pcol;
+    const T *vd = static_cast<const T *>(p.vd) + c.b * p.vd_stride[0] + c.g * p.vd_stride[3] + pcol;
+#pragma unroll
+    for (int k = 0; k < ROWS / ROWS_PER_PASS; ++k) {
+      const int r = prow + k * ROWS_PER_PASS, i = i0 + r;
+      T *dk = sKd(s) + r * LDS + pcol, *dv = sVd(s) + r * LDS + pcol;
+      if (i < nkeys) {
+        const int ui = i / (int)L, li = i - ui * (int)L;
+        const int64_t u = u_lo + ui;
+        cp_async_16(dk, kd + u * p.kd_stride[1] + li * p.kd_stride[2]);
+        cp_async_16(dv, vd + u * p.vd_stride[1] + li * p.vd_stride[2]);
+      } else {  // zero rows: their scores are masked, but 0 * stale NaN would not be 0
+        *reinterpret_cast<uint4 *>(dk) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4 *>(dv) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    // the unit's NC query rows: token u_lo + r / G, head g*G + r % G
+    for (int r = prow; r < NC; r += ROWS_PER_PASS) {
+      T *dq_ = sQ(s) + r * LDS + pcol, *dd = sdO(s) + r * LDS + pcol;
+      if (R0 + r < TG) {
+        const int64_t t = u_lo + r / (int)G, h = c.g * G + r % (int)G;
+        cp_async_16(dq_, static_cast<const T *>(p.q) + c.b * p.q_stride[0] + t * p.q_stride[1] + h * p.q_stride[2] + pcol);
+        cp_async_16(dd, static_cast<const T *>(p.dout) + c.b * p.dout_stride[0] + t * p.dout_stride[1] +
+                            h * p.dout_stride[2] + pcol);
+      } else {
+        *reinterpret_cast<uint4 *>(dq_) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4 *>(dd) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    const int64_t off = (c.b * Hk + c.g) * stat_rows(TG);
+    load_row_stats(sLse(s), sLse(s) + NC, ws_lse2 + off, ws_delta + off, R0, TG, NC, tid, Cfg::NTHREADS);
+  };
+
+  // the unit-local token of this lane's columns nt*8 + 2*qc + e (fixed: units start at token bounds)
+  int col_tok[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) col_tok[nt][e] = (nt * 8 + 2 * qc + e) / (int)G;
+
+  float acc_t[MT][NT][4];  // dq^T: head dims warp*(D/4) + mt*16 + (qr, qr + 8), columns nt*8 + 2*qc (+1)
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) acc_t[mt][nt][0] = acc_t[mt][nt][1] = acc_t[mt][nt][2] = acc_t[mt][nt][3] = 0.f;
+
+  Cursor ld = first, cur = first;
+#pragma unroll
+  for (int s = 0; s < NST - 1; ++s) {
+    if (s < n_items) {
+      load_item(ld, s);
+      ld.advance(CPU, units_per_bg, Hk);
+    }
+    cp_async_commit();
+  }
+  const int r0 = warp * 16;
+  int s = 0, s_load = NST - 1;  // ring slots of item w and of item w + NST - 1
+  for (int64_t w = 0; w < n_items; ++w, cur.advance(CPU, units_per_bg, Hk)) {
+    cp_async_wait<NST - 2>();
+    __syncthreads();  // stage s has landed for all; every warp is done with item w - 1 (its stage, sDS)
+    if (w + NST - 1 < n_items) {
+      load_item(ld, s_load);
+      ld.advance(CPU, units_per_bg, Hk);
+    }
+    cp_async_commit();
+
+    const int nkeys = unit_keys(cur), chunk = cur.chunk, i0 = chunk * ROWS;
+    const int64_t u_lo = cur.unit * TPU, R0 = cur.unit * NC;
+    const T *kd_s = sKd(s), *q_s = sQ(s), *do_s = sdO(s);
+    T *vd_s = sVd(s);
+    const float *lse_s = sLse(s), *delta_s = sLse(s) + NC;
+
+    // this lane's depth rows r0 + qr + 8*h2: unit-local token, -1 past the unit's rows
+    int row_tok[2];
+#pragma unroll
+    for (int h2 = 0; h2 < 2; ++h2) {
+      const int i = i0 + r0 + qr + 8 * h2;
+      row_tok[h2] = i < nkeys ? i / (int)L : -1;
+    }
+
+    // S^T = kd q^T and dP^T = vd dO^T: 16 rows x NC columns
+    float st[NT][4], dpt[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS / 2; ++kk) {
+      uint32_t ak[2][4], av[2][4];
+#pragma unroll
+      for (int s2 = 0; s2 < 2; ++s2) {
+        const int off = (r0 + (lane & 15)) * LDS + (2 * kk + s2) * 16 + (lane >> 4) * 8;
+        ldmatrix_x4(ak[s2], kd_s + off);
+        ldmatrix_x4(av[s2], vd_s + off);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int off = (nt * 8 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8;
+        uint32_t qb[4], ob[4];
+        ldmatrix_x4(qb, q_s + off);
+        ldmatrix_x4(ob, do_s + off);
+        Mma::run(st[nt], ak[0], qb[0], qb[1]);
+        Mma::run(st[nt], ak[1], qb[2], qb[3]);
+        Mma::run(dpt[nt], av[0], ob[0], ob[1]);
+        Mma::run(dpt[nt], av[1], ob[2], ob[3]);
+      }
+    }
+    // P^T (into st) and dS^T (into dpt); a row of another token of the unit, or past it, is 0
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const float2 l2 = *reinterpret_cast<const float2 *>(lse_s + nt * 8 + 2 * qc);
+      const float2 dl = *reinterpret_cast<const float2 *>(delta_s + nt * 8 + 2 * qc);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bool vis = row_tok[e >> 1] == col_tok[nt][e & 1];
+        const float pe = vis ? exp2f(st[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
+        st[nt][e] = pe;
+        dpt[nt][e] = pe * (dpt[nt][e] - ((e & 1) ? dl.y : dl.x));
+      }
+    }
+    // dS into the shared [NC][ROWS] tile (the B operand of dq^T += kd^T dS^T): movmatrix turns this
+    // lane's pair (row, columns 2qc, 2qc+1) into (column qr, rows 2qc, 2qc+1) of each 8 x 8 block
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int h2 = 0; h2 < 2; ++h2)
+        *reinterpret_cast<uint32_t *>(sDS + (nt * 8 + qr) * LDSD + r0 + 8 * h2 + 2 * qc) =
+            movmatrix_trans(Mma::pack(dpt[nt][2 * h2], dpt[nt][2 * h2 + 1]));
+
+    // dvd = P^T dO and dkd = scale * dS^T q (16 rows x D, k = the NC query rows), staged: dvd over
+    // this warp's vd rows (only this warp read them), dkd in the staging rows
+    __syncwarp();
+    T *dkd_s = sDkd;
+    auto stage_pair = [&](T *base, int row, int col, float lo, float hi) {
+      *reinterpret_cast<uint32_t *>(base + row * LDS + col) = Mma::pack(lo, hi);
+    };
+    if constexpr (NC == 8) {
+      const uint32_t pa[2] = {Mma::pack(st[0][0], st[0][1]), Mma::pack(st[0][2], st[0][3])};
+      const uint32_t da[2] = {Mma::pack(dpt[0][0], dpt[0][1]), Mma::pack(dpt[0][2], dpt[0][3])};
+#pragma unroll
+      for (int n4 = 0; n4 < D / 32; ++n4) {
+        const int off = (lane & 7) * LDS + n4 * 32 + (lane >> 3) * 8;
+        uint32_t ob[4], qb[4];
+        ldmatrix_x4_trans(ob, do_s + off);
+        ldmatrix_x4_trans(qb, q_s + off);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float cv[4] = {0.f, 0.f, 0.f, 0.f}, ck[4] = {0.f, 0.f, 0.f, 0.f};
+          Mma::run_k8(cv, pa, ob[j]);
+          Mma::run_k8(ck, da, qb[j]);
+          const int col = n4 * 32 + j * 8 + 2 * qc;
+#pragma unroll
+          for (int h2 = 0; h2 < 2; ++h2) {
+            stage_pair(vd_s, r0 + qr + 8 * h2, col, cv[2 * h2], cv[2 * h2 + 1]);
+            stage_pair(dkd_s, r0 + qr + 8 * h2, col, ck[2 * h2] * scale, ck[2 * h2 + 1] * scale);
+          }
+        }
+      }
+    } else {
+      constexpr int KK = NC / 16;
+      uint32_t pa[KK][4], da[KK][4];
+      pack_acc_as_a<T, KK>(st, pa);
+      pack_acc_as_a<T, KK>(dpt, da);
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        float cv[2][4] = {}, ck[2][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < KK; ++kk) {
+          const int off = (kk * 16 + (lane & 15)) * LDS + dn * 16 + (lane >> 4) * 8;
+          uint32_t ob[4], qb[4];
+          ldmatrix_x4_trans(ob, do_s + off);
+          ldmatrix_x4_trans(qb, q_s + off);
+          Mma::run(cv[0], pa[kk], ob[0], ob[1]);
+          Mma::run(cv[1], pa[kk], ob[2], ob[3]);
+          Mma::run(ck[0], da[kk], qb[0], qb[1]);
+          Mma::run(ck[1], da[kk], qb[2], qb[3]);
+        }
+#pragma unroll
+        for (int hn = 0; hn < 2; ++hn)
+#pragma unroll
+          for (int h2 = 0; h2 < 2; ++h2) {
+            const int col = dn * 16 + hn * 8 + 2 * qc;
+            stage_pair(vd_s, r0 + qr + 8 * h2, col, cv[hn][2 * h2], cv[hn][2 * h2 + 1]);
+            stage_pair(dkd_s, r0 + qr + 8 * h2, col, ck[hn][2 * h2] * scale, ck[hn][2 * h2 + 1] * scale);
+          }
+      }
+    }
+    // the warp's 16 staged rows out as whole rows of 16-byte pieces (rows past the unit skipped)
+    __syncwarp();
+    {
+      const int c8 = (lane % PIECES) * 8;
+      T *dvd = static_cast<T *>(p.dvd) + cur.b * p.dvd_stride[0] + cur.g * p.dvd_stride[3] + c8;
+      T *dkd = static_cast<T *>(p.dkd) + cur.b * p.dkd_stride[0] + cur.g * p.dkd_stride[3] + c8;
+#pragma unroll
+      for (int it = 0; it < 16 * PIECES / 32; ++it) {
+        const int r = it * (32 / PIECES) + lane / PIECES, i = i0 + r0 + r;
+        if (i >= nkeys) continue;
+        const int ui = i / (int)L, li = i - ui * (int)L;
+        const int64_t u = u_lo + ui;
+        *reinterpret_cast<uint4 *>(dvd + u * p.dvd_stride[1] + li * p.dvd_stride[2]) =
+            *reinterpret_cast<const uint4 *>(vd_s + (r0 + r) * LDS + c8);
+        *reinterpret_cast<uint4 *>(dkd + u * p.dkd_stride[1] + li * p.dkd_stride[2]) =
+            *reinterpret_cast<const uint4 *>(dkd_s + (r0 + r) * LDS + c8);
+      }
+    }
+    __syncthreads();  // the dS tile is complete
+
+    // dq^T[dims of this warp] += kd^T dS^T over the item's 64 rows: A = kd^T by ldmatrix.trans,
+    // B = dS (k = depth rows) by ldmatrix from the [NC][ROWS] tile
+    const int dw0 = warp * (D / Cfg::NWARPS);
+#pragma unroll
+    for (int kk = 0; kk < ROWS / 32; ++kk) {
+      uint32_t bd[NT][4];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) ldmatrix_x4(bd[nt], sDS + (nt * 8 + (lane & 7)) * LDSD + kk * 32 + (lane >> 3) * 8);
+#pragma unroll
+      for (int s2 = 0; s2 < 2; ++s2) {
+        const int ks = 2 * kk + s2;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          uint32_t a[4];
+          ldmatrix_x4_trans(a, kd_s + (ks * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS + dw0 + mt * 16 +
+                                   ((lane >> 3) & 1) * 8);
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) Mma::run(acc_t[mt][nt], a, bd[nt][2 * s2], bd[nt][2 * s2 + 1]);
+        }
+      }
+    }
+
+    if (chunk == CPU - 1) {  // the unit's last item: dq = scale * (sequence part + depth part)
+      T *dq = static_cast<T *>(p.dq) + cur.b * p.dq_stride[0];
+      const float *seq_bg = dq_seq + (cur.b * Hk + cur.g) * TG * D;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e1 = 0; e1 < 2; ++e1) {
+          const int col = nt * 8 + 2 * qc + e1;
+          const int64_t R = R0 + col;
+          if (R >= TG) continue;
+          T *dqr = dq + (u_lo + col / (int)G) * p.dq_stride[1] + (cur.g * G + col % (int)G) * p.dq_stride[2];
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2) {
+              const int dim = dw0 + mt * 16 + qr + 8 * h2;
+              dqr[dim] = Elem<T>::from_float((acc_t[mt][nt][2 * h2 + e1] + seq_bg[R * D + dim]) * scale);
+            }
+        }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) acc_t[mt][nt][0] = acc_t[mt][nt][1] = acc_t[mt][nt][2] = acc_t[mt][nt][3] = 0.f;
+    }
+    s = s + 1 == NST ? 0 : s + 1;
+    s_load = s_load + 1 == NST ? 0 : s_load + 1;
+  }
+  cp_async_wait<0>();  // no cp.async outlives the CTA (the ring's trailing empty groups)
+}
+
+template <typename T, int D, int NC>
+int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, const float *dq_seq) {
+  using Cfg = DepthBwdConfig<D, NC>;
+  auto kern = bwd_depth_token_kernel<T, D, NC>;
+  static int ctas_per_sm = 0;  // per instantiation, on the first launch
+  if (!ctas_per_sm) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM),
+                    "cudaFuncSetAttribute(bwd_depth_token)");
+    int n = 0;
+    MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, Cfg::NTHREADS, Cfg::SMEM),
+                    "cudaOccupancyMaxActiveBlocksPerMultiprocessor(bwd_depth_token)");
+    ctas_per_sm = n > 0 ? n : 1;
+  }
+  int dev = 0, sms = 0;
+  MODA_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
+  MODA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  const int64_t tpu = NC / p->G;
+  const int64_t units_per_bg = (p->T + tpu - 1) / tpu, total = p->B * p->Hk * units_per_bg;
+  if (total <= 0) return MODA_OK;
+  const int64_t slots = (int64_t)sms * ctas_per_sm;
+  const unsigned grid = (unsigned)(total < slots ? total : slots);
+  kern<<<grid, Cfg::NTHREADS, Cfg::SMEM, stream>>>(*p, lse2, delta, dq_seq, units_per_bg, total);
+  MODA_CUDA_CHECK_LAUNCH("bwd_depth_token_kernel");
+  return MODA_OK;
+}
+
+template <typename T, int D>
+int launch_nc(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, const float *dq_seq) {
+  if (p->G <= 8) return launch<T, D, 8>(p, stream, lse2, delta, dq_seq);
+  if (p->G == 16) return launch<T, D, 16>(p, stream, lse2, delta, dq_seq);
+  return launch<T, D, 32>(p, stream, lse2, delta, dq_seq);
+}
+
+bool writable16(const void *ptr, const int64_t *st, int n) {
+  if ((uintptr_t)ptr & 15) return false;
+  for (int i = 0; i < n; ++i)
+    if (st[i] % 8) return false;
+  return true;
+}
+
+}  // namespace
+
+// Token visibility, L > 0, bf16/fp16, d = 64/128, G dividing 8 or G = 16, 32, dkd/dvd writable in
+// 16-byte pieces. On by default; MODA_CUDA_BWD_DEPTH_KERNEL=0 keeps the older paths (the depth
+// gradients fused into the dQ kernel, or the depth dK/dV kernel, and dQ's depth part in the dQ
+// kernel) for comparison.
+bool bwd_depth_kernel_selected(const moda_attn_params *p) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_DEPTH_KERNEL");
+    on = !(e && e[0] == '0');
+  }
+  if (!on || p->L <= 0 || p->chunk > 0 || (p->d != 64 && p->d != 128)) return false;
+  if (p->dtype != MODA_BF16 && p->dtype != MODA_F16) return false;
+  if (!(8 % p->G == 0 || p->G == 16 || p->G == 32)) return false;
+  return writable16(p->dkd, p->dkd_stride, 4) && writable16(p->dvd, p->dvd_stride, 4);
+}
+
+int bwd_depth_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
+                     const float *dq_seq) {
+  if (p->dtype == MODA_BF16)
+    return p->d == 128 ? launch_nc<__nv_bfloat16, 128>(p, stream, lse2, delta, dq_seq)
+                       : launch_nc<__nv_bfloat16, 64>(p, stream, lse2, delta, dq_seq);
+  return p->d == 128 ? launch_nc<__half, 128>(p, stream, lse2, delta, dq_seq)
+                     : launch_nc<__half, 64>(p, stream, lse2, delta, dq_seq);
+}
+
+}  // namespace moda_cuda
