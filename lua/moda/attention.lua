@@ -167,7 +167,7 @@ end
 -- The names of the kernels moda.attention and moda.attention_backward would run for these
 -- inputs and opts (opts.out is not looked at; outputs are taken to be ones moda allocates):
 --   local fwd, bwd = moda.attention_kernels(q, k, v, kd, vd, { mask = "causal" })
---   --> "wgmma_d64_ws", "wgmma_d64_ws_fdepth" on an H100; "cpu_fast", "cpu_fast" on the CPU
+--   --> "wgmma_d64_ws", "wgmma_d64_ws_dtok" on an H100; "cpu_fast", "cpu_fast" on the CPU
 function M.attention_kernels(q, k, v, kd, vd, opts)
   local what = "moda.attention_kernels"
   check_inputs(what, q, k, v, kd, vd)
