@@ -1039,7 +1039,8 @@ bool bwd_fuse_depth_selected(const moda_attn_params *p) {
 }
 
 // dQ by float32 reductions from the wgmma dK/dV kernel (ATOMIC_DQ): deterministic = 0 only, where
-// that kernel runs. Rule (unset MODA_CUDA_BWD_ATOMIC_DQ): where the sequence part dominates, as the
+// that kernel runs. Rule (unset MODA_CUDA_BWD_ATOMIC_DQ): wherever the depth kernel
+// (attn_bwd_depth.cu) runs; otherwise where the sequence part dominates, as the
 // forward's wgmma rule with its depth clause - a mean of >= 1024 visible keys and >= 16 L. Measured
 // on the H100 (session 5, fwd+bwd, deterministic = 0, atomic vs not): paper T=4096 4.14 vs
 // 4.54 ms, T=16384 50.1 vs 57.7, T=65536 742 vs 869; but LM-64 (1024 keys, L = 126) 2.99 vs 2.82
@@ -1053,6 +1054,10 @@ bool bwd_atomic_dq_selected(const moda_attn_params *p) {
   }
   if (forced == 0 || p->deterministic || !bwd_wgmma_selected(p, 1)) return false;
   if (forced == 1) return true;
+  // With the depth kernel the dQ kernel would run for the sequence part alone, which the atomic
+  // path makes unnecessary: measured (session 7, H100, fwd+bwd nd) atomic vs not: DeiT-Tiny 0.83
+  // vs 0.95 ms, DeiT-Tiny-64 2.17 vs 2.31, LM-64 2.30 vs 2.48.
+  if (bwd_depth_kernel_selected(p)) return true;
   const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
   return seq_keys >= 1024 && seq_keys >= 16 * p->L;
 }
