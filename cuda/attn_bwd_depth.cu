@@ -421,11 +421,11 @@ bool writable16(const void *ptr, const int64_t *st, int n) {
 
 }  // namespace
 
-// Token visibility, L > 0, bf16/fp16, d = 64/128, G dividing 8 or G = 16, 32, dkd/dvd writable in
-// 16-byte pieces. On by default; MODA_CUDA_BWD_DEPTH_KERNEL=0 keeps the older paths (the depth
-// gradients fused into the dQ kernel, or the depth dK/dV kernel, and dQ's depth part in the dQ
-// kernel) for comparison.
-bool bwd_depth_kernel_selected(const moda_attn_params *p) {
+// Where the kernel can run: token visibility, L > 0, bf16/fp16, d = 64/128, G dividing 8 or G =
+// 16, 32, dkd/dvd writable in 16-byte pieces, MODA_CUDA_BWD_DEPTH_KERNEL not 0 (=0 keeps the older
+// paths: the depth gradients fused into the dQ kernel, or the depth dK/dV kernel, and dQ's depth
+// part in the dQ kernel). Whether it does run is bwd_depth_kernel_selected (attn_bwd_mma.cu).
+bool bwd_depth_kernel_supported(const moda_attn_params *p) {
   static int on = -1;
   if (on < 0) {
     const char *e = getenv("MODA_CUDA_BWD_DEPTH_KERNEL");

@@ -87,7 +87,8 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
 
 // The depth part of the backward for token visibility (attn_bwd_depth.cu): dkd, dvd and dq's
 // depth part, added to the unscaled float32 sequence dQ in dq_seq; writes dq. Runs last.
-bool bwd_depth_kernel_selected(const moda_attn_params *p);
+// _supported: where it can run (the choice is attn_bwd_mma.cu's bwd_depth_kernel_selected).
+bool bwd_depth_kernel_supported(const moda_attn_params *p);
 int bwd_depth_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                      const float *dq_seq);
 
