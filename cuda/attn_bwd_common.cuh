@@ -80,6 +80,43 @@ __device__ __forceinline__ void store_ds_t(unsigned char *tile, int tile_rows, i
           key_pos[h2] < S ? da[nt / 2][2 * (nt & 1) + h2] : 0u;
 }
 
+// bwd_p_ds_causal and the tile stores of P^T and dS^T in one pass that only reads the S^T / dP^T accumulators: P^T
+// into pt_tile (key rows pt_key0 + ...), dS^T into ds_tile (ds_key0 + ...), both sw128 tiles of
+// key rows x 64 query columns (128-byte rows; pt_key0, ds_key0 multiples of 8), keys >= S as 0. The v9 dK/dV loop issues the next step's S/dP
+// into the same registers while the previous dV/dK still runs; ptxas serialises wgmmas whose
+// accumulators ordinary instructions define inside such a window (C7515), so nothing here writes them.
+// Indices in 32 bits (the caller guarantees S and T*G below 2^31): fewer registers in a loop
+// that keeps two steps' accumulators.
+// Shared memory by 32-bit address (lse_s, delta_s: the columns' float stats; the tiles' bases).
+template <typename T, int NT>
+__device__ __forceinline__ void bwd_p_ds_store_t(const float (&s)[NT][4], const float (&dp)[NT][4], uint32_t lse_s,
+                                                 uint32_t delta_s, int qr, int qc, float scale_log2, bool need_mask,
+                                                 const int (&key_pos)[2], int key_lim, int Rq, int G, int S,
+                                                 uint32_t pt_tile, int pt_key0, uint32_t ds_tile, int ds_key0) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const float2 l2 = ld_shared_f32x2(lse_s + (nt * 8 + 2 * qc) * 4);
+    const float2 dl = ld_shared_f32x2(delta_s + (nt * 8 + 2 * qc) * 4);
+#pragma unroll
+    for (int h2 = 0; h2 < 2; ++h2) {
+      float pe[2], ds[2];
+#pragma unroll
+      for (int e1 = 0; e1 < 2; ++e1) {
+        const int col = nt * 8 + 2 * qc + e1;
+        bool vis = true;
+        if (need_mask) vis = key_pos[h2] <= key_lim + (Rq + col) / G;
+        pe[e1] = vis ? exp2f(s[nt][2 * h2 + e1] * scale_log2 - (e1 ? l2.y : l2.x)) : 0.f;
+        ds[e1] = pe[e1] * (dp[nt][2 * h2 + e1] - (e1 ? dl.y : dl.x));
+      }
+      // sw128_offset(key0 + qr + 8*h2, nt*8 + 2*qc) with key0 % 8 == 0: one offset for both tiles
+      const uint32_t off = (uint32_t)((qr + 8 * h2) * 128 + ((nt ^ qr) << 4) + qc * 4);
+      const bool in = key_pos[h2] < S;
+      st_shared_u32(pt_tile + pt_key0 * 128 + off, in ? MmaOp<T>::pack(pe[0], pe[1]) : 0u);
+      st_shared_u32(ds_tile + ds_key0 * 128 + off, in ? MmaOp<T>::pack(ds[0], ds[1]) : 0u);
+    }
+  }
+}
+
 // dQ_step = dS K over NKEYS keys for the warpgroup's 64 query rows (SS wgmma m64n64: A = the dS^T
 // tile read MN-major, B = the K tile read MN-major, 16 key rows = 2048 bytes per k16 step in
 // both), waited for (with every wgmma before it), then this warp's rows R and R + 8 (R = its

@@ -39,29 +39,36 @@
 namespace moda_cuda {
 namespace {
 
+// PIPE (v9, MODA_CUDA_BWD_WS=2; written in session 7 without device time, NOT yet run): each
+// consumer warpgroup issues S/dP of step j+1 before dV/dK of step j and runs the softmax of step
+// j+1 under dV/dK(j); P^T and dS^T go through smem tiles (dV/dK as SS wgmmas) so that the
+// registers of two steps fit. docs/CUDA_NOTES.md, "v9".
+template <bool PIPE = false>
 struct WsBwdConfig {
-  static constexpr int D = 64, BN = 128, BQ = 64, NST = 3, NTHREADS = 384;
+  static constexpr int D = 64, BN = 128, BQ = 64, NST = PIPE ? 4 : 3, NTHREADS = 384;
   static constexpr int TILE = 64 * D * 2;            // one sw128 tile of 64 rows (8 KB)
   static constexpr int KV_BYTES = 2 * 2 * TILE;      // the K and V blocks, 128 rows each
   static constexpr int STAGE_BYTES = 2 * TILE;       // Q and dO tiles of one step
   static constexpr int DS_BYTES = 2 * 2 * TILE;      // dS^T: 2 step parities x 128 keys
+  static constexpr int PT_BYTES = PIPE ? 2 * 2 * TILE : 0;  // P^T: 2 parities x 2 warpgroups x 64 keys
   static constexpr int STAT_BYTES = 2 * BQ * 4;      // lse2, delta of one step
-  static constexpr int BAR_BYTES = 64;               // full[NST], empty[NST], kv: 8 bytes each
-  // K/V | stages | dS^T (DQ) | stats of each stage | barriers, after 1024 bytes of alignment slack
+  static constexpr int BAR_BYTES = PIPE ? 128 : 64;  // full[NST], empty[NST], kv: 8 bytes each
+  // K/V | stages | dS^T (DQ or PIPE) | P^T (PIPE) | stats of each stage | barriers, after 1024
+  // bytes of alignment slack
   static constexpr int smem_bytes(bool dq) {
-    return 1024 + KV_BYTES + NST * STAGE_BYTES + (dq ? DS_BYTES : 0) + NST * STAT_BYTES + BAR_BYTES;
+    return 1024 + KV_BYTES + NST * STAGE_BYTES + (dq || PIPE ? DS_BYTES : 0) + PT_BYTES + NST * STAT_BYTES + BAR_BYTES;
   }
   static_assert((2 * NST + 1) * 8 <= BAR_BYTES, "barriers fit");
   static_assert(128 * 24 + 256 * 240 <= NTHREADS * ((65536 / NTHREADS) & ~7), "register split of the three warpgroups");
 };
 
-template <typename T, bool DQ>
-__global__ void __launch_bounds__(WsBwdConfig::NTHREADS, 1)
+template <typename T, bool DQ, bool PIPE>
+__global__ void __launch_bounds__(WsBwdConfig<PIPE>::NTHREADS, 1)
 bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum,
                         const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                         const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Cfg = WsBwdConfig;
+  using Cfg = WsBwdConfig<PIPE>;
   using Mma = MmaOp<T>;
   constexpr int D = Cfg::D, BN = Cfg::BN, BQ = Cfg::BQ, NST = Cfg::NST, TILE = Cfg::TILE;
   constexpr int KSTEPS = D / 16, NT = BQ / 8;
@@ -74,7 +81,8 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
   auto sQ = [&](int st) { return sStage + st * Cfg::STAGE_BYTES; };
   auto sdO = [&](int st) { return sStage + st * Cfg::STAGE_BYTES + TILE; };
   unsigned char *sDS = sStage + NST * Cfg::STAGE_BYTES;  // [parity][128 keys][64 rows], sw128
-  float *sStat = reinterpret_cast<float *>(sDS + (DQ ? Cfg::DS_BYTES : 0));
+  unsigned char *sPT = sDS + (DQ || PIPE ? Cfg::DS_BYTES : 0);  // PIPE: [parity][warpgroup][64 keys][64 rows]
+  float *sStat = reinterpret_cast<float *>(sPT + Cfg::PT_BYTES);
   auto sLse = [&](int st) { return sStat + st * 2 * BQ; };
   auto sDelta = [&](int st) { return sStat + st * 2 * BQ + BQ; };
   uint64_t *full = reinterpret_cast<uint64_t *>(sStat + NST * 2 * BQ);
@@ -139,11 +147,17 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
 #pragma unroll
   for (int h2 = 0; h2 < 2; ++h2) key_pos[h2] = i0w + wq * 16 + qr + 8 * h2;
 
+  // PIPE: not zeroed here; the first step's dV/dK wgmmas overwrite them (scale-d = 0). With
+  // zero-initialised accumulators that wgmmas then carry through the loop, ptxas serialises the
+  // wgmmas (C7515) even where every group is waited for in its own step (bisected, session 7).
   float acc_dk[D / 8][4], acc_dv[D / 8][4];
+  auto zero_acc = [&]() {
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j)
+    for (int j = 0; j < D / 8; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc_dk[j][e] = acc_dv[j][e] = 0.f;
+      for (int e = 0; e < 4; ++e) acc_dk[j][e] = acc_dv[j][e] = 0.f;
+  };
+  if (!PIPE) zero_acc();
 
   const uint32_t k_w = smem_u32(sK) + cwg * TILE, v_w = smem_u32(sV) + cwg * TILE;
   // S^T = K_w Q^T, dP^T = V_w dO^T of step blk (waits for its stage): both operands K-major sw128
@@ -165,61 +179,156 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
                                 wgmma_desc_sw128(smem_u32(sdO(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
     wgmma_commit();
   };
-  // Per step: S/dP -> softmax -> dV/dK (+ dS^T to smem) -> release the stage -> dQ, each GEMM
-  // waited for before the next phase; the two warpgroups' phases interleave on the tensor cores.
-  // (Issuing S/dP(blk + 1) before waiting for dV/dK(blk) made ptxas serialize the wgmmas.)
-  if (n_qblk > 0) mbar_wait(kvbar, 0);
-  for (int blk = 0; blk < n_qblk; ++blk) {
-    const int st = blk % NST;
-    const int64_t Rq = R_begin + (int64_t)blk * BQ;
-    issue_sdp(blk);
-    wgmma_wait<0>();
-    wgmma_fence_operand(s);
-    wgmma_fence_operand(dp);
-
-    // P^T and dS^T in place (as bwd_dkv_wgmma_kernel), packed as the A fragments of dV/dK
-    const bool need_mask = causal && S - T_ + Rq / G < i0w + 63;
-    uint32_t pa[BQ / 16][4], da[BQ / 16][4];
-    bwd_p_ds_causal<NT>(s, dp, sLse(st), sDelta(st), qc, scale_log2, need_mask, key_pos, S - T_, Rq, G);
-    pack_acc_as_a<T, BQ / 16>(s, pa);
-    pack_acc_as_a<T, BQ / 16>(dp, da);
-    // dV += P^T dO, dK += dS^T Q
-    wgmma_fence_operand(acc_dv);
-    wgmma_fence_operand(acc_dk);
-    wgmma_fence();
-    wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dv, pa, smem_u32(sdO(st)), BQ, 1);
-    wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dk, da, smem_u32(sQ(st)), BQ, 1);
-    wgmma_commit();
-    if constexpr (DQ) {
-      // dS^T -> the step parity's 128-key tile (this warpgroup's 64 key rows)
-      store_ds_t<NT>(sDS + (blk & 1) * 2 * TILE, BN, cwg * 64 + wq * 16, da, key_pos, S, qr, qc);
-      fence_proxy_async_smem();  // this thread's dS^T stores -> visible to the dQ wgmma
+  if constexpr (PIPE) {
+    // v9: softmax(j+1) runs under dV/dK(j). Per step j, with P^T(j), dS^T(j) already in the
+    // parity-(j&1) tiles:
+    //   issue S/dP(j+1) (group A), issue dV/dK(j) (SS, group B), wait<1> (A retired, B running),
+    //   softmax(j+1) -> the parity-((j+1)&1) tiles -> warpgroup barrier, wait<0> (B retired) ->
+    //   release stage j -> (DQ, this warpgroup's turn) dQ(j), waited for.
+    // Every group is retired inside its step: ptxas sees the group order within one loop body
+    // (a group left in flight across the back-edge made it serialise the wgmmas, C7514/C7515).
+    // Tile reuse: parity p is rewritten by softmax(j+2) in step j+1, after B_j retired (end of
+    // step j); with DQ also after dQ(j) of the other warpgroup, hence the FREE barriers.
+    // Named barriers: 1, 2 (kBarDs) the parity's dS^T tile has both halves; 3, 4 this warpgroup's
+    // tiles are written; 5, 6 (DQ) the turn warpgroup's dQ of that parity is done.
+    constexpr int kBarWg = 3, kBarFree = 5;
+    // 32-bit indices (ws_bwd_maps keeps S and T*G below 2^31): the loop keeps two steps'
+    // accumulators in 168 registers, so every register of index arithmetic counts
+    const int S32 = (int)S, key_lim32 = (int)(S - T_), G32 = (int)G, Rb32 = (int)R_begin, i0w32 = (int)i0w;
+    const int key_pos32[2] = {i0w32 + wq * 16 + qr, i0w32 + wq * 16 + qr + 8};
+    float *dq_bg = DQ ? dq_accum + (b * p.Hk + g) * TG * D : nullptr;
+    auto softmax_to_tiles = [&](int blk) {
+      const int st = blk % NST, par = blk & 1;
+      const int Rq = Rb32 + blk * BQ;
+      wgmma_fence_operand(s);
+      wgmma_fence_operand(dp);
+      if constexpr (DQ) {  // the other warpgroup's dQ(blk - 2) still reads this parity's tile
+        if (blk >= 2 && cwg != par) named_bar_sync(kBarFree + par, 256);
+      }
+      const bool need_mask = causal && key_lim32 + Rq / G32 < i0w32 + 63;
+      bwd_p_ds_store_t<T, NT>(s, dp, smem_u32(sLse(st)), smem_u32(sDelta(st)), qr, qc, scale_log2, need_mask, key_pos32,
+                              key_lim32, Rq, G32, S32, smem_u32(sPT + (par * 2 + cwg) * TILE), wq * 16,
+                              smem_u32(sDS + par * 2 * TILE), cwg * 64 + wq * 16);
+      fence_proxy_async_smem();  // this thread's tile stores -> visible to the SS wgmmas
+      named_bar_sync(kBarWg + cwg, 128);
+      if constexpr (DQ) {
+        if (cwg != par) named_bar_arrive(kBarDs + par, 256);  // the turn warpgroup may read this half
+      }
+    };
+    // dV += P^T dO, dK += dS^T Q of step blk: A = this warpgroup's P^T / dS^T rows (K-major),
+    // B = the Q / dO tiles MN-major; the first step overwrites the accumulators
+    auto issue_dvdk = [&](int blk) {
+      const int st = blk % NST, par = blk & 1;
+      wgmma_fence_operand(acc_dv);
+      wgmma_fence_operand(acc_dk);
+      wgmma_fence();
+      const uint32_t pt_a = smem_u32(sPT + (par * 2 + cwg) * TILE), ds_a = smem_u32(sDS + par * 2 * TILE) + cwg * TILE;
+#pragma unroll
+      for (int ks = 0; ks < BQ / 16; ++ks)
+        WgmmaSS<T, D, 0, 1>::run(acc_dv, wgmma_desc_sw128(pt_a + ks * 32, 16, 1024),
+                                 wgmma_desc_sw128(smem_u32(sdO(st)) + ks * 16 * 128, BQ * 128, 1024), blk > 0 || ks > 0);
+#pragma unroll
+      for (int ks = 0; ks < BQ / 16; ++ks)
+        WgmmaSS<T, D, 0, 1>::run(acc_dk, wgmma_desc_sw128(ds_a + ks * 32, 16, 1024),
+                                 wgmma_desc_sw128(smem_u32(sQ(st)) + ks * 16 * 128, BQ * 128, 1024), blk > 0 || ks > 0);
+      wgmma_commit();
+    };
+    // after dV/dK(blk) retired: release its stage; DQ: on this warpgroup's turn, dQ(blk)
+    auto finish_step = [&](int blk) {
+      const int par = blk & 1;
+      wgmma_fence_operand(acc_dv);
+      wgmma_fence_operand(acc_dk);
+      mbar_arrive(&empty[blk % NST]);  // every consumer thread, as in the loop below
+      if constexpr (DQ) {
+        if (cwg == par) {
+          named_bar_sync(kBarDs + par, 256);
+          dq_step_reduce<T, BN>(smem_u32(sDS + par * 2 * TILE), smem_u32(sK), dq_bg, Rb32 + blk * BQ + wq * 16 + qr,
+                                R_end, qc);
+          if (blk + 2 < n_qblk) named_bar_arrive(kBarFree + par, 256);
+        }
+      }
+    };
+    if (n_qblk > 0) {
+      mbar_wait(kvbar, 0);
+      issue_sdp(0);
+      wgmma_wait<0>();
+      softmax_to_tiles(0);
+      // every step but the last: the groups are issued unconditionally, so that ptxas sees which
+      // one wait<1> retires (with a conditional S/dP issue it took the softmax's reads for reads
+      // of in-flight accumulators and serialised, C7514)
+      for (int blk = 0; blk + 1 < n_qblk; ++blk) {
+        issue_sdp(blk + 1);
+        issue_dvdk(blk);
+        wgmma_wait<1>();  // S/dP(blk + 1) retired; dV/dK(blk) runs under its softmax
+        softmax_to_tiles(blk + 1);
+        wgmma_wait<0>();
+        finish_step(blk);
+      }
+      issue_dvdk(n_qblk - 1);
+      wgmma_wait<0>();
+      finish_step(n_qblk - 1);
     }
-    wgmma_wait<0>();
-    wgmma_fence_operand(acc_dv);
-    wgmma_fence_operand(acc_dk);
-    // every thread arrives after its own reads of the stage's lse2/delta (and its warpgroup's wgmma
-    // reads of Q and dO): one arrival per warp after __syncwarp is enough by the memory model, but
-    // compute-sanitizer's racecheck then reports the next bulk copy into the stage as a race
-    mbar_arrive(&empty[st]);
+    if (n_qblk == 0) zero_acc();  // no query row sees the block: dK = dV = 0
+    const int64_t kp[2] = {key_pos32[0], key_pos32[1]};  // (key_pos, recomputed: fewer live registers)
+    store_dk_dv<T>(p, acc_dk, acc_dv, kp, b, g, qc);
+  } else {
+  // Per step: S/dP -> softmax -> dV/dK (+ dS^T to smem) -> release the stage -> dQ, each GEMM
+    // waited for before the next phase; the two warpgroups' phases interleave on the tensor cores.
+    // (Issuing S/dP(blk + 1) before waiting for dV/dK(blk) made ptxas serialize the wgmmas.)
+    if (n_qblk > 0) mbar_wait(kvbar, 0);
+    for (int blk = 0; blk < n_qblk; ++blk) {
+      const int st = blk % NST;
+      const int64_t Rq = R_begin + (int64_t)blk * BQ;
+      issue_sdp(blk);
+      wgmma_wait<0>();
+      wgmma_fence_operand(s);
+      wgmma_fence_operand(dp);
 
-    if constexpr (DQ) {
-      // The warpgroups take turns at dQ over all 128 keys; the other one only announces its half.
-      // The tile of this parity is written again two steps on, by which time its reader has passed
-      // its wgmma wait: the writer's intermediate step waited (or was waited for) on the other
-      // parity's barrier.
-      if (cwg == (blk & 1)) {
-        named_bar_sync(kBarDs + (blk & 1), 256);
-        // this warp's 16 query rows of the step: unscaled dS K, added by vector reductions
-        dq_step_reduce<T, BN>(smem_u32(sDS) + (blk & 1) * 2 * TILE, smem_u32(sK), dq_accum + (b * p.Hk + g) * TG * D,
-                              Rq + wq * 16 + qr, R_end, qc);
-      } else {
-        named_bar_arrive(kBarDs + (blk & 1), 256);
+      // P^T and dS^T in place (as bwd_dkv_wgmma_kernel), packed as the A fragments of dV/dK
+      const bool need_mask = causal && S - T_ + Rq / G < i0w + 63;
+      uint32_t pa[BQ / 16][4], da[BQ / 16][4];
+      bwd_p_ds_causal<NT>(s, dp, sLse(st), sDelta(st), qc, scale_log2, need_mask, key_pos, S - T_, Rq, G);
+      pack_acc_as_a<T, BQ / 16>(s, pa);
+      pack_acc_as_a<T, BQ / 16>(dp, da);
+      // dV += P^T dO, dK += dS^T Q
+      wgmma_fence_operand(acc_dv);
+      wgmma_fence_operand(acc_dk);
+      wgmma_fence();
+      wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dv, pa, smem_u32(sdO(st)), BQ, 1);
+      wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dk, da, smem_u32(sQ(st)), BQ, 1);
+      wgmma_commit();
+      if constexpr (DQ) {
+        // dS^T -> the step parity's 128-key tile (this warpgroup's 64 key rows)
+        store_ds_t<NT>(sDS + (blk & 1) * 2 * TILE, BN, cwg * 64 + wq * 16, da, key_pos, S, qr, qc);
+        fence_proxy_async_smem();  // this thread's dS^T stores -> visible to the dQ wgmma
+      }
+      wgmma_wait<0>();
+      wgmma_fence_operand(acc_dv);
+      wgmma_fence_operand(acc_dk);
+      // every thread arrives after its own reads of the stage's lse2/delta (and its warpgroup's wgmma
+      // reads of Q and dO): one arrival per warp after __syncwarp is enough by the memory model, but
+      // compute-sanitizer's racecheck then reports the next bulk copy into the stage as a race
+      mbar_arrive(&empty[st]);
+
+      if constexpr (DQ) {
+        // The warpgroups take turns at dQ over all 128 keys; the other one only announces its half.
+        // The tile of this parity is written again two steps on, by which time its reader has passed
+        // its wgmma wait: the writer's intermediate step waited (or was waited for) on the other
+        // parity's barrier.
+        if (cwg == (blk & 1)) {
+          named_bar_sync(kBarDs + (blk & 1), 256);
+          // this warp's 16 query rows of the step: unscaled dS K, added by vector reductions
+          dq_step_reduce<T, BN>(smem_u32(sDS) + (blk & 1) * 2 * TILE, smem_u32(sK), dq_accum + (b * p.Hk + g) * TG * D,
+                                Rq + wq * 16 + qr, R_end, qc);
+        } else {
+          named_bar_arrive(kBarDs + (blk & 1), 256);
+        }
       }
     }
+
   }
 
-  store_dk_dv<T>(p, acc_dk, acc_dv, key_pos, b, g, qc);
+  if constexpr (!PIPE) store_dk_dv<T>(p, acc_dk, acc_dv, key_pos, b, g, qc);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code: fail loudly rather than leave dK and dV unwritten
 #endif
@@ -231,27 +340,28 @@ bool ws_bwd_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v
   if (p->d != 64 || 64 % p->G != 0) return false;
   // TMA coordinates are 32-bit: key and token indices (and the packed rows) stay below 2^31
   if (p->S >= (1ll << 31) - 256 || p->T * p->G >= (1ll << 31) - 64) return false;
-  return !encode_rows_map(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsBwdConfig::BN) &&
-         !encode_rows_map(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsBwdConfig::BN) &&
-         !encode_packed_rows_map(tm_q, p->q, p->B, p->T, p->Hk, p->G, 64, p->q_stride, WsBwdConfig::BQ) &&
-         !encode_packed_rows_map(tm_do, p->dout, p->B, p->T, p->Hk, p->G, 64, p->dout_stride, WsBwdConfig::BQ);
+  return !encode_rows_map(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsBwdConfig<>::BN) &&
+         !encode_rows_map(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsBwdConfig<>::BN) &&
+         !encode_packed_rows_map(tm_q, p->q, p->B, p->T, p->Hk, p->G, 64, p->q_stride, WsBwdConfig<>::BQ) &&
+         !encode_packed_rows_map(tm_do, p->dout, p->B, p->T, p->Hk, p->G, 64, p->dout_stride, WsBwdConfig<>::BQ);
 }
 
-template <typename T, bool DQ>
+template <typename T, bool DQ, bool PIPE>
 int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, float *dq_accum,
               const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q, const CUtensorMap &tm_do) {
-  constexpr int smem = WsBwdConfig::smem_bytes(DQ);
+  using Cfg = WsBwdConfig<PIPE>;
+  constexpr int smem = Cfg::smem_bytes(DQ);
   static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(bwd_dkv_wgmma_ws_kernel<T, DQ>,
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                     "cudaFuncSetAttribute(bwd_dkv_wgmma_ws)");
     attr_set = true;
   }
-  const int64_t kblocks = (p->S + WsBwdConfig::BN - 1) / WsBwdConfig::BN;
+  const int64_t kblocks = (p->S + Cfg::BN - 1) / Cfg::BN;
   dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
-  bwd_dkv_wgmma_ws_kernel<T, DQ><<<grid, WsBwdConfig::NTHREADS, smem, stream>>>(*p, lse2, delta, dq_accum, tm_k,
-                                                                                      tm_v, tm_q, tm_do);
+  bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, lse2, delta, dq_accum, tm_k, tm_v,
+                                                                                  tm_q, tm_do);
   MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_ws_kernel");
   return MODA_OK;
 }
@@ -260,12 +370,12 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
 
 // MODA_CUDA_BWD_WS=0 turns the kernel off (bwd_dkv_wgmma_kernel runs instead); unset or 1: on
 // where it can run (session 6, H100: 0.95x the time of bwd_dkv_wgmma_kernel at the paper's
-// T=4096, 0.92x at DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8).
+// T=4096, 0.92x at DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8); 2: its v9 loop (PIPE).
 static int ws_mode() {
   static int mode = -1;
   if (mode < 0) {
     const char *e = getenv("MODA_CUDA_BWD_WS");
-    mode = !(e && e[0] == '0');
+    mode = e && e[0] == '0' ? 0 : e && e[0] == '2' ? 2 : 1;
   }
   return mode;
 }
@@ -281,14 +391,21 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
   *launched = false;
   CUtensorMap tm_k, tm_v, tm_q, tm_do;
   if (!ws_bwd_maps(p, &tm_k, &tm_v, &tm_q, &tm_do)) return MODA_OK;
-  if ((p->S + WsBwdConfig::BN - 1) / WsBwdConfig::BN * p->Hk > 0x7fffffff) return MODA_OK;
+  if ((p->S + WsBwdConfig<>::BN - 1) / WsBwdConfig<>::BN * p->Hk > 0x7fffffff) return MODA_OK;
   *launched = true;
   const bool bf16 = p->dtype == MODA_BF16;
+  if (ws_mode() == 2) {
+    if (dq_accum)
+      return bf16 ? launch_ws<__nv_bfloat16, true, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
+                  : launch_ws<__half, true, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
+    return bf16 ? launch_ws<__nv_bfloat16, false, true>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
+                : launch_ws<__half, false, true>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
+  }
   if (dq_accum)
-    return bf16 ? launch_ws<__nv_bfloat16, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
-                : launch_ws<__half, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
-  return bf16 ? launch_ws<__nv_bfloat16, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
-              : launch_ws<__half, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
+    return bf16 ? launch_ws<__nv_bfloat16, true, false>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
+                : launch_ws<__half, true, false>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
+  return bf16 ? launch_ws<__nv_bfloat16, false, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
+              : launch_ws<__half, false, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
 }
 
 }  // namespace moda_cuda

@@ -256,6 +256,16 @@ __device__ __forceinline__ void red_add_f32x2(float *dst, float a, float b) {
   atomicAdd(dst + 1, b);
 #endif
 }
+// Shared-memory access by 32-bit shared address (smem_u32): one register per address instead of a
+// 64-bit generic pointer, for loops where registers are the limit.
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ float2 ld_shared_f32x2(uint32_t addr) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr) : "memory");
+  return v;
+}
 // Makes this thread's generic-proxy shared-memory writes (st.shared, cp.async) visible to the
 // async proxy that wgmma reads operands through; then a barrier publishes them to the warpgroup.
 __device__ __forceinline__ void fence_proxy_async_smem() {
