@@ -17,6 +17,8 @@
 //          lbo = atom-column distance (64*128), sbo = 1024; first scale_d = 0. Control: both
 //          operands K-major (WgmmaSS<T, 64, 0, 0>, +32 B per step, lbo 16, sbo 1024); and the
 //          kernel's form on NaN-poisoned accumulators (scale_d = 0 must ignore them).
+//   use 4 (SS form, WgmmaSS<T, 64, 0, 1>), dV += P^T dO of the v9 dK/dV loop: A = P^T tile
+//          [key][row] K-major (+32 B per step, lbo 16, sbo 1024), B = dO tile [row][d] MN-major.
 // Reference: float64 on the host. A failing primary case is re-run with alternative (lbo, sbo)
 // encodings and the log says which of them pass (SS: per operand, plus the other TRANS_A /
 // TRANS_B combinations as uncounted cross-checks).
@@ -749,6 +751,10 @@ static void all_cases(bool diag) {
       {"ss_dq_dsT_k", 1, 1, 0.f, 0},                   // exactly the kernel's usage
       {"ss_kmajor_control", 0, 0, 0.f, 0},             // A [rows][k], B [n][k], both K-major
       {"ss_dq_dsT_k_scale0_nanacc", 1, 1, nan, 0},     // scale_d = 0 must ignore NaN accumulators
+      // dV += P^T dO / dK += dS^T Q of the v9 dK/dV loop (MODA_CUDA_BWD_WS=2): A = the P^T / dS^T
+      // tile [key][row] K-major, B = the dO / Q tile [row][d] MN-major; first step scale_d = 0
+      {"ss_dvdk_pT_do", 0, 1, 0.f, 0},
+      {"ss_dvdk_pT_do_scale0_nanacc", 0, 1, nan, 0},
   };
   for (auto &c : ss) case_ss<T>(c, diag);
 }
