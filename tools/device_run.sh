@@ -10,6 +10,9 @@
 #   bench    bench/cuda_attention.py $BENCH_ARGS (env MODA_CUDA_* passes through; no spaces in it)
 #   benchnd  the same with --nondet and MODA_CUDA_BWD_ATOMIC_DQ=1 (dQ by atomics)
 #   ncu      Nsight Compute on $NCU_KERNEL (regex, default bwd_dq) at bench shape $NCU_SHAPE
+#   ab       A/B of kernel switches: for each word of $AB_ENVS (e.g. "MODA_CUDA_BWD_WS=1
+#            MODA_CUDA_BWD_WS=2"; "-" = the defaults), twice in alternation, one bench process
+#            with --profile and $BENCH_ARGS (--nondet, --only=...): per-kernel lines + the table rows
 # Expects what tools/device_pack.sh packs (.devcarry: libraries and the prebuilt checkers) and
 # .deb; logs of every stage are packed into $OUT/logs.tar.xz (the tool returns 8 files at most).
 # DEADLINE (seconds from start, default 560) bounds the whole call.
@@ -52,6 +55,15 @@ for st in "$@"; do
            --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
            --section Occupancy --section LaunchStats \
            python3 bench/cuda_attention.py --only "${NCU_SHAPE:-DeiT-Tiny-64}" ;;
+    ab) for rep in 1 2; do
+          for env in ${AB_ENVS:--}; do
+            e=; [ "$env" != - ] && e=$env
+            echo "=== $env (round $rep)" >> $LOGS/ab.txt
+            PYTHONUNBUFFERED=1 TAIL=0 stage "ab_${rep}_${env//[^A-Za-z0-9_]/_}" 150 env $e python3 bench/cuda_attention.py \
+              --profile ${BENCH_ARGS:-}
+            grep -E "^--|^paper|^DeiT|^LM" $LOGS/ab_${rep}_${env//[^A-Za-z0-9_]/_}.log | sort -u | cut -c1-300 | tee -a $LOGS/ab.txt
+          done
+        done ;;
     *) echo "device_run: unknown stage $st" ;;
   esac
 done
