@@ -38,6 +38,19 @@ __device__ __forceinline__ void load_row_stats(float *s_lse, float *s_delta, con
   }
 }
 
+// One element of P^T and dS^T, the arithmetic every backward kernel shares: P = exp2(s *
+// scale_log2 - lse2) where the key is visible, else 0; dS = P (dp - delta).
+__device__ __forceinline__ void p_ds(float s, float dp, float lse2, float delta, float scale_log2, bool vis, float &pe,
+                                     float &ds) {
+  pe = vis ? exp2f(s * scale_log2 - lse2) : 0.f;
+  ds = pe * (dp - delta);
+}
+// The causal mask of packed query row Rq + col against key `key` (key_lim = S - T).
+template <typename I>
+__device__ __forceinline__ bool causal_visible(I key, I key_lim, I Rq, int col, I G) {
+  return key <= key_lim + (Rq + col) / G;
+}
+
 // P^T = exp2(S^T * scale_log2 - lse2) and dS^T = P^T (dP^T - delta), in place on a warp's 16 key
 // rows x 8*NT query columns (the wgmma m64 / mma.sync m16n8 accumulator layout: element e of tile
 // nt is key row qr + 8*(e >> 1), column nt*8 + 2*qc + (e & 1)), with the columns' lse2 and delta
@@ -56,10 +69,11 @@ __device__ __forceinline__ void bwd_p_ds_causal(float (&s)[NT][4], float (&dp)[N
     for (int e = 0; e < 4; ++e) {
       const int col = nt * 8 + 2 * qc + (e & 1);
       bool vis = true;
-      if (need_mask) vis = key_pos[e >> 1] <= key_lim + (Rq + col) / G;
-      const float pe = vis ? exp2f(s[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
+      if (need_mask) vis = causal_visible(key_pos[e >> 1], key_lim, Rq, col, G);
+      float pe, ds;
+      p_ds(s[nt][e], dp[nt][e], (e & 1) ? l2.y : l2.x, (e & 1) ? dl.y : dl.x, scale_log2, vis, pe, ds);
       s[nt][e] = pe;
-      dp[nt][e] = pe * (dp[nt][e] - ((e & 1) ? dl.y : dl.x));
+      dp[nt][e] = ds;
     }
   }
 }
@@ -80,14 +94,15 @@ __device__ __forceinline__ void store_ds_t(unsigned char *tile, int tile_rows, i
           key_pos[h2] < S ? da[nt / 2][2 * (nt & 1) + h2] : 0u;
 }
 
-// bwd_p_ds_causal and the tile stores of P^T and dS^T in one pass that only reads the S^T / dP^T accumulators: P^T
-// into pt_tile (key rows pt_key0 + ...), dS^T into ds_tile (ds_key0 + ...), both sw128 tiles of
-// key rows x 64 query columns (128-byte rows; pt_key0, ds_key0 multiples of 8), keys >= S as 0. The v9 dK/dV loop issues the next step's S/dP
-// into the same registers while the previous dV/dK still runs; ptxas serialises wgmmas whose
-// accumulators ordinary instructions define inside such a window (C7515), so nothing here writes them.
-// Indices in 32 bits (the caller guarantees S and T*G below 2^31): fewer registers in a loop
-// that keeps two steps' accumulators.
-// Shared memory by 32-bit address (lse_s, delta_s: the columns' float stats; the tiles' bases).
+// bwd_p_ds_causal and the tile stores of P^T and dS^T in one pass that only reads the S^T / dP^T
+// accumulators: P^T into pt_tile (key rows pt_key0 + ...), dS^T into ds_tile (ds_key0 + ...),
+// both sw128 tiles of key rows x 64 query columns (128-byte rows; pt_key0, ds_key0 multiples of
+// 8), keys >= S as 0. The v9 dK/dV loop issues the next step's S/dP into the same registers
+// while the previous dV/dK still runs; ptxas serialises wgmmas whose accumulators ordinary
+// instructions define inside such a window (C7515), so nothing here writes them. Indices in 32
+// bits (the caller guarantees S and T*G below 2^31) and shared memory by 32-bit address (lse_s,
+// delta_s: the columns' float stats; the tiles' bases): fewer registers in a loop that keeps two
+// steps' accumulators.
 template <typename T, int NT>
 __device__ __forceinline__ void bwd_p_ds_store_t(const float (&s)[NT][4], const float (&dp)[NT][4], uint32_t lse_s,
                                                  uint32_t delta_s, int qr, int qc, float scale_log2, bool need_mask,
@@ -104,9 +119,8 @@ __device__ __forceinline__ void bwd_p_ds_store_t(const float (&s)[NT][4], const 
       for (int e1 = 0; e1 < 2; ++e1) {
         const int col = nt * 8 + 2 * qc + e1;
         bool vis = true;
-        if (need_mask) vis = key_pos[h2] <= key_lim + (Rq + col) / G;
-        pe[e1] = vis ? exp2f(s[nt][2 * h2 + e1] * scale_log2 - (e1 ? l2.y : l2.x)) : 0.f;
-        ds[e1] = pe[e1] * (dp[nt][2 * h2 + e1] - (e1 ? dl.y : dl.x));
+        if (need_mask) vis = causal_visible(key_pos[h2], key_lim, Rq, col, G);
+        p_ds(s[nt][2 * h2 + e1], dp[nt][2 * h2 + e1], e1 ? l2.y : l2.x, e1 ? dl.y : dl.x, scale_log2, vis, pe[e1], ds[e1]);
       }
       // sw128_offset(key0 + qr + 8*h2, nt*8 + 2*qc) with key0 % 8 == 0: one offset for both tiles
       const uint32_t off = (uint32_t)((qr + 8 * h2) * 128 + ((nt ^ qr) << 4) + qc * 4);

@@ -234,10 +234,11 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       const float2 dl = *reinterpret_cast<const float2 *>(delta_s + nt * 8 + 2 * qc);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const bool vis = row_tok[e >> 1] == col_tok[nt][e & 1];
-        const float pe = vis ? exp2f(st[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
+        float pe, ds;
+        p_ds(st[nt][e], dpt[nt][e], (e & 1) ? l2.y : l2.x, (e & 1) ? dl.y : dl.x, scale_log2,
+             row_tok[e >> 1] == col_tok[nt][e & 1], pe, ds);
         st[nt][e] = pe;
-        dpt[nt][e] = pe * (dpt[nt][e] - ((e & 1) ? dl.y : dl.x));
+        dpt[nt][e] = ds;
       }
     }
     // dS into the shared [NC][ROWS] tile (the B operand of dq^T += kd^T dS^T): movmatrix turns this
