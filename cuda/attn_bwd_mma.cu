@@ -324,9 +324,10 @@ bwd_dkv_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *
           const int64_t kp = key_pos[e >> 1];
           vis = DEPTH ? depth_visible(kp, t, chunk, causal) : kp <= S - T_ + t;
         }
-        const float pe = vis ? exp2f(s[nt][e] * scale_log2 - ((e & 1) ? l2.y : l2.x)) : 0.f;
+        float pe, ds;
+        p_ds(s[nt][e], dp[nt][e], (e & 1) ? l2.y : l2.x, (e & 1) ? dl.y : dl.x, scale_log2, vis, pe, ds);
         s[nt][e] = pe;
-        dp[nt][e] = pe * (dp[nt][e] - ((e & 1) ? dl.y : dl.x));
+        dp[nt][e] = ds;
       }
     }
 
