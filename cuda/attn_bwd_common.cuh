@@ -133,13 +133,10 @@ __device__ __forceinline__ void bwd_p_ds_store_t(const float (&s)[NT][4], const 
 
 // dQ_step = dS K over NKEYS keys for the warpgroup's 64 query rows (SS wgmma m64n64: A = the dS^T
 // tile read MN-major, B = the K tile read MN-major, 16 key rows = 2048 bytes per k16 step in
-// both), waited for (with every wgmma before it), then this warp's rows R and R + 8 (R = its
-// first row + qr) added to the float32 accumulator acc_bg [rows][64] by vector reductions; rows
-// >= R_end are skipped. The caller has made the dS^T tile visible (fence.proxy.async + barrier).
+// both), waited for (with every wgmma before it). The caller has made the dS^T tile visible
+// (fence.proxy.async + barrier).
 template <typename T, int NKEYS>
-__device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base, float *acc_bg, int64_t R, int64_t R_end,
-                                               int qc) {
-  float acc_dq[8][4];
+__device__ __forceinline__ void dq_step(uint32_t ds_base, uint32_t k_base, float (&acc_dq)[8][4]) {
   wgmma_fence_operand(acc_dq);
   wgmma_fence();
 #pragma unroll
@@ -149,12 +146,57 @@ __device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base
   wgmma_commit();
   wgmma_wait<0>();
   wgmma_fence_operand(acc_dq);
+}
+
+// dq_step, then this warp's rows R and R + 8 (R = its first row + qr) added to the float32
+// accumulator acc_bg [rows][64] by vector reductions; rows >= R_end are skipped.
+template <typename T, int NKEYS>
+__device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base, float *acc_bg, int64_t R, int64_t R_end,
+                                               int qc) {
+  float acc_dq[8][4];
+  dq_step<T, NKEYS>(ds_base, k_base, acc_dq);
 #pragma unroll
   for (int h2 = 0; h2 < 2; ++h2) {
     if (R + 8 * h2 < R_end) {
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         red_add_f32x2(acc_bg + (R + 8 * h2) * 64 + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+    }
+  }
+}
+
+// Deterministic dQ by ordered adds (MODA_CUDA_BWD_ORDERED_DQ=1; session 7, NOT yet run on a GPU):
+// key blocks add their dQ_step to a row block of the float32 accumulator one after another, in
+// key-block order, guarded by one counter per (batch, KV head, 64-row block). The grid is
+// key-block-major, so a CTA only ever waits for CTAs launched before it (FlashAttention-3's
+// deterministic backward does the same).
+__device__ __forceinline__ void sem_wait_eq(const int *sem, int value) {
+  for (;;) {
+    int v;
+    asm volatile("ld.global.acquire.gpu.b32 %0, [%1];\n" : "=r"(v) : "l"(sem) : "memory");
+    if (v == value) return;
+    __nanosleep(64);
+  }
+}
+__device__ __forceinline__ void sem_release(int *sem, int value) {
+  __threadfence();
+  asm volatile("st.global.release.gpu.b32 [%0], %1;\n" ::"l"(sem), "r"(value) : "memory");
+}
+// This warp's rows R and R + 8 of acc_dq (dq_step's layout) added to acc_bg by plain
+// read-modify-writes in L2 (.cg): the caller holds the row block's turn.
+__device__ __forceinline__ void dq_add_ordered(const float (&acc_dq)[8][4], float *acc_bg, int64_t R, int64_t R_end,
+                                               int qc) {
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    if (R + 8 * h2 < R_end) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float2 *ptr = reinterpret_cast<float2 *>(acc_bg + (R + 8 * h2) * 64 + j * 8 + 2 * qc);
+        float2 v = __ldcg(ptr);
+        v.x += acc_dq[j][2 * h2];
+        v.y += acc_dq[j][2 * h2 + 1];
+        __stcg(ptr, v);
+      }
     }
   }
 }

@@ -1046,9 +1046,10 @@ bool bwd_fuse_depth_selected(const moda_attn_params *p) {
 // 20.03 without, plus 2.13 for the depth kernel (51.3 vs 53.4 ms in all). With deterministic = 0
 // the depth kernel pairs with the atomic dQ (no dQ kernel at all) and is faster everywhere
 // measured (T=4096 3.47 vs 3.78 ms, DeiT-Tiny-64 2.20 vs 3.17, LM-64 2.28 vs 2.94).
+bool bwd_ordered_dq_selected(const moda_attn_params *p);
 bool bwd_depth_kernel_selected(const moda_attn_params *p) {
   if (!bwd_depth_kernel_supported(p)) return false;
-  if (p->deterministic && p->d == 64 && bwd_fuse_depth_selected(p)) {
+  if (p->deterministic && p->d == 64 && bwd_fuse_depth_selected(p) && !bwd_ordered_dq_selected(p)) {
     const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
     if (seq_keys >= 1024 && seq_keys >= 16 * p->L) return false;
   }
@@ -1063,6 +1064,20 @@ bool bwd_depth_kernel_selected(const moda_attn_params *p) {
 // 4.54 ms, T=16384 50.1 vs 57.7, T=65536 742 vs 869; but LM-64 (1024 keys, L = 126) 2.99 vs 2.82
 // and DeiT-Tiny-64 3.24 vs 3.10, where the depth part dominates. =1 forces it wherever the kernel
 // runs (tests), =0 turns it off. Verified: the checker's backward grid and the busted spec, forced.
+// Deterministic dQ by ordered adds in the warp-specialised dK/dV kernel (ORDERED in
+// attn_bwd_wgmma.cu): deterministic = 1, d = 64, where that kernel launches. Off unless
+// MODA_CUDA_BWD_ORDERED_DQ=1 (written in session 7 without device time, NOT yet run). It replaces
+// the dQ kernel's second pass over the sequence (20 of 51 ms at T=16384, deterministic).
+bool bwd_ordered_dq_selected(const moda_attn_params *p) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_ORDERED_DQ");
+    on = e && e[0] == '1';
+  }
+  return on && p->deterministic && p->d == 64 && bwd_wgmma_selected(p, 1) && bwd_ws_selected(p) &&
+         bwd_ws_launchable(p);
+}
+
 bool bwd_atomic_dq_selected(const moda_attn_params *p) {
   static int forced = -1;  // -1: not read yet; 0 off, 1 on, 2 the rule
   if (forced < 0) {
@@ -1126,7 +1141,12 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   // sequence dQ summed by the dK/dV kernel; its vector reductions need an 8-byte aligned
   // accumulator (a caller's workspace might not be: then the deterministic path runs)
   const bool atomic = D == 64 && bwd_atomic_dq_selected(p) && ((uintptr_t)workspace & 15) == 0;
-  float *dq_accum = atomic || depth_k ? workspace + 2 * rows_p : nullptr;  // [B, Hk, T*G, d] float32
+  // deterministic dQ by ordered adds: the same flow as the atomic path, plus one counter per
+  // 64-row block (after the accumulator in the workspace, zeroed with it)
+  const bool ordered = D == 64 && bwd_ordered_dq_selected(p) && ((uintptr_t)workspace & 15) == 0;
+  const bool accum = atomic || ordered;  // the dK/dV kernel sums dQ's sequence part
+  float *dq_accum = accum || depth_k ? workspace + 2 * rows_p : nullptr;  // [B, Hk, T*G, d] float32
+  int *dq_sem = ordered ? reinterpret_cast<int *>(dq_accum + rows * D) : nullptr;  // [B, Hk, stat_rows/64]
   const int64_t dq_tiles = (TG + Cfg::BM - 1) / Cfg::BM;
   const dim3 dq_grid((unsigned)dq_tiles, (unsigned)p->Hk, (unsigned)p->B);
   if (rows > 0) {
@@ -1135,8 +1155,10 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     if (blocks > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: too many rows");
     bwd_preprocess_kernel<T, D><<<(unsigned)blocks, 256, 0, stream>>>(*p, ws_lse2, ws_delta);
     MODA_CUDA_CHECK_LAUNCH("bwd_preprocess_kernel");
-    if (atomic) {
-      MODA_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, (size_t)rows * D * sizeof(float), stream), "cudaMemsetAsync(dq_accum)");
+    if (accum) {
+      const size_t sems = ordered ? (size_t)(rows_p / 64) * sizeof(int) : 0;
+      MODA_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, (size_t)rows * D * sizeof(float) + sems, stream),
+                      "cudaMemsetAsync(dq_accum)");
     } else {
       bool launched = false;
       if constexpr (D == 64) {
@@ -1170,9 +1192,11 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
       // warp-specialised, 128 keys per CTA; its bulk copies of lse2/delta need a 16-byte aligned
       // workspace (the library's always is; a caller's might not be: then the kernel below runs)
       if (bwd_wgmma_selected(p, 1) && bwd_ws_selected(p) && ((uintptr_t)workspace & 15) == 0) {
-        const int st = bwd_dkv_ws_launch(p, stream, ws_lse2, ws_delta, atomic ? dq_accum : nullptr, &launched);
+        const int st = bwd_dkv_ws_launch(p, stream, ws_lse2, ws_delta, accum ? dq_accum : nullptr, dq_sem, &launched);
         if (st) return st;
       }
+      // the ordered path has no fallback kernel: bwd_ordered_dq_selected checked that this launches
+      if (ordered && !launched) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: ordered dQ kernel not launchable");
       if (!launched && bwd_wgmma_selected(p, 1)) {
         static bool wg_attr = false;
         if (!wg_attr) {
@@ -1201,7 +1225,7 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     MODA_CUDA_CHECK_LAUNCH("bwd_dkv_mma_kernel");
   }
   if constexpr (D == 64) {
-    if (atomic && rows > 0 && !depth_k) {  // after the dK/dV kernel (same stream): depth part + the accumulator
+    if (accum && rows > 0 && !depth_k) {  // after the dK/dV kernel (same stream): depth part + the accumulator
       auto kern = fuse ? bwd_dq_mma_kernel<T, D, false, true, true> : bwd_dq_mma_kernel<T, D, false, false, true>;
       kern<<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
       MODA_CUDA_CHECK_LAUNCH("bwd_dq_accum_kernel");
@@ -1244,7 +1268,9 @@ const char *bwd_mma_name(const moda_attn_params *p) {
   // the sequence dK/dV and the dQ kernels; the depth dK/dV kernel is always mma.sync
   // dQ's sum order varies run to run on the atomic path; "_fdepth": depth gradients fused into dQ
   // "_ws": the warp-specialised dK/dV kernel (attn_bwd_wgmma.cu)
-  // "_dtok": the depth part by bwd_depth_token_kernel (attn_bwd_depth.cu)
+  // "_dtok": the depth part by bwd_depth_token_kernel (attn_bwd_depth.cu); "_ordered_dq": dQ by
+  // ordered adds in the warp-specialised dK/dV kernel (deterministic)
+  if (bwd_ordered_dq_selected(p)) return bwd_depth_kernel_selected(p) ? "wgmma_d64_ws_ordered_dq_dtok" : "wgmma_d64_ws_ordered_dq";
   if (bwd_depth_kernel_selected(p)) {
     const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p);
     if (bwd_atomic_dq_selected(p)) return ws ? "wgmma_d64_ws_atomic_dq_dtok" : "wgmma_d64_atomic_dq_dtok";
@@ -1266,7 +1292,9 @@ const char *bwd_mma_name(const moda_attn_params *p) {
 // lse2 and delta per packed row (stat_rows padding), + the float32 dQ accumulator of the atomic-dQ path
 int64_t bwd_mma_workspace_floats(const moda_attn_params *p) {
   const int64_t rows = p->B * p->Hq * p->T, rows_p = p->B * p->Hk * stat_rows(p->T * p->G);
-  return 2 * rows_p + (bwd_atomic_dq_selected(p) || bwd_depth_kernel_selected(p) ? rows * p->d : 0);
+  const bool ordered = bwd_ordered_dq_selected(p);  // + one int counter per 64-row block
+  return 2 * rows_p + (bwd_atomic_dq_selected(p) || ordered || bwd_depth_kernel_selected(p) ? rows * p->d : 0) +
+         (ordered ? rows_p / 64 : 0);
 }
 
 int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace) {

@@ -62,9 +62,12 @@ struct WsBwdConfig {
   static_assert(128 * 24 + 256 * 240 <= NTHREADS * ((65536 / NTHREADS) & ~7), "register split of the three warpgroups");
 };
 
-template <typename T, bool DQ, bool PIPE>
+// ORDERED (with DQ, not PIPE; MODA_CUDA_BWD_ORDERED_DQ=1, deterministic = 1; NOT yet run on a
+// GPU): the dQ adds in key-block order under the counters dq_sem (sem_wait_eq in
+// attn_bwd_common.cuh) instead of reductions: deterministic without the dQ kernel's second pass.
+template <typename T, bool DQ, bool PIPE, bool ORDERED = false>
 __global__ void __launch_bounds__(WsBwdConfig<PIPE>::NTHREADS, 1)
-bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum,
+bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum, int *dq_sem,
                         const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                         const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -73,6 +76,8 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
   constexpr int D = Cfg::D, BN = Cfg::BN, BQ = Cfg::BQ, NST = Cfg::NST, TILE = Cfg::TILE;
   constexpr int KSTEPS = D / 16, NT = BQ / 8;
   constexpr int kBarDs = 1;  // named barriers 1, 2: the dS^T tile of step parity 0, 1 is complete
+  constexpr int kBarOrd = 7; // ORDERED: 7, 8: a warpgroup's turn on a row block (poll, then adds)
+  static_assert(!ORDERED || (DQ && !PIPE), "ORDERED: the dQ of the non-PIPE loop");
 
   extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
   unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
@@ -317,9 +322,22 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
         // parity's barrier.
         if (cwg == (blk & 1)) {
           named_bar_sync(kBarDs + (blk & 1), 256);
-          // this warp's 16 query rows of the step: unscaled dS K, added by vector reductions
-          dq_step_reduce<T, BN>(smem_u32(sDS) + (blk & 1) * 2 * TILE, smem_u32(sK), dq_accum + (b * p.Hk + g) * TG * D,
-                                Rq + wq * 16 + qr, R_end, qc);
+          if constexpr (ORDERED) {
+            // this row block's turn comes after key blocks 0 .. kblk-1 (every key block before
+            // this one sees it too: R_begin grows with the key block) have added theirs
+            float acc_dq[8][4];
+            dq_step<T, BN>(smem_u32(sDS) + (blk & 1) * 2 * TILE, smem_u32(sK), acc_dq);
+            int *sem = dq_sem + (b * p.Hk + g) * (stat_rows(TG) / BQ) + Rq / BQ;
+            if (wq == 0 && lane == 0) sem_wait_eq(sem, (int)kblk);
+            named_bar_sync(kBarOrd + cwg, 128);
+            dq_add_ordered(acc_dq, dq_accum + (b * p.Hk + g) * TG * D, Rq + wq * 16 + qr, R_end, qc);
+            named_bar_sync(kBarOrd + cwg, 128);  // every warp's adds are issued before the release
+            if (wq == 0 && lane == 0) sem_release(sem, (int)kblk + 1);
+          } else {
+            // this warp's 16 query rows of the step: unscaled dS K, added by vector reductions
+            dq_step_reduce<T, BN>(smem_u32(sDS) + (blk & 1) * 2 * TILE, smem_u32(sK),
+                                  dq_accum + (b * p.Hk + g) * TG * D, Rq + wq * 16 + qr, R_end, qc);
+          }
         } else {
           named_bar_arrive(kBarDs + (blk & 1), 256);
         }
@@ -346,22 +364,23 @@ bool ws_bwd_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v
          !encode_packed_rows_map(tm_do, p->dout, p->B, p->T, p->Hk, p->G, 64, p->dout_stride, WsBwdConfig<>::BQ);
 }
 
-template <typename T, bool DQ, bool PIPE>
+template <typename T, bool DQ, bool PIPE, bool ORDERED = false>
 int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, float *dq_accum,
-              const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q, const CUtensorMap &tm_do) {
+              int *dq_sem, const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q,
+              const CUtensorMap &tm_do) {
   using Cfg = WsBwdConfig<PIPE>;
   constexpr int smem = Cfg::smem_bytes(DQ);
   static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE>,
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE, ORDERED>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                     "cudaFuncSetAttribute(bwd_dkv_wgmma_ws)");
     attr_set = true;
   }
   const int64_t kblocks = (p->S + Cfg::BN - 1) / Cfg::BN;
   dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
-  bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, lse2, delta, dq_accum, tm_k, tm_v,
-                                                                                  tm_q, tm_do);
+  bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE, ORDERED>
+      <<<grid, Cfg::NTHREADS, smem, stream>>>(*p, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do);
   MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_ws_kernel");
   return MODA_OK;
 }
@@ -386,26 +405,38 @@ bool bwd_ws_selected(const moda_attn_params *p) {
   return ws_bwd_maps(p, &a, &b, &c, &d);
 }
 
+// Whether bwd_dkv_ws_launch would launch (its maps encode and the grid fits), switch aside (the
+// same two checks it makes).
+bool bwd_ws_launchable(const moda_attn_params *p) {
+  if (p->d != 64 || 64 % p->G != 0) return false;
+  CUtensorMap a, b, c, d;
+  if (!ws_bwd_maps(p, &a, &b, &c, &d)) return false;
+  return (p->S + WsBwdConfig<>::BN - 1) / WsBwdConfig<>::BN * p->Hk <= 0x7fffffff;
+}
+
 int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
-                      float *dq_accum, bool *launched) {
+                      float *dq_accum, int *dq_sem, bool *launched) {
   *launched = false;
   CUtensorMap tm_k, tm_v, tm_q, tm_do;
   if (!ws_bwd_maps(p, &tm_k, &tm_v, &tm_q, &tm_do)) return MODA_OK;
   if ((p->S + WsBwdConfig<>::BN - 1) / WsBwdConfig<>::BN * p->Hk > 0x7fffffff) return MODA_OK;
   *launched = true;
   const bool bf16 = p->dtype == MODA_BF16;
+  if (dq_sem)
+    return bf16 ? launch_ws<__nv_bfloat16, true, false, true>(p, stream, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do)
+                : launch_ws<__half, true, false, true>(p, stream, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do);
   if (ws_mode() == 2) {
     if (dq_accum)
-      return bf16 ? launch_ws<__nv_bfloat16, true, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
-                  : launch_ws<__half, true, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
-    return bf16 ? launch_ws<__nv_bfloat16, false, true>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
-                : launch_ws<__half, false, true>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
+      return bf16 ? launch_ws<__nv_bfloat16, true, true>(p, stream, lse2, delta, dq_accum, nullptr, tm_k, tm_v, tm_q, tm_do)
+                  : launch_ws<__half, true, true>(p, stream, lse2, delta, dq_accum, nullptr, tm_k, tm_v, tm_q, tm_do);
+    return bf16 ? launch_ws<__nv_bfloat16, false, true>(p, stream, lse2, delta, nullptr, nullptr, tm_k, tm_v, tm_q, tm_do)
+                : launch_ws<__half, false, true>(p, stream, lse2, delta, nullptr, nullptr, tm_k, tm_v, tm_q, tm_do);
   }
   if (dq_accum)
-    return bf16 ? launch_ws<__nv_bfloat16, true, false>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
-                : launch_ws<__half, true, false>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
-  return bf16 ? launch_ws<__nv_bfloat16, false, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
-              : launch_ws<__half, false, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
+    return bf16 ? launch_ws<__nv_bfloat16, true, false>(p, stream, lse2, delta, dq_accum, nullptr, tm_k, tm_v, tm_q, tm_do)
+                : launch_ws<__half, true, false>(p, stream, lse2, delta, dq_accum, nullptr, tm_k, tm_v, tm_q, tm_do);
+  return bf16 ? launch_ws<__nv_bfloat16, false, false>(p, stream, lse2, delta, nullptr, nullptr, tm_k, tm_v, tm_q, tm_do)
+              : launch_ws<__half, false, false>(p, stream, lse2, delta, nullptr, nullptr, tm_k, tm_v, tm_q, tm_do);
 }
 
 }  // namespace moda_cuda

@@ -82,8 +82,10 @@ int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *worksp
 // TMA-encodable q, k, v, dout): MODA_CUDA_BWD_WS; launched = false where it cannot run (the
 // caller then runs bwd_dkv_wgmma_kernel). dq_accum != nullptr: dQ by float32 reductions.
 bool bwd_ws_selected(const moda_attn_params *p);
+bool bwd_ws_launchable(const moda_attn_params *p);
+// dq_sem != nullptr: dQ by ordered adds (deterministic; dq_accum and dq_sem zeroed by the caller).
 int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
-                      float *dq_accum, bool *launched);
+                      float *dq_accum, int *dq_sem, bool *launched);
 
 // The depth part of the backward for token visibility (attn_bwd_depth.cu): dkd, dvd and dq's
 // depth part, added to the unscaled float32 sequence dQ in dq_seq; writes dq. Runs last.

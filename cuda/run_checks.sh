@@ -131,6 +131,8 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_ws_pipe       MODA_CUDA_BWD_WS=2 -- bwd
     step bwd_ws_pipe_nd    MODA_CUDA_BWD_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_ws_pipe_nd  MODA_CUDA_BWD_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
+    step bwd_ordered_dq    MODA_CUDA_BWD_ORDERED_DQ=1 -- bwd
+    step quick_ordered_dq  MODA_CUDA_BWD_ORDERED_DQ=1 -- quick
     step bwd_no_depth_k    MODA_CUDA_BWD_DEPTH_KERNEL=0 -- bwd
     step bwd_no_depth_k_nd MODA_CUDA_BWD_DEPTH_KERNEL=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_k_mma   MODA_CUDA_WGMMA=0 -- bwd
@@ -154,6 +156,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_all $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_ws_atomic $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_ws_det $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=0
+      san bwd_ordered_dq $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_ORDERED_DQ=1
       san bwd_ws_pipe $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_ws_pipe_det $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0
     done

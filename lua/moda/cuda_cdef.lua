@@ -22,6 +22,7 @@ const char *moda_attn_fwd_cuda_kernel_name(const moda_attn_params *p);
 /* Which backward kernels moda_attn_bwd_cuda would run: "mma_sync_d64", "mma_sync_d128",
    "wgmma_d64" (sm_90a kernels for the sequence parts), "wgmma_d64_ws" (with the warp-specialised
    dK/dV kernel), "simt"; "_atomic_dq" appended where dQ is summed by atomics (deterministic = 0),
+   "_ordered_dq" where it is summed in a fixed order by the warp-specialised kernel (deterministic),
    "_fdepth" where the dQ kernel computes dkd and dvd, "_dtok" where the depth kernel
    (attn_bwd_depth.cu) computes dkd, dvd and dq's depth part. */
 const char *moda_attn_bwd_cuda_kernel_name(const moda_attn_params *p);
