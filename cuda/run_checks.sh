@@ -93,7 +93,9 @@ step() {  # step NAME ENV... -- ARGS: run the checker, keep its log ($OUTDIR/dr_
   local name=$1; shift; local envs=(); while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
   if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi  # ONLY=regex: a subset of the steps
   local log="$OUTDIR/dr_${name}.log"
-  env "${envs[@]}" $OBJ/attn_check "$@" > "$log" 2>&1; local rc=$?
+  # a hung kernel (an experimental switch's barrier protocol) costs STEP_TIMEOUT, not the call
+  timeout "${STEP_TIMEOUT:-180}" env "${envs[@]}" $OBJ/attn_check "$@" > "$log" 2>&1; local rc=$?
+  [ $rc = 124 ] && echo "TIMEOUT after ${STEP_TIMEOUT:-180}s (hang?)" >> "$log"
   local line; line=$(grep -E "^[0-9]+ cases" "$log" | tail -1)
   printf "%-28s rc=%d  %s  %s\n" "$name" $rc "${line:-NO RESULT (see $log)}" "$(grep -c FAIL "$log") FAIL lines" | tee -a "$SUM"
 }
