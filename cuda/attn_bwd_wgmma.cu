@@ -277,7 +277,7 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
     const int64_t kp[2] = {key_pos32[0], key_pos32[1]};  // (key_pos, recomputed: fewer live registers)
     store_dk_dv<T>(p, acc_dk, acc_dv, kp, b, g, qc);
   } else {
-  // Per step: S/dP -> softmax -> dV/dK (+ dS^T to smem) -> release the stage -> dQ, each GEMM
+    // Per step: S/dP -> softmax -> dV/dK (+ dS^T to smem) -> release the stage -> dQ, each GEMM
     // waited for before the next phase; the two warpgroups' phases interleave on the tensor cores.
     // (Issuing S/dP(blk + 1) before waiting for dV/dK(blk) made ptxas serialize the wgmmas.)
     if (n_qblk > 0) mbar_wait(kvbar, 0);
@@ -343,7 +343,6 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
         }
       }
     }
-
   }
 
   if constexpr (!PIPE) store_dk_dv<T>(p, acc_dk, acc_dv, key_pos, b, g, qc);
