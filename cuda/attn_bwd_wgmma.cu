@@ -22,8 +22,11 @@
 //   added to the float32 accumulator [B, Hk, T*G, d] by vector reductions: one 64 x 64 reduction
 //   per 128 keys, half of bwd_dkv_wgmma_kernel's. (Measured and dropped, session 6: each
 //   warpgroup its own 64 keys' dQ without the coupling, 1.2x slower; the tile through smem to
-//   one cp.reduce.async.bulk, FA3's way, no faster than the vector reductions.) The dQ kernel then runs its depth part and adds
-//   the accumulator, as on the 64-key path.
+//   one cp.reduce.async.bulk, FA3's way, no faster than the vector reductions.) The depth kernel
+//   (attn_bwd_depth.cu), or the dQ kernel's depth part, then adds the accumulator.
+// - Variants not yet run on a GPU (session 7): PIPE (MODA_CUDA_BWD_WS=2, the softmax of the next
+//   step under this step's dV/dK) and ORDERED (MODA_CUDA_BWD_ORDERED_DQ=1, deterministic dQ by
+//   ordered adds); see their comments below.
 // The launcher falls back (launched = false) where a tensor is not TMA-encodable or G does not
 // divide 64. MODA_CUDA_BWD_WS=0 turns the kernel off (on by default: see ws_mode).
 #include <math.h>
