@@ -27,6 +27,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <type_traits>
+
 #include "moda_cuda_internal.cuh"
 #include "attn_bwd_common.cuh"
 #include "mma_helpers.cuh"
@@ -36,37 +38,58 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <int D, int NC>
+// SW (MODA_CUDA_BWD_DEPTH_SW=1; written in session 7 without device time, NOT yet run): the stage
+// tiles in the 128-byte-swizzled layout instead of padded rows and dkd staged over the warp's own
+// kd rows after the dq^T step (one more barrier), so that at d = 64, NC = 8 a CTA needs 55.5 KB
+// instead of 72 and 4 CTAs (16 warps) fit on an SM instead of 3: more rows in flight (ncu at
+// T=4096: 67% of DRAM bandwidth with 12 warps, 9.2 cycles per issued instruction).
+template <int D, int NC, bool SW>
 struct DepthBwdConfig {
   static constexpr int NWARPS = 4, NTHREADS = 128;
   static constexpr int ROWS = 64;       // depth rows per item (16 per warp)
-  static constexpr int LDS = D + 8;     // smem row stride (elements): ldmatrix without bank conflicts
+  static constexpr int LDS = D + 8;     // padded smem row stride (elements): ldmatrix without bank conflicts
   static constexpr int LDSD = ROWS + 8; // dS tile [NC][ROWS] row stride
-  // Ring depth: 3 stages at d = 64 (72 KB at NC = 8: 3 CTAs per SM), 2 at d = 128 (2 CTAs per SM).
+  // Ring depth: 3 stages at d = 64 (72 KB at NC = 8: 3 CTAs per SM; SW: 55.5 KB, 4), 2 at d = 128.
   static constexpr int NST = D <= 64 ? 3 : 2;
-  static constexpr int MINB = D <= 64 ? 3 : 2;      // CTAs per SM the registers are cut for
-  static constexpr int KV_BYTES = ROWS * LDS * 2;   // kd or vd rows of a stage
-  static constexpr int Q_BYTES = NC * LDS * 2;      // q or dO rows of a stage
-  static constexpr int STAGE = 2 * KV_BYTES + 2 * Q_BYTES + 2 * NC * 4;
+  static constexpr int MINB = D <= 64 ? (SW && NC == 8 ? 4 : 3) : 2;  // CTAs per SM the registers are cut for
+  static constexpr int ROW_BYTES = (SW ? D : LDS) * 2;
+  static constexpr int KV_BYTES = ROWS * ROW_BYTES;  // kd or vd rows of a stage
+  static constexpr int Q_BYTES = NC * ROW_BYTES;     // q or dO rows of a stage
+  static constexpr int STATS_BYTES = SW ? (2 * NC * 4 + 127) / 128 * 128 : 2 * NC * 4;  // SW: tiles stay 128-byte aligned
+  static constexpr int STAGE = 2 * KV_BYTES + 2 * Q_BYTES + STATS_BYTES;
   static constexpr int DS_BYTES = NC * LDSD * 2;
-  static constexpr int SMEM = NST * STAGE + DS_BYTES + KV_BYTES;  // + the dkd staging rows
+  static constexpr int SMEM = NST * STAGE + DS_BYTES + (SW ? 0 : KV_BYTES);  // + the dkd staging rows
   static_assert(STAGE % 16 == 0 && DS_BYTES % 16 == 0, "16-byte aligned smem pieces");
+  static_assert(!SW || STAGE % 128 == 0, "SW: 128-byte aligned tiles (bank-conflict-free swizzle)");
 };
 
-template <typename T, int D, int NC>
-__global__ void __launch_bounds__(128, (DepthBwdConfig<D, NC>::MINB))
+// Element (r, c) of a stage tile of `rows` rows: padded rows of LDS elements, or with SW the
+// 128-byte-swizzled layout of sw128_offset (16-byte piece j of row r at piece j ^ (r % 8)).
+template <bool SW, int LDS, typename P>
+__device__ __forceinline__ P *tile_at(P *base, int r, int c, int rows) {
+  if constexpr (SW) {
+    using B = typename std::conditional<std::is_const<P>::value, const unsigned char, unsigned char>::type;
+    return reinterpret_cast<P *>(reinterpret_cast<B *>(base) + sw128_offset(r, c, rows));
+  } else {
+    return base + r * LDS + c;
+  }
+}
+
+template <typename T, int D, int NC, bool SW>
+__global__ void __launch_bounds__(128, (DepthBwdConfig<D, NC, SW>::MINB))
 bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, const float *dq_seq,
                        int64_t units_per_bg, int64_t total_units) {
-  using Cfg = DepthBwdConfig<D, NC>;
+  using Cfg = DepthBwdConfig<D, NC, SW>;
   using Mma = MmaOp<T>;
   constexpr int ROWS = Cfg::ROWS, LDS = Cfg::LDS, LDSD = Cfg::LDSD, NST = Cfg::NST;
   constexpr int NT = NC / 8, KSTEPS = D / 16, MT = D / 64;  // MT: dq^T m16 tiles per warp
   static_assert(NC == 8 || NC == 16 || NC == 32, "NC: 8, 16 or 32 query rows per unit");
   static_assert(D == 64 || D == 128, "d: 64 or 128");
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];
   T *sDS = reinterpret_cast<T *>(smem + NST * Cfg::STAGE);                  // dS [NC][LDSD]
-  T *sDkd = reinterpret_cast<T *>(smem + NST * Cfg::STAGE + Cfg::DS_BYTES); // dkd [ROWS][LDS]
+  T *sDkd = reinterpret_cast<T *>(smem + NST * Cfg::STAGE + Cfg::DS_BYTES); // dkd [ROWS][LDS] (!SW)
+  auto at = [&](auto *base, int r, int c, int rows) { return tile_at<SW, LDS>(base, r, c, rows); };
   auto sKd = [&](int s) { return reinterpret_cast<T *>(smem + s * Cfg::STAGE); };
   auto sVd = [&](int s) { return reinterpret_cast<T *>(smem + s * Cfg::STAGE + Cfg::KV_BYTES); };
   auto sQ = [&](int s) { return reinterpret_cast<T *>(smem + s * Cfg::STAGE + 2 * Cfg::KV_BYTES); };
@@ -125,7 +148,7 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
 #pragma unroll
     for (int k = 0; k < ROWS / ROWS_PER_PASS; ++k) {
       const int r = prow + k * ROWS_PER_PASS, i = i0 + r;
-      T *dk = sKd(s) + r * LDS + pcol, *dv = sVd(s) + r * LDS + pcol;
+      T *dk = at(sKd(s), r, pcol, ROWS), *dv = at(sVd(s), r, pcol, ROWS);
       if (i < nkeys) {
         const int ui = i / (int)L, li = i - ui * (int)L;
         const int64_t u = u_lo + ui;
@@ -138,7 +161,7 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
     }
     // the unit's NC query rows: token u_lo + r / G, head g*G + r % G
     for (int r = prow; r < NC; r += ROWS_PER_PASS) {
-      T *dq_ = sQ(s) + r * LDS + pcol, *dd = sdO(s) + r * LDS + pcol;
+      T *dq_ = at(sQ(s), r, pcol, NC), *dd = at(sdO(s), r, pcol, NC);
       if (R0 + r < TG) {
         const int64_t t = u_lo + r / (int)G, h = c.g * G + r % (int)G;
         cp_async_16(dq_, static_cast<const T *>(p.q) + c.b * p.q_stride[0] + t * p.q_stride[1] + h * p.q_stride[2] + pcol);
@@ -188,7 +211,8 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
 
     const int nkeys = unit_keys(cur), chunk = cur.chunk, i0 = chunk * ROWS;
     const int64_t u_lo = cur.unit * TPU, R0 = cur.unit * NC;
-    const T *kd_s = sKd(s), *q_s = sQ(s), *do_s = sdO(s);
+    T *kd_s = sKd(s);
+    const T *q_s = sQ(s), *do_s = sdO(s);
     T *vd_s = sVd(s);
     const float *lse_s = sLse(s), *delta_s = sLse(s) + NC;
 
@@ -211,16 +235,16 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       uint32_t ak[2][4], av[2][4];
 #pragma unroll
       for (int s2 = 0; s2 < 2; ++s2) {
-        const int off = (r0 + (lane & 15)) * LDS + (2 * kk + s2) * 16 + (lane >> 4) * 8;
-        ldmatrix_x4(ak[s2], kd_s + off);
-        ldmatrix_x4(av[s2], vd_s + off);
+        const int r = r0 + (lane & 15), c = (2 * kk + s2) * 16 + (lane >> 4) * 8;
+        ldmatrix_x4(ak[s2], at(kd_s, r, c, ROWS));
+        ldmatrix_x4(av[s2], at(vd_s, r, c, ROWS));
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const int off = (nt * 8 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8;
+        const int r = nt * 8 + (lane & 7), c = kk * 32 + (lane >> 3) * 8;
         uint32_t qb[4], ob[4];
-        ldmatrix_x4(qb, q_s + off);
-        ldmatrix_x4(ob, do_s + off);
+        ldmatrix_x4(qb, at(q_s, r, c, NC));
+        ldmatrix_x4(ob, at(do_s, r, c, NC));
         Mma::run(st[nt], ak[0], qb[0], qb[1]);
         Mma::run(st[nt], ak[1], qb[2], qb[3]);
         Mma::run(dpt[nt], av[0], ob[0], ob[1]);
@@ -251,66 +275,61 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
             movmatrix_trans(Mma::pack(dpt[nt][2 * h2], dpt[nt][2 * h2 + 1]));
 
     // dvd = P^T dO and dkd = scale * dS^T q (16 rows x D, k = the NC query rows), staged: dvd over
-    // this warp's vd rows (only this warp read them), dkd in the staging rows
-    __syncwarp();
-    T *dkd_s = sDkd;
-    auto stage_pair = [&](T *base, int row, int col, float lo, float hi) {
-      *reinterpret_cast<uint32_t *>(base + row * LDS + col) = Mma::pack(lo, hi);
-    };
+    // this warp's vd rows (only this warp read them), dkd in the staging rows (SW: over this warp's
+    // kd rows, once every warp is done with kd in the dq^T step)
+    constexpr int KA = NC == 8 ? 1 : NC / 16;
+    uint32_t pa[KA][4], da[KA][4];  // NC = 8: the m16n8k8 A pairs in [0][0..1]
     if constexpr (NC == 8) {
-      const uint32_t pa[2] = {Mma::pack(st[0][0], st[0][1]), Mma::pack(st[0][2], st[0][3])};
-      const uint32_t da[2] = {Mma::pack(dpt[0][0], dpt[0][1]), Mma::pack(dpt[0][2], dpt[0][3])};
-#pragma unroll
-      for (int n4 = 0; n4 < D / 32; ++n4) {
-        const int off = (lane & 7) * LDS + n4 * 32 + (lane >> 3) * 8;
-        uint32_t ob[4], qb[4];
-        ldmatrix_x4_trans(ob, do_s + off);
-        ldmatrix_x4_trans(qb, q_s + off);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          float cv[4] = {0.f, 0.f, 0.f, 0.f}, ck[4] = {0.f, 0.f, 0.f, 0.f};
-          Mma::run_k8(cv, pa, ob[j]);
-          Mma::run_k8(ck, da, qb[j]);
-          const int col = n4 * 32 + j * 8 + 2 * qc;
-#pragma unroll
-          for (int h2 = 0; h2 < 2; ++h2) {
-            stage_pair(vd_s, r0 + qr + 8 * h2, col, cv[2 * h2], cv[2 * h2 + 1]);
-            stage_pair(dkd_s, r0 + qr + 8 * h2, col, ck[2 * h2] * scale, ck[2 * h2 + 1] * scale);
-          }
-        }
-      }
+      pa[0][0] = Mma::pack(st[0][0], st[0][1]);
+      pa[0][1] = Mma::pack(st[0][2], st[0][3]);
+      da[0][0] = Mma::pack(dpt[0][0], dpt[0][1]);
+      da[0][1] = Mma::pack(dpt[0][2], dpt[0][3]);
     } else {
-      constexpr int KK = NC / 16;
-      uint32_t pa[KK][4], da[KK][4];
-      pack_acc_as_a<T, KK>(st, pa);
-      pack_acc_as_a<T, KK>(dpt, da);
-#pragma unroll
-      for (int dn = 0; dn < D / 16; ++dn) {
-        float cv[2][4] = {}, ck[2][4] = {};
-#pragma unroll
-        for (int kk = 0; kk < KK; ++kk) {
-          const int off = (kk * 16 + (lane & 15)) * LDS + dn * 16 + (lane >> 4) * 8;
-          uint32_t ob[4], qb[4];
-          ldmatrix_x4_trans(ob, do_s + off);
-          ldmatrix_x4_trans(qb, q_s + off);
-          Mma::run(cv[0], pa[kk], ob[0], ob[1]);
-          Mma::run(cv[1], pa[kk], ob[2], ob[3]);
-          Mma::run(ck[0], da[kk], qb[0], qb[1]);
-          Mma::run(ck[1], da[kk], qb[2], qb[3]);
-        }
-#pragma unroll
-        for (int hn = 0; hn < 2; ++hn)
-#pragma unroll
-          for (int h2 = 0; h2 < 2; ++h2) {
-            const int col = dn * 16 + hn * 8 + 2 * qc;
-            stage_pair(vd_s, r0 + qr + 8 * h2, col, cv[hn][2 * h2], cv[hn][2 * h2 + 1]);
-            stage_pair(dkd_s, r0 + qr + 8 * h2, col, ck[hn][2 * h2] * scale, ck[hn][2 * h2 + 1] * scale);
-          }
-      }
+      pack_acc_as_a<T, KA>(st, pa);
+      pack_acc_as_a<T, KA>(dpt, da);
     }
+    auto stage_pair = [&](T *base, int row, int col, float lo, float hi) {
+      *reinterpret_cast<uint32_t *>(at(base, row, col, ROWS)) = Mma::pack(lo, hi);
+    };
+    // dst rows r0.. = mul * (A [16 x NC] times the tile b_s [NC x D]; B by ldmatrix.trans)
+    auto stage_product = [&](const uint32_t (&a)[KA][4], const T *b_s, T *dst, float mul) {
+      if constexpr (NC == 8) {
+        const uint32_t a2[2] = {a[0][0], a[0][1]};
+#pragma unroll
+        for (int n4 = 0; n4 < D / 32; ++n4) {
+          uint32_t bb[4];
+          ldmatrix_x4_trans(bb, at(b_s, lane & 7, n4 * 32 + (lane >> 3) * 8, NC));
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+            Mma::run_k8(c, a2, bb[j]);
+            const int col = n4 * 32 + j * 8 + 2 * qc;
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2) stage_pair(dst, r0 + qr + 8 * h2, col, c[2 * h2] * mul, c[2 * h2 + 1] * mul);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          float c[2][4] = {};
+#pragma unroll
+          for (int kk = 0; kk < KA; ++kk) {
+            uint32_t bb[4];
+            ldmatrix_x4_trans(bb, at(b_s, kk * 16 + (lane & 15), dn * 16 + (lane >> 4) * 8, NC));
+            Mma::run(c[0], a[kk], bb[0], bb[1]);
+            Mma::run(c[1], a[kk], bb[2], bb[3]);
+          }
+#pragma unroll
+          for (int hn = 0; hn < 2; ++hn)
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2)
+              stage_pair(dst, r0 + qr + 8 * h2, dn * 16 + hn * 8 + 2 * qc, c[hn][2 * h2] * mul, c[hn][2 * h2 + 1] * mul);
+        }
+      }
+    };
     // the warp's 16 staged rows out as whole rows of 16-byte pieces (rows past the unit skipped)
-    __syncwarp();
-    {
+    T *dkd_s = SW ? kd_s : sDkd;
+    auto copy_out = [&]() {
       const int c8 = (lane % PIECES) * 8;
       T *dvd = static_cast<T *>(p.dvd) + cur.b * p.dvd_stride[0] + cur.g * p.dvd_stride[3] + c8;
       T *dkd = static_cast<T *>(p.dkd) + cur.b * p.dkd_stride[0] + cur.g * p.dkd_stride[3] + c8;
@@ -321,10 +340,17 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
         const int ui = i / (int)L, li = i - ui * (int)L;
         const int64_t u = u_lo + ui;
         *reinterpret_cast<uint4 *>(dvd + u * p.dvd_stride[1] + li * p.dvd_stride[2]) =
-            *reinterpret_cast<const uint4 *>(vd_s + (r0 + r) * LDS + c8);
+            *reinterpret_cast<const uint4 *>(at(vd_s, r0 + r, c8, ROWS));
         *reinterpret_cast<uint4 *>(dkd + u * p.dkd_stride[1] + li * p.dkd_stride[2]) =
-            *reinterpret_cast<const uint4 *>(dkd_s + (r0 + r) * LDS + c8);
+            *reinterpret_cast<const uint4 *>(at(dkd_s, r0 + r, c8, ROWS));
       }
+    };
+    __syncwarp();
+    stage_product(pa, do_s, vd_s, 1.f);
+    if constexpr (!SW) {
+      stage_product(da, q_s, dkd_s, scale);
+      __syncwarp();
+      copy_out();
     }
     __syncthreads();  // the dS tile is complete
 
@@ -342,12 +368,19 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           uint32_t a[4];
-          ldmatrix_x4_trans(a, kd_s + (ks * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) * LDS + dw0 + mt * 16 +
-                                   ((lane >> 3) & 1) * 8);
+          ldmatrix_x4_trans(a, at(kd_s, ks * 16 + (lane & 7) + ((lane >> 4) & 1) * 8,
+                                  dw0 + mt * 16 + ((lane >> 3) & 1) * 8, ROWS));
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) Mma::run(acc_t[mt][nt], a, bd[nt][2 * s2], bd[nt][2 * s2 + 1]);
         }
       }
+    }
+
+    if constexpr (SW) {
+      __syncthreads();  // every warp is done reading kd rows: dkd goes over this warp's own
+      stage_product(da, q_s, dkd_s, scale);
+      __syncwarp();
+      copy_out();
     }
 
     if (chunk == CPU - 1) {  // the unit's last item: dq = scale * (sequence part + depth part)
@@ -380,10 +413,10 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   cp_async_wait<0>();  // no cp.async outlives the CTA (the ring's trailing empty groups)
 }
 
-template <typename T, int D, int NC>
+template <typename T, int D, int NC, bool SW>
 int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, const float *dq_seq) {
-  using Cfg = DepthBwdConfig<D, NC>;
-  auto kern = bwd_depth_token_kernel<T, D, NC>;
+  using Cfg = DepthBwdConfig<D, NC, SW>;
+  auto kern = bwd_depth_token_kernel<T, D, NC, SW>;
   static int ctas_per_sm = 0;  // per instantiation, on the first launch
   if (!ctas_per_sm) {
     MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM),
@@ -408,9 +441,22 @@ int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, co
 
 template <typename T, int D>
 int launch_nc(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, const float *dq_seq) {
-  if (p->G <= 8) return launch<T, D, 8>(p, stream, lse2, delta, dq_seq);
-  if (p->G == 16) return launch<T, D, 16>(p, stream, lse2, delta, dq_seq);
-  return launch<T, D, 32>(p, stream, lse2, delta, dq_seq);
+  static int sw = -1;  // MODA_CUDA_BWD_DEPTH_SW=1: the swizzled variant (not yet run on a GPU)
+  if (sw < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_DEPTH_SW");
+    sw = e && e[0] == '1';
+  }
+  constexpr bool SW_OK = D == 64;  // d = 128: no smem gain that changes the CTAs per SM, and it spills
+  if (p->G <= 8) {
+    if (SW_OK && sw) return launch<T, D, 8, SW_OK>(p, stream, lse2, delta, dq_seq);
+    return launch<T, D, 8, false>(p, stream, lse2, delta, dq_seq);
+  }
+  if (p->G == 16) {
+    if (SW_OK && sw) return launch<T, D, 16, SW_OK>(p, stream, lse2, delta, dq_seq);
+    return launch<T, D, 16, false>(p, stream, lse2, delta, dq_seq);
+  }
+  if (SW_OK && sw) return launch<T, D, 32, SW_OK>(p, stream, lse2, delta, dq_seq);
+  return launch<T, D, 32, false>(p, stream, lse2, delta, dq_seq);
 }
 
 bool writable16(const void *ptr, const int64_t *st, int n) {

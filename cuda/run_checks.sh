@@ -135,6 +135,8 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step quick_ws_pipe_nd  MODA_CUDA_BWD_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_ordered_dq    MODA_CUDA_BWD_ORDERED_DQ=1 -- bwd
     step quick_ordered_dq  MODA_CUDA_BWD_ORDERED_DQ=1 -- quick
+    step bwd_depth_sw      MODA_CUDA_BWD_DEPTH_SW=1 -- bwd
+    step bwd_depth_sw_nd   MODA_CUDA_BWD_DEPTH_SW=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_no_depth_k    MODA_CUDA_BWD_DEPTH_KERNEL=0 -- bwd
     step bwd_no_depth_k_nd MODA_CUDA_BWD_DEPTH_KERNEL=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_k_mma   MODA_CUDA_WGMMA=0 -- bwd
