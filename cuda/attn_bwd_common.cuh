@@ -165,11 +165,10 @@ __device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base
   }
 }
 
-// Deterministic dQ by ordered adds (MODA_CUDA_BWD_ORDERED_DQ=1; session 7, NOT yet run on a GPU):
-// key blocks add their dQ_step to a row block of the float32 accumulator one after another, in
-// key-block order, guarded by one counter per (batch, KV head, 64-row block). The grid is
-// key-block-major, so a CTA only ever waits for CTAs launched before it (FlashAttention-3's
-// deterministic backward does the same).
+// Deterministic dQ by ordered adds (MODA_CUDA_BWD_ORDERED_DQ=1): key blocks add their dQ_step to a
+// row block of the float32 accumulator one after another, in a fixed key-block order, guarded by
+// one counter per (batch, KV head, 64-row block). The caller orders its grid so that a CTA only
+// ever waits for CTAs launched before it (FlashAttention-3's deterministic backward does the same).
 __device__ __forceinline__ void sem_wait_eq(const int *sem, int value) {
   for (;;) {
     int v;

@@ -24,9 +24,9 @@
 //   warpgroup its own 64 keys' dQ without the coupling, 1.2x slower; the tile through smem to
 //   one cp.reduce.async.bulk, FA3's way, no faster than the vector reductions.) The depth kernel
 //   (attn_bwd_depth.cu), or the dQ kernel's depth part, then adds the accumulator.
-// - Variants not yet run on a GPU (session 7): PIPE (MODA_CUDA_BWD_WS=2, the softmax of the next
-//   step under this step's dV/dK) and ORDERED (MODA_CUDA_BWD_ORDERED_DQ=1, deterministic dQ by
-//   ordered adds); see their comments below.
+// - Variants: PIPE (the default; MODA_CUDA_BWD_WS=1 selects the older loop: the softmax of the
+//   next step under this step's dV/dK) and ORDERED (MODA_CUDA_BWD_ORDERED_DQ=1, deterministic dQ
+//   by ordered adds); see their comments below.
 // The launcher falls back (launched = false) where a tensor is not TMA-encodable or G does not
 // divide 64. MODA_CUDA_BWD_WS=0 turns the kernel off (on by default: see ws_mode).
 #include <math.h>
@@ -42,10 +42,11 @@
 namespace moda_cuda {
 namespace {
 
-// PIPE (v9, MODA_CUDA_BWD_WS=2; written in session 7 without device time, NOT yet run): each
-// consumer warpgroup issues S/dP of step j+1 before dV/dK of step j and runs the softmax of step
-// j+1 under dV/dK(j); P^T and dS^T go through smem tiles (dV/dK as SS wgmmas) so that the
-// registers of two steps fit. docs/CUDA_NOTES.md, "v9".
+// PIPE (v9, the default since session 8; MODA_CUDA_BWD_WS=1 selects the v8 loop): each consumer
+// warpgroup issues S/dP of step j+1 before dV/dK of step j and runs the softmax of step j+1 under
+// dV/dK(j); P^T and dS^T go through smem tiles (dV/dK as SS wgmmas) so that the registers of two
+// steps fit. Measured (session 8, H100, fwd+bwd nd, this kernel's time): T=4096 1.80 vs 2.20 ms,
+// T=16384 26.4 vs 32.2, LM-64 0.76 vs 0.90, DeiT-Tiny-64 0.20 vs 0.23. docs/CUDA_NOTES.md, "v9".
 template <bool PIPE = false>
 struct WsBwdConfig {
   static constexpr int D = 64, BN = 128, BQ = 64, NST = PIPE ? 4 : 3, NTHREADS = 384;
@@ -65,8 +66,8 @@ struct WsBwdConfig {
   static_assert(128 * 24 + 256 * 240 <= NTHREADS * ((65536 / NTHREADS) & ~7), "register split of the three warpgroups");
 };
 
-// ORDERED (with DQ, not PIPE; MODA_CUDA_BWD_ORDERED_DQ=1, deterministic = 1; NOT yet run on a
-// GPU): the dQ adds in key-block order under the counters dq_sem (sem_wait_eq in
+// ORDERED (with DQ, not PIPE; MODA_CUDA_BWD_ORDERED_DQ=1, deterministic = 1): the dQ adds in a
+// fixed key-block order (descending, the grid reversed) under the counters dq_sem (sem_wait_eq in
 // attn_bwd_common.cuh) instead of reductions: deterministic without the dQ kernel's second pass.
 template <typename T, bool DQ, bool PIPE, bool ORDERED = false>
 __global__ void __launch_bounds__(WsBwdConfig<PIPE>::NTHREADS, 1)
@@ -97,8 +98,10 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
   uint64_t *empty = full + NST, *kvbar = empty + NST;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t kblk = blockIdx.x / p.Hk, g = blockIdx.x % p.Hk, b = blockIdx.z;  // key-block-major
   const int64_t G = p.G, T_ = p.T, S = p.S, TG = T_ * G;
+  // key-block-major; ORDERED: the last key block first (see the dQ adds below)
+  const int64_t kblk = ORDERED ? (S + BN - 1) / BN - 1 - blockIdx.x / p.Hk : blockIdx.x / p.Hk;
+  const int64_t g = blockIdx.x % p.Hk, b = blockIdx.z;
   const int64_t i0 = kblk * BN;
   const bool causal = p.causal != 0;
   // packed query rows [R_begin, R_end) that include every row that can see some key of the block;
@@ -326,16 +329,28 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
         if (cwg == (blk & 1)) {
           named_bar_sync(kBarDs + (blk & 1), 256);
           if constexpr (ORDERED) {
-            // this row block's turn comes after key blocks 0 .. kblk-1 (every key block before
-            // this one sees it too: R_begin grows with the key block) have added theirs
+            // The key blocks that see this row block add in DESCENDING order, the last one
+            // first, so this CTA waits only for key block kblk + 1, which the reversed grid
+            // launched no later than this one (no deadlock) and which starts at a later row block,
+            // so is ahead of this CTA on every row block they share: neighbours run in step.
+            // Ascending order chained each CTA to the end of the one before (every resident key
+            // block finished with key block 0): 2.2x slower at T=16384 (session 8, H100).
+            // The last key block k that sees Rq (R_begin(k) <= Rq, R_begin as above, monotone):
+            // max(0, k BN - (S - T)) G < Rq + BQ  <=>  k <= (floor((Rq + BQ - 1) / G) + S - T) / BN.
+            int64_t kmax = (S + BN - 1) / BN - 1;
+            if (causal) {
+              const int64_t kc = ((Rq + BQ - 1) / G + (S - T_)) / BN;
+              if (kc < kmax) kmax = kc;
+            }
+            const int turn = (int)(kmax - kblk);  // adds before this one: key blocks kblk+1 .. kmax
             float acc_dq[8][4];
             dq_step<T, BN>(smem_u32(sDS) + (blk & 1) * 2 * TILE, smem_u32(sK), acc_dq);
             int *sem = dq_sem + (b * p.Hk + g) * (stat_rows(TG) / BQ) + Rq / BQ;
-            if (wq == 0 && lane == 0) sem_wait_eq(sem, (int)kblk);
+            if (wq == 0 && lane == 0) sem_wait_eq(sem, turn);
             named_bar_sync(kBarOrd + cwg, 128);
             dq_add_ordered(acc_dq, dq_accum + (b * p.Hk + g) * TG * D, Rq + wq * 16 + qr, R_end, qc);
             named_bar_sync(kBarOrd + cwg, 128);  // every warp's adds are issued before the release
-            if (wq == 0 && lane == 0) sem_release(sem, (int)kblk + 1);
+            if (wq == 0 && lane == 0) sem_release(sem, turn + 1);
           } else {
             // this warp's 16 query rows of the step: unscaled dS K, added by vector reductions
             dq_step_reduce<T, BN>(smem_u32(sDS) + (blk & 1) * 2 * TILE, smem_u32(sK),
@@ -389,14 +404,14 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
 
 }  // namespace
 
-// MODA_CUDA_BWD_WS=0 turns the kernel off (bwd_dkv_wgmma_kernel runs instead); unset or 1: on
-// where it can run (session 6, H100: 0.95x the time of bwd_dkv_wgmma_kernel at the paper's
-// T=4096, 0.92x at DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8); 2: its v9 loop (PIPE).
+// MODA_CUDA_BWD_WS=0 turns the kernel off (bwd_dkv_wgmma_kernel runs instead); 1: its v8 loop
+// (session 6, H100: 0.95x the time of bwd_dkv_wgmma_kernel at the paper's T=4096, 0.92x at
+// DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8); unset or 2: its v9 loop (PIPE).
 static int ws_mode() {
   static int mode = -1;
   if (mode < 0) {
     const char *e = getenv("MODA_CUDA_BWD_WS");
-    mode = e && e[0] == '0' ? 0 : e && e[0] == '2' ? 2 : 1;
+    mode = e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : 2;
   }
   return mode;
 }

@@ -126,17 +126,16 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
     step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
     step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
-    step bwd_ws            MODA_CUDA_BWD_WS=1 -- bwd
+    step bwd_ws_v8         MODA_CUDA_BWD_WS=1 -- bwd
     step bwd_no_ws         MODA_CUDA_BWD_WS=0 -- bwd
-    step bwd_ws_atomic     MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
-    step quick_ws_atomic   MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
-    step bwd_ws_pipe       MODA_CUDA_BWD_WS=2 -- bwd
-    step bwd_ws_pipe_nd    MODA_CUDA_BWD_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
-    step quick_ws_pipe_nd  MODA_CUDA_BWD_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
+    step bwd_ws_v8_atomic  MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step quick_ws_v8_atomic MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
+    step bwd_default_nd    MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step quick_default_nd  MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_ordered_dq    MODA_CUDA_BWD_ORDERED_DQ=1 -- bwd
     step quick_ordered_dq  MODA_CUDA_BWD_ORDERED_DQ=1 -- quick
-    step bwd_depth_sw      MODA_CUDA_BWD_DEPTH_SW=1 -- bwd
-    step bwd_depth_sw_nd   MODA_CUDA_BWD_DEPTH_SW=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step bwd_depth_nosw    MODA_CUDA_BWD_DEPTH_SW=0 -- bwd
+    step bwd_depth_nosw_nd MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_no_depth_k    MODA_CUDA_BWD_DEPTH_KERNEL=0 -- bwd
     step bwd_no_depth_k_nd MODA_CUDA_BWD_DEPTH_KERNEL=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_k_mma   MODA_CUDA_WGMMA=0 -- bwd
@@ -147,6 +146,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
   elif [ "$MODE" = v6san ]; then
     san() {  # san NAME TOOL CASES ENV...: one compute-sanitizer run, one summary line
       local name=$1 tool=$2 t=$3; shift 3
+      if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi
       local log="$OUTDIR/v6_san_${name}_${tool}.log"
       env "$@" timeout 60 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
       printf "%-28s rc=%d  %s | %s\n" "${name}_${tool}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
@@ -158,11 +158,12 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san fwd_wgmma_ws $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=33
       for mt in 1 2; do san fwd_mma_mt$mt $tool depthsan MODA_CUDA_WGMMA=0 MODA_CUDA_FWD_MT=$mt; done
       san bwd_all $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1
-      san bwd_ws_atomic $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1
-      san bwd_ws_det $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=0
+      san bwd_ws_v8_atomic $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_ws_v8_det $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_ordered_dq $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_ORDERED_DQ=1
-      san bwd_ws_pipe $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=1
-      san bwd_ws_pipe_det $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0
+      san bwd_default_nd $tool san MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_default_det $tool san MODA_CUDA_BWD_ATOMIC_DQ=0
+      san bwd_depth_nosw $tool san MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1
     done
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
