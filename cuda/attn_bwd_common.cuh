@@ -42,7 +42,7 @@ __device__ __forceinline__ void load_row_stats(float *s_lse, float *s_delta, con
 // scale_log2 - lse2) where the key is visible, else 0; dS = P (dp - delta).
 __device__ __forceinline__ void p_ds(float s, float dp, float lse2, float delta, float scale_log2, bool vis, float &pe,
                                      float &ds) {
-  pe = vis ? exp2f(s * scale_log2 - lse2) : 0.f;
+  pe = vis ? exp2_ftz(s * scale_log2 - lse2) : 0.f;
   ds = pe * (dp - delta);
 }
 // The causal mask of packed query row Rq + col against key `key` (key_lim = S - T).

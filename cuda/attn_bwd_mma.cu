@@ -723,7 +723,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
             const int64_t i = kc + mt * 16 + qr + (e >= 2 ? 8 : 0);
             const int c = e & 1;
             const bool vis = i < nkeys && col_t[c] >= 0 && depth_visible(u_lo + i / L, col_t[c], chunk, causal);
-            const float pe = vis ? exp2f(st4[e] * scale_log2 - col_lse2[c]) : 0.f;
+            const float pe = vis ? exp2_ftz(st4[e] * scale_log2 - col_lse2[c]) : 0.f;
             pe4[e] = pe;
             ds4[e] = pe * (dpt4[e] - col_delta[c]);
           }
@@ -915,7 +915,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
           const int h2 = e >> 1;
           bool vis = true;
           if (need_mask) vis = j0 + nt * 8 + 2 * qc + (e & 1) <= row_lim[h2];
-          const float pe = vis ? exp2f(s[nt][e] * scale_log2 - row_lse2[h2]) : 0.f;
+          const float pe = vis ? exp2_ftz(s[nt][e] * scale_log2 - row_lse2[h2]) : 0.f;
           dp[nt][e] = pe * (dp[nt][e] - row_delta[h2]);
         }
       if constexpr (WG) {

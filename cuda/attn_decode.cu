@@ -264,7 +264,7 @@ decode_split_kernel(const moda_attn_params p, const DecodePlan plan, float *__re
       float sum = 0.f;
 #pragma unroll
       for (int i = 0; i < NB / 32; ++i) {
-        const float pe = exp2f(x[i] - m_use);
+        const float pe = exp2_ftz(x[i] - m_use);
         sP[r * NB + lane + 32 * i] = pe;
         sum += pe;
       }
@@ -272,7 +272,7 @@ decode_split_kernel(const moda_attn_params p, const DecodePlan plan, float *__re
       for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
       __syncwarp();  // every lane has read sM[r] before lane 0 updates it
       if (lane == 0) {
-        const float corr = exp2f(m_old - m_use);
+        const float corr = exp2_ftz(m_old - m_use);
         sCorr[r] = corr;
         sL[r] = sL[r] * corr + sum;
         sM[r] = m_new;
@@ -343,7 +343,7 @@ decode_combine_kernel(const moda_attn_params p, const DecodePlan plan, const flo
   for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
   const float M_use = M == -INFINITY ? 0.f : M;
   float lsum = 0.f;
-  for (int s = lane; s < ns; s += 32) lsum += ml[2 * s + 1] * exp2f(ml[2 * s] - M_use);
+  for (int s = lane; s < ns; s += 32) lsum += ml[2 * s + 1] * exp2_ftz(ml[2 * s] - M_use);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
   const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
@@ -354,7 +354,7 @@ decode_combine_kernel(const moda_attn_params p, const DecodePlan plan, const flo
   for (int e = 0; e < PER_LANE; ++e) o[e] = 0.f;
   const float *po = part_o + row * ns * D;
   for (int s = 0; s < ns; ++s) {
-    const float w = exp2f(ml[2 * s] - M_use);  // 0 for an empty split (m = -inf)
+    const float w = exp2_ftz(ml[2 * s] - M_use);  // 0 for an empty split (m = -inf)
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) o[e] += w * po[s * D + lane + 32 * e];
   }

@@ -263,7 +263,7 @@ struct FwdDepthRing {
         for (int c = 0; c < 2; ++c) {
           float m_new = fmaxf(col_m[c], warp_col_max(chunk_max[c]));
           m_use[c] = m_new == -INFINITY ? 0.f : m_new;
-          corr[c] = exp2f(col_m[c] - m_use[c]);
+          corr[c] = exp2_ftz(col_m[c] - m_use[c]);
           col_m[c] = m_new;
           col_l[c] *= corr[c];
         }
@@ -276,7 +276,7 @@ struct FwdDepthRing {
         float p4[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          p4[e] = exp2f(s_t[e] - m_use[e & 1]);
+          p4[e] = exp2_ftz(s_t[e] - m_use[e & 1]);
           col_l[e & 1] += p4[e];
         }
         const uint32_t b0 = movmatrix_trans(Mma::pack(p4[0], p4[1]));

@@ -233,7 +233,7 @@ fwd_mma_kernel(const moda_attn_params p, const int flags) {
         // scale > 0, so max(raw) * scale = max(scaled); -inf stays -inf
         float m_new = fmaxf(row_m[r], warp_quad_max(blk_max[r]) * (FOLD ? scale_log2 : 1.f));
         m_use[r] = m_new == -INFINITY ? 0.f : m_new;
-        corr[r] = exp2f(row_m[r] - m_use[r]);
+        corr[r] = exp2_ftz(row_m[r] - m_use[r]);
         row_m[r] = m_new;
         row_l[r] *= corr[r];
       }
@@ -252,7 +252,7 @@ fwd_mma_kernel(const moda_attn_params p, const int flags) {
           for (int e = 0; e < 4; ++e) {
             const int r = mt * 2 + (e >> 1);
             // one FFMA + EX2 per score: exp2(s * scale * log2e - m)
-            float pe = FOLD ? exp2f(fmaf(s[mt][nt][e], scale_log2, -m_use[r])) : exp2f(s[mt][nt][e] - m_use[r]);
+            float pe = FOLD ? exp2_ftz(fmaf(s[mt][nt][e], scale_log2, -m_use[r])) : exp2_ftz(s[mt][nt][e] - m_use[r]);
             s[mt][nt][e] = pe;
             row_l[r] += pe;
           }

@@ -85,7 +85,7 @@ __device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j
     // scale > 0, so max(raw) * scale = max(scaled); -inf stays -inf
     const float m_new = fmaxf(row_m[r], warp_quad_max(blk_max[r]) * scale_log2);
     m_use[r] = m_new == -INFINITY ? 0.f : m_new;
-    corr[r] = exp2f(row_m[r] - m_use[r]);
+    corr[r] = exp2_ftz(row_m[r] - m_use[r]);
     row_m[r] = m_new;
     row_l[r] *= corr[r];
   }
@@ -94,7 +94,7 @@ __device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = e >> 1;
-      const float pe = exp2f(fmaf(s[nt][e], scale_log2, -m_use[r]));
+      const float pe = exp2_ftz(fmaf(s[nt][e], scale_log2, -m_use[r]));
       s[nt][e] = pe;
       row_l[r] += pe;
     }

@@ -18,6 +18,16 @@ __device__ __forceinline__ uint32_t smem_u32(const void *p) {
   return (uint32_t)__cvta_generic_to_shared(p);
 }
 
+// 2^x as ONE MUFU.EX2: exp2f() compiles (without --use_fast_math) to ex2.approx.f32, which ptxas
+// wraps in a compare and two predicated multiplies to produce denormal results. Softmax weights
+// below 2^-126 of the row maximum do not matter, so the kernels flush them to zero (ftz); -inf
+// still gives +0, NaN stays NaN.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ void cp_async_16(void *smem_dst, const void *gmem_src) {
 #if __CUDA_ARCH__ >= 800
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem_dst)),
