@@ -45,21 +45,32 @@ __device__ __forceinline__ void p_ds(float s, float dp, float lse2, float delta,
   pe = vis ? exp2_ftz(s * scale_log2 - lse2) : 0.f;
   ds = pe * (dp - delta);
 }
-// The causal mask of packed query row Rq + col against key `key` (key_lim = S - T).
+// The causal mask of a step without a division per element: packed query row Rq + col (token
+// (Rq + col) / G) sees key `key` iff key <= key_lim + (Rq + col) / G (key_lim = S - T), i.e. iff
+// col >= causal_col_min(key, ...), as floor(x / G) >= m <=> x >= m G. (A division per element,
+// behind a per-element branch on the run-time mask flag, was 2/3 of the v9 loop's instructions.)
 template <typename I>
-__device__ __forceinline__ bool causal_visible(I key, I key_lim, I Rq, int col, I G) {
-  return key <= key_lim + (Rq + col) / G;
+__device__ __forceinline__ I causal_col_min(I key, I key_lim, I Rq, I G) {
+  const I m = key - key_lim;
+  return (m > 0 ? m : 0) * G - Rq;
 }
 
 // P^T = exp2(S^T * scale_log2 - lse2) and dS^T = P^T (dP^T - delta), in place on a warp's 16 key
 // rows x 8*NT query columns (the wgmma m64 / mma.sync m16n8 accumulator layout: element e of tile
 // nt is key row qr + 8*(e >> 1), column nt*8 + 2*qc + (e & 1)), with the columns' lse2 and delta
-// in shared memory. With need_mask (causal), key key_pos[e >> 1] is visible to column col where
+// in shared memory. With MASK (causal), key key_pos[e >> 1] is visible to column col where
 // key_pos <= key_lim + (Rq + col) / G (key_lim = S - T; Rq = the step's first packed row).
-template <int NT>
+// MASK is a template parameter so that unmasked steps carry no per-element mask code; callers
+// branch once per step.
+template <int NT, bool MASK>
 __device__ __forceinline__ void bwd_p_ds_causal(float (&s)[NT][4], float (&dp)[NT][4], const float *lse_s,
-                                                const float *delta_s, int qc, float scale_log2, bool need_mask,
+                                                const float *delta_s, int qc, float scale_log2,
                                                 const int64_t (&key_pos)[2], int64_t key_lim, int64_t Rq, int64_t G) {
+  int64_t col_min[2] = {0, 0};
+  if constexpr (MASK) {
+    col_min[0] = causal_col_min(key_pos[0], key_lim, Rq, G);
+    col_min[1] = causal_col_min(key_pos[1], key_lim, Rq, G);
+  }
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     // this lane's two columns' lse2 / delta, one 8-byte smem load each
@@ -68,8 +79,7 @@ __device__ __forceinline__ void bwd_p_ds_causal(float (&s)[NT][4], float (&dp)[N
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int col = nt * 8 + 2 * qc + (e & 1);
-      bool vis = true;
-      if (need_mask) vis = causal_visible(key_pos[e >> 1], key_lim, Rq, col, G);
+      const bool vis = !MASK || col >= col_min[e >> 1];
       float pe, ds;
       p_ds(s[nt][e], dp[nt][e], (e & 1) ? l2.y : l2.x, (e & 1) ? dl.y : dl.x, scale_log2, vis, pe, ds);
       s[nt][e] = pe;
@@ -102,12 +112,17 @@ __device__ __forceinline__ void store_ds_t(unsigned char *tile, int tile_rows, i
 // instructions define inside such a window (C7515), so nothing here writes them. Indices in 32
 // bits (the caller guarantees S and T*G below 2^31) and shared memory by 32-bit address (lse_s,
 // delta_s: the columns' float stats; the tiles' bases): fewer registers in a loop that keeps two
-// steps' accumulators.
-template <typename T, int NT>
+// steps' accumulators. MASK as in bwd_p_ds_causal.
+template <typename T, int NT, bool MASK>
 __device__ __forceinline__ void bwd_p_ds_store_t(const float (&s)[NT][4], const float (&dp)[NT][4], uint32_t lse_s,
-                                                 uint32_t delta_s, int qr, int qc, float scale_log2, bool need_mask,
+                                                 uint32_t delta_s, int qr, int qc, float scale_log2,
                                                  const int (&key_pos)[2], int key_lim, int Rq, int G, int S,
                                                  uint32_t pt_tile, int pt_key0, uint32_t ds_tile, int ds_key0) {
+  int col_min[2] = {0, 0};
+  if constexpr (MASK) {
+    col_min[0] = causal_col_min(key_pos[0], key_lim, Rq, G);
+    col_min[1] = causal_col_min(key_pos[1], key_lim, Rq, G);
+  }
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const float2 l2 = ld_shared_f32x2(lse_s + (nt * 8 + 2 * qc) * 4);
@@ -118,8 +133,7 @@ __device__ __forceinline__ void bwd_p_ds_store_t(const float (&s)[NT][4], const 
 #pragma unroll
       for (int e1 = 0; e1 < 2; ++e1) {
         const int col = nt * 8 + 2 * qc + e1;
-        bool vis = true;
-        if (need_mask) vis = causal_visible(key_pos[h2], key_lim, Rq, col, G);
+        const bool vis = !MASK || col >= col_min[h2];
         p_ds(s[nt][2 * h2 + e1], dp[nt][2 * h2 + e1], e1 ? l2.y : l2.x, e1 ? dl.y : dl.x, scale_log2, vis, pe[e1], ds[e1]);
       }
       // sw128_offset(key0 + qr + 8*h2, nt*8 + 2*qc) with key0 % 8 == 0: one offset for both tiles

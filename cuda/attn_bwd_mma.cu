@@ -519,8 +519,10 @@ bwd_dkv_wgmma_kernel(const moda_attn_params p, const float *ws_lse2, const float
     wgmma_fence_operand(dp);
 
     // P^T and dS^T (in place), as kernel 2; then the A fragments of dV += P^T dO, dK += dS^T Q
-    const bool need_mask = causal && S - T_ + Rq / G < i0 + BN - 1;
-    bwd_p_ds_causal<NT>(s, dp, lse_s, delta_s, qc, scale_log2, need_mask, key_pos, S - T_, Rq, G);
+    if (causal && S - T_ + Rq / G < i0 + BN - 1)  // the step's first row misses a key
+      bwd_p_ds_causal<NT, true>(s, dp, lse_s, delta_s, qc, scale_log2, key_pos, S - T_, Rq, G);
+    else
+      bwd_p_ds_causal<NT, false>(s, dp, lse_s, delta_s, qc, scale_log2, key_pos, S - T_, Rq, G);
     uint32_t pa[BQ / 16][4], da[BQ / 16][4];
     pack_acc_as_a<T, BQ / 16>(s, pa);
     pack_acc_as_a<T, BQ / 16>(dp, da);
@@ -907,6 +909,9 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
       }
       }  // !WG
       const int64_t j0 = (int64_t)blk * BK;
+      // (A compile-time mask here, one branch per block between two instantiations as in
+      // bwd_p_ds_causal, made the WG variant's dq wrong from 2 key blocks on: session 8, H100,
+      // the same symptom as session 7's compile-time sequence-only mode; docs/CUDA_NOTES.md.)
       const bool need_mask = j0 + BK > unmasked_end;
 #pragma unroll
       for (int nt = 0; nt < BK / 8; ++nt)

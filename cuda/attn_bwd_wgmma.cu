@@ -216,10 +216,14 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
       if constexpr (DQ) {  // the other warpgroup's dQ(blk - 2) still reads this parity's tile
         if (blk >= 2 && cwg != par) named_bar_sync(kBarFree + par, 256);
       }
-      const bool need_mask = causal && key_lim32 + Rq / G32 < i0w32 + 63;
-      bwd_p_ds_store_t<T, NT>(s, dp, smem_u32(sLse(st)), smem_u32(sDelta(st)), qr, qc, scale_log2, need_mask, key_pos32,
-                              key_lim32, Rq, G32, S32, smem_u32(sPT + (par * 2 + cwg) * TILE), wq * 16,
-                              smem_u32(sDS + par * 2 * TILE), cwg * 64 + wq * 16);
+      if (causal && key_lim32 + Rq / G32 < i0w32 + 63)  // the step's first row misses a key
+        bwd_p_ds_store_t<T, NT, true>(s, dp, smem_u32(sLse(st)), smem_u32(sDelta(st)), qr, qc, scale_log2, key_pos32,
+                                      key_lim32, Rq, G32, S32, smem_u32(sPT + (par * 2 + cwg) * TILE), wq * 16,
+                                      smem_u32(sDS + par * 2 * TILE), cwg * 64 + wq * 16);
+      else
+        bwd_p_ds_store_t<T, NT, false>(s, dp, smem_u32(sLse(st)), smem_u32(sDelta(st)), qr, qc, scale_log2, key_pos32,
+                                       key_lim32, Rq, G32, S32, smem_u32(sPT + (par * 2 + cwg) * TILE), wq * 16,
+                                       smem_u32(sDS + par * 2 * TILE), cwg * 64 + wq * 16);
       fence_proxy_async_smem();  // this thread's tile stores -> visible to the SS wgmmas
       named_bar_sync(kBarWg + cwg, 128);
       if constexpr (DQ) {
@@ -296,9 +300,11 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
       wgmma_fence_operand(dp);
 
       // P^T and dS^T in place (as bwd_dkv_wgmma_kernel), packed as the A fragments of dV/dK
-      const bool need_mask = causal && S - T_ + Rq / G < i0w + 63;
       uint32_t pa[BQ / 16][4], da[BQ / 16][4];
-      bwd_p_ds_causal<NT>(s, dp, sLse(st), sDelta(st), qc, scale_log2, need_mask, key_pos, S - T_, Rq, G);
+      if (causal && S - T_ + Rq / G < i0w + 63)  // the step's first row misses a key
+        bwd_p_ds_causal<NT, true>(s, dp, sLse(st), sDelta(st), qc, scale_log2, key_pos, S - T_, Rq, G);
+      else
+        bwd_p_ds_causal<NT, false>(s, dp, sLse(st), sDelta(st), qc, scale_log2, key_pos, S - T_, Rq, G);
       pack_acc_as_a<T, BQ / 16>(s, pa);
       pack_acc_as_a<T, BQ / 16>(dp, da);
       // dV += P^T dO, dK += dS^T Q

@@ -60,9 +60,13 @@ struct WgmmaFwdConfig {
 // ---- the per-block steps both wgmma kernels share (one warp's 16 rows, wgmma C layout) ----
 // Online softmax of a BN-key block's raw scores s (keys j0..), in place (s becomes P, not
 // normalised); updates row_m (log2 units) and row_l (this lane's partial sums) and returns the
-// factor corr the rows' O must be multiplied by. Keys past row_lim[r] are masked when need_mask.
-template <int BN>
-__device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j0, bool need_mask, const int (&row_lim)[2],
+// factor corr the rows' O must be multiplied by. Keys past row_lim[r] are masked when MASK: a
+// template parameter, because with a run-time flag ptxas if-converted the mask into every block
+// (a compare, a select and index arithmetic per element: 200 of the loop's 640 instructions,
+// session 8); callers branch once per block between the two instantiations
+// (wgmma_softmax_block_any).
+template <int BN, bool MASK>
+__device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j0, const int (&row_lim)[2],
                                                     int qc, float scale_log2, float (&row_m)[2], float (&row_l)[2],
                                                     float (&corr)[2]) {
   float blk_max[2] = {-INFINITY, -INFINITY};
@@ -72,7 +76,7 @@ __device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j
     for (int e = 0; e < 4; ++e) {
       const int r = e >> 1;
       float x = s[nt][e];
-      if (need_mask) {
+      if constexpr (MASK) {
         const int j = j0 + nt * 8 + 2 * qc + (e & 1);
         if (j > row_lim[r]) x = -INFINITY;
       }
@@ -98,6 +102,15 @@ __device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j
       s[nt][e] = pe;
       row_l[r] += pe;
     }
+}
+template <int BN>
+__device__ __forceinline__ void wgmma_softmax_block_any(float (&s)[BN / 8][4], int j0, bool need_mask,
+                                                        const int (&row_lim)[2], int qc, float scale_log2,
+                                                        float (&row_m)[2], float (&row_l)[2], float (&corr)[2]) {
+  if (need_mask)
+    wgmma_softmax_block<BN, true>(s, j0, row_lim, qc, scale_log2, row_m, row_l, corr);
+  else
+    wgmma_softmax_block<BN, false>(s, j0, row_lim, qc, scale_log2, row_m, row_l, corr);
 }
 template <int D>
 __device__ __forceinline__ void wgmma_rescale_rows(float (&acc)[D / 8][4], const float (&corr)[2]) {
@@ -277,7 +290,7 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
       wgmma_commit();
       wgmma_wait<0>();
       wgmma_fence_operand(s);
-      wgmma_softmax_block<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
+      wgmma_softmax_block_any<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
       wgmma_rescale_rows<D>(acc_o[0], corr);
       pack_acc_as_a<T, BN / 16>(s, pa);
       wgmma_fence_operand(acc_o[0]);
@@ -441,7 +454,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       if (cwg == 0 || blk + 1 < n_blocks) named_bar_arrive(2 + (cwg ^ 1), 256);
       wgmma_wait<0>();
       wgmma_fence_operand(s);
-      wgmma_softmax_block<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
+      wgmma_softmax_block_any<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
       wgmma_rescale_rows<D>(acc_o[0], corr);
       pack_acc_as_a<T, BN / 16>(s, pa);
       wgmma_fence_operand(acc_o[0]);
