@@ -910,8 +910,9 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
       }  // !WG
       const int64_t j0 = (int64_t)blk * BK;
       // (A compile-time mask here, one branch per block between two instantiations as in
-      // bwd_p_ds_causal, made the WG variant's dq wrong from 2 key blocks on: session 8, H100,
-      // the same symptom as session 7's compile-time sequence-only mode; docs/CUDA_NOTES.md.)
+      // bwd_p_ds_causal, made the WG variant's dq wrong from 2 key blocks on: session 8, H100.
+      // Cause, from the SASS: ptxas reused the loop-invariant Q/dO fragment registers inside the
+      // loop; fix on branch dq-reload, see docs/CUDA_NOTES.md "Session 8".)
       const bool need_mask = j0 + BK > unmasked_end;
 #pragma unroll
       for (int nt = 0; nt < BK / 8; ++nt)
