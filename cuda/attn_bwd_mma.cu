@@ -41,6 +41,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <type_traits>
+
 #include "moda_cuda_internal.cuh"
 #include "attn_bwd_common.cuh"
 #include "mma_helpers.cuh"
@@ -855,7 +857,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
       ldmatrix_x4(a, base + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
     };
     uint32_t q_a[REGS ? KSTEPS : 1][4], do_a[REGS ? KSTEPS : 1][4];
-    if (REGS) {
+    if (REGS && !WG) {
 #pragma unroll
       for (int ks = 0; ks < KSTEPS; ++ks) { a_frag(q_a[REGS ? ks : 0], sQw, ks); a_frag(do_a[REGS ? ks : 0], sdOw, ks); }
     }
@@ -871,11 +873,19 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
 
       float s[BK / 8][4], dp[BK / 8][4];
       if constexpr (WG) {
+        // Q and dO fragments loaded again each block (8 ldmatrix per warp), not carried across
+        // the loop: with them loop-invariant, ptxas 13.0 reused their registers inside the loop
+        // body whenever the body's code changed (a compile-time mask or sequence-only flag) and
+        // the next block's wgmma read other values: wrong dq from 2 key blocks on (sessions 7
+        // and 8; seen in the SASS: the A registers of the dP HGMMA written by an FFMA after it).
+        uint32_t qa_blk[KSTEPS][4], da_blk[KSTEPS][4];
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks) { a_frag(qa_blk[ks], sQw, ks); a_frag(da_blk[ks], sdOw, ks); }
         wgmma_fence_operand(s);
         wgmma_fence_operand(dp);
         wgmma_fence();
-        wgmma_rs_kmajor<T, BK, KSTEPS>(s, q_a, kt_base, BK, 0);
-        wgmma_rs_kmajor<T, BK, KSTEPS>(dp, do_a, vt_base, BK, 0);
+        wgmma_rs_kmajor<T, BK, KSTEPS>(s, qa_blk, kt_base, BK, 0);
+        wgmma_rs_kmajor<T, BK, KSTEPS>(dp, da_blk, vt_base, BK, 0);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(s);
@@ -909,21 +919,32 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
       }
       }  // !WG
       const int64_t j0 = (int64_t)blk * BK;
-      // (A compile-time mask here, one branch per block between two instantiations as in
-      // bwd_p_ds_causal, made the WG variant's dq wrong from 2 key blocks on: session 8, H100.
-      // Cause, from the SASS: ptxas reused the loop-invariant Q/dO fragment registers inside the
-      // loop; fix on branch dq-reload, see docs/CUDA_NOTES.md "Session 8".)
-      const bool need_mask = j0 + BK > unmasked_end;
+      // P and dS in place; the mask as a compile-time flag with one branch per block (a run-time
+      // flag leaves mask code in every element of every block: see bwd_p_ds_causal)
+      auto p_ds_block = [&](auto mask_tag) {
+        constexpr bool MASK = decltype(mask_tag)::value;
+        int lim[2] = {BK, BK};  // this lane's rows: the last visible column of the block
+        if constexpr (MASK) {
 #pragma unroll
-      for (int nt = 0; nt < BK / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int h2 = e >> 1;
-          bool vis = true;
-          if (need_mask) vis = j0 + nt * 8 + 2 * qc + (e & 1) <= row_lim[h2];
-          const float pe = vis ? exp2_ftz(s[nt][e] * scale_log2 - row_lse2[h2]) : 0.f;
-          dp[nt][e] = pe * (dp[nt][e] - row_delta[h2]);
+          for (int h2 = 0; h2 < 2; ++h2) {
+            const int64_t l = row_lim[h2] - j0 - 2 * qc;
+            lim[h2] = l < BK ? (int)l : BK;
+          }
         }
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int h2 = e >> 1;
+            const bool vis = !MASK || nt * 8 + (e & 1) <= lim[h2];
+            const float pe = vis ? exp2_ftz(s[nt][e] * scale_log2 - row_lse2[h2]) : 0.f;
+            dp[nt][e] = pe * (dp[nt][e] - row_delta[h2]);
+          }
+      };
+      if (j0 + BK > unmasked_end)
+        p_ds_block(std::true_type{});
+      else
+        p_ds_block(std::false_type{});
       if constexpr (WG) {
         // dQ += dS K: A = dS packed from the accumulators, B = the K tile read MN-major
         uint32_t dsa[BK / 16][4];
