@@ -103,6 +103,9 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, qr = lane / 4, qc = lane % 4;
   const int64_t G = p.G, T_ = p.T, L = p.L, TG = T_ * G, Hk = p.Hk;
   const int TPU = NC / (int)G;                              // tokens per unit (the host: G divides NC)
+  // the loaders' and the write-back's row -> (token, slot) maps divide by L and G per 16-byte
+  // piece: multiply-high divisions (an integer division per piece was most of the loaders' code)
+  const FastDiv div_L((uint32_t)L), div_G((uint32_t)G);
   const int CPU = (int)((TPU * L + ROWS - 1) / ROWS);       // items per unit
   const float scale_log2 = (float)p.scale * kLog2e, scale = (float)p.scale;
   const int64_t U_beg = (int64_t)blockIdx.x * total_units / gridDim.x;
@@ -152,7 +155,7 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       const int r = prow + k * ROWS_PER_PASS, i = i0 + r;
       T *dk = at(sKd(s), r, pcol, ROWS), *dv = at(sVd(s), r, pcol, ROWS);
       if (i < nkeys) {
-        const int ui = i / (int)L, li = i - ui * (int)L;
+        const int ui = (int)div_L.div((uint32_t)i), li = i - ui * (int)L;
         const int64_t u = u_lo + ui;
         cp_async_16(dk, kd + u * p.kd_stride[1] + li * p.kd_stride[2]);
         cp_async_16(dv, vd + u * p.vd_stride[1] + li * p.vd_stride[2]);
@@ -165,7 +168,8 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
     for (int r = prow; r < NC; r += ROWS_PER_PASS) {
       T *dq_ = at(sQ(s), r, pcol, NC), *dd = at(sdO(s), r, pcol, NC);
       if (R0 + r < TG) {
-        const int64_t t = u_lo + r / (int)G, h = c.g * G + r % (int)G;
+        const int rt = (int)div_G.div((uint32_t)r);
+        const int64_t t = u_lo + rt, h = c.g * G + (r - rt * (int)G);
         cp_async_16(dq_, static_cast<const T *>(p.q) + c.b * p.q_stride[0] + t * p.q_stride[1] + h * p.q_stride[2] + pcol);
         cp_async_16(dd, static_cast<const T *>(p.dout) + c.b * p.dout_stride[0] + t * p.dout_stride[1] +
                             h * p.dout_stride[2] + pcol);
@@ -223,7 +227,7 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
 #pragma unroll
     for (int h2 = 0; h2 < 2; ++h2) {
       const int i = i0 + r0 + qr + 8 * h2;
-      row_tok[h2] = i < nkeys ? i / (int)L : -1;
+      row_tok[h2] = i < nkeys ? (int)div_L.div((uint32_t)i) : -1;
     }
 
     // S^T = kd q^T and dP^T = vd dO^T: 16 rows x NC columns
@@ -339,7 +343,7 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       for (int it = 0; it < 16 * PIECES / 32; ++it) {
         const int r = it * (32 / PIECES) + lane / PIECES, i = i0 + r0 + r;
         if (i >= nkeys) continue;
-        const int ui = i / (int)L, li = i - ui * (int)L;
+        const int ui = (int)div_L.div((uint32_t)i), li = i - ui * (int)L;
         const int64_t u = u_lo + ui;
         *reinterpret_cast<uint4 *>(dvd + u * p.dvd_stride[1] + li * p.dvd_stride[2]) =
             *reinterpret_cast<const uint4 *>(at(vd_s, r0 + r, c8, ROWS));
