@@ -69,7 +69,13 @@ template <int BN, bool MASK>
 __device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j0, const int (&row_lim)[2],
                                                     int qc, float scale_log2, float (&row_m)[2], float (&row_l)[2],
                                                     float (&corr)[2]) {
-  float blk_max[2] = {-INFINITY, -INFINITY};
+  // The row max and the row sum in 4 independent partial chains each (by nt % 4): one chain per
+  // row was a 32-long dependent FMNMX / FADD sequence (SASS, session 8) with only the other
+  // row's chain beside it to hide its latency.
+  constexpr int NP = 4;
+  float part_max[2][NP];
+#pragma unroll
+  for (int k = 0; k < NP; ++k) part_max[0][k] = part_max[1][k] = -INFINITY;
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -81,18 +87,22 @@ __device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j
         if (j > row_lim[r]) x = -INFINITY;
       }
       s[nt][e] = x;
-      blk_max[r] = fmaxf(blk_max[r], x);
+      part_max[r][nt % NP] = fmaxf(part_max[r][nt % NP], x);
     }
   float m_use[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
+    const float blk_max = fmaxf(fmaxf(part_max[r][0], part_max[r][1]), fmaxf(part_max[r][2], part_max[r][3]));
     // scale > 0, so max(raw) * scale = max(scaled); -inf stays -inf
-    const float m_new = fmaxf(row_m[r], warp_quad_max(blk_max[r]) * scale_log2);
+    const float m_new = fmaxf(row_m[r], warp_quad_max(blk_max) * scale_log2);
     m_use[r] = m_new == -INFINITY ? 0.f : m_new;
     corr[r] = exp2_ftz(row_m[r] - m_use[r]);
     row_m[r] = m_new;
     row_l[r] *= corr[r];
   }
+  float part_sum[2][NP];
+#pragma unroll
+  for (int k = 0; k < NP; ++k) part_sum[0][k] = part_sum[1][k] = 0.f;
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -100,8 +110,10 @@ __device__ __forceinline__ void wgmma_softmax_block(float (&s)[BN / 8][4], int j
       const int r = e >> 1;
       const float pe = exp2_ftz(fmaf(s[nt][e], scale_log2, -m_use[r]));
       s[nt][e] = pe;
-      row_l[r] += pe;
+      part_sum[r][nt % NP] += pe;
     }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) row_l[r] += (part_sum[r][0] + part_sum[r][1]) + (part_sum[r][2] + part_sum[r][3]);
 }
 template <int BN>
 __device__ __forceinline__ void wgmma_softmax_block_any(float (&s)[BN / 8][4], int j0, bool need_mask,
