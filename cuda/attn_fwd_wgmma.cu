@@ -385,6 +385,11 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   const int64_t Rw = R0 + (warp - 4) * 16;
   int n_blocks, unmasked_end, row_lim[2];
   wgmma_seq_range<BM, BN>(p, R0, Rw, lane, n_blocks, unmasked_end, row_lim);
+  // the same for every thread of the CTA; from lane 0 by __shfl_sync the compiler knows it, so
+  // the block counter, the stage and the wgmma descriptors built from them stay in uniform
+  // registers (no R2UR before every wgmma)
+  n_blocks = __shfl_sync(0xffffffffu, n_blocks, 0);
+  unmasked_end = __shfl_sync(0xffffffffu, unmasked_end, 0);
 
   if (tid == 0) {
     mbar_init(&full[0], 1); mbar_init(&full[1], 1);
@@ -452,6 +457,9 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       ldmatrix_x4(q_a[ks], sQ + (cwarp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
     float s[BN / 8][4], corr[2];
     uint32_t pa[BN / 16][4];
+    // the K/V stages' shared address by __shfl_sync from lane 0: the compiler then knows it is
+    // warp-uniform and builds the wgmma descriptors in uniform registers (no R2UR per wgmma)
+    const uint32_t kv_u32 = __shfl_sync(0xffffffffu, smem_u32(sKV), 0);
     // ping-pong: consumer warpgroup 0 issues first; each hands the turn over after its S issue
     // (warpgroup 1 skips its last hand-over, which nobody would wait for)
     if (cwg == 1) named_bar_arrive(2, 256);
@@ -461,7 +469,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       named_bar_sync(2 + cwg, 256);
       wgmma_fence_operand(s);
       wgmma_fence();
-      wgmma_rs_kmajor<T, BN, KSTEPS>(s, q_a, smem_u32(sK(st)), BN, 0);
+      wgmma_rs_kmajor<T, BN, KSTEPS>(s, q_a, kv_u32 + st * 2 * Cfg::TILE_BYTES, BN, 0);
       wgmma_commit();
       if (cwg == 0 || blk + 1 < n_blocks) named_bar_arrive(2 + (cwg ^ 1), 256);
       wgmma_wait<0>();
@@ -471,7 +479,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       pack_acc_as_a<T, BN / 16>(s, pa);
       wgmma_fence_operand(acc_o[0]);
       wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
-      wgmma_rs_mnmajor<T, D, BN / 16>(acc_o[0], pa, smem_u32(sV(st)), BN, 1);
+      wgmma_rs_mnmajor<T, D, BN / 16>(acc_o[0], pa, kv_u32 + st * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES, BN, 1);
       wgmma_commit();
       wgmma_wait<0>();
       wgmma_fence_operand(acc_o[0]);
