@@ -1093,8 +1093,9 @@ bool bwd_depth_kernel_selected(const moda_attn_params *p) {
 // runs (tests), =0 turns it off. Verified: the checker's backward grid and the busted spec, forced.
 // Deterministic dQ by ordered adds in the warp-specialised dK/dV kernel (ORDERED in
 // attn_bwd_wgmma.cu): deterministic = 1, d = 64, where that kernel launches. Off unless
-// MODA_CUDA_BWD_ORDERED_DQ=1 (written in session 7 without device time, NOT yet run). It replaces
-// the dQ kernel's second pass over the sequence (20 of 51 ms at T=16384, deterministic).
+// MODA_CUDA_BWD_ORDERED_DQ=1. It replaces the dQ kernel's second pass over the sequence, but is
+// slower (H100, session 8, T=16384 deterministic: 64-72 ms against 51; the ordered adds sit on
+// the consumer warpgroup's critical path): correct (checker grid, bit-reproducible), kept off.
 bool bwd_ordered_dq_selected(const moda_attn_params *p) {
   static int on = -1;
   if (on < 0) {
