@@ -359,6 +359,8 @@ def main():
                     help="per-kernel CUDA times of our fwd+bwd (torch.profiler) for each shape")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--decode", action="store_true", help="the decode shapes only")
+    ap.add_argument("--ours-only", action="store_true",
+                    help="time only our kernels (A/B runs): the baseline columns print nan")
     ap.add_argument("--nondet", action="store_true",
                     help="our backward with deterministic = 0 (with MODA_CUDA_BWD_ATOMIC_DQ=1: dQ by atomics)")
     args = ap.parse_args()
@@ -372,7 +374,7 @@ def main():
     print(f"device: {dev}; torch {torch.__version__}")
     if args.check:
         check_small()
-    triton_fns, why = authors_triton()
+    triton_fns, why = authors_triton() if not args.ours_only else (None, "not run (--ours-only)")
     print(f"authors' Triton kernel: {'loaded' if triton_fns else why}")
 
     shapes = []  # (label, B, T, Hk, G, L, causal)
@@ -419,14 +421,16 @@ def main():
                         m.fwd(); m.bwd(dout)
                     torch.cuda.synchronize()
                 print_kernel_profile(label, prof, 3)
-        fl_fwd, fl_fb = sdpa_ms(q, k, v, causal, "flash", False), sdpa_ms(q, k, v, causal, "flash", True)
-        cu_fwd, cu_fb = sdpa_ms(q, k, v, causal, "cudnn", False), sdpa_ms(q, k, v, causal, "cudnn", True)
-        try:
-            t_torch = bench_ms(lambda: composed_moda(q, k, v, kd, vd, causal), budget_ms=200, max_reps=10)
-        except Exception as e:
-            t_torch = float("nan")
-        t_auth = float("nan")
-        if triton_fns is not None:
+        nan = float("nan")
+        fl_fwd = fl_fb = cu_fwd = cu_fb = t_torch = t_auth = nan
+        if not args.ours_only:
+            fl_fwd, fl_fb = sdpa_ms(q, k, v, causal, "flash", False), sdpa_ms(q, k, v, causal, "flash", True)
+            cu_fwd, cu_fb = sdpa_ms(q, k, v, causal, "cudnn", False), sdpa_ms(q, k, v, causal, "cudnn", True)
+            try:
+                t_torch = bench_ms(lambda: composed_moda(q, k, v, kd, vd, causal), budget_ms=200, max_reps=10)
+            except Exception as e:
+                t_torch = nan
+        if triton_fns is not None and not args.ours_only:
             try:
                 qa = q.view(B, T, Hk, G, d).transpose(2, 3).reshape(B, T * G, Hk, d)
                 ck = kd.reshape(B, T * L, Hk, d) if L else None
