@@ -26,5 +26,21 @@ if [ ! -x $CHK/attn_check ] || [ ! -x $CHK/wgmma_check ] || [ ! -x $CHK/tma_chec
 fi
 tar -cJf .devcarry/checkobj.tar.xz -C /tmp moda_check_obj/attn_check moda_check_obj/wgmma_check moda_check_obj/tma_check \
     $(cd /tmp && ls moda_check_obj/*.log)
+# AB_REFS="ref1 ref2 ...": each git ref's libraries too, built (sm_90a only) in a worktree under
+# /tmp/moda_ab_wt/<ref>, packed as <ref>/libmoda*.so into .devcarry/ab.tar.xz for the A/B stage of
+# tools/device_run.sh (which unpacks them to /tmp/ab/<ref>/)
+rm -f .devcarry/ab.tar.xz
+if [ -n "${AB_REFS:-}" ]; then
+  stage=/tmp/moda_ab_libs; rm -rf $stage; mkdir -p $stage
+  for ref in $AB_REFS; do
+    wt=/tmp/moda_ab_wt/${ref//\//_}
+    [ -d "$wt" ] || git worktree add -f --detach "$wt" "$ref" >/dev/null
+    git -C "$wt" checkout -q --detach "$ref"
+    make -C "$wt" -j"$(nproc)" >/dev/null
+    make -C "$wt" cuda CUDA_ARCH="-gencode arch=compute_90a,code=sm_90a" >/dev/null
+    mkdir -p "$stage/${ref//\//_}" && cp "$wt"/build/libmoda.so "$wt"/build/libmoda_cuda.so "$stage/${ref//\//_}/"
+  done
+  tar -cJf .devcarry/ab.tar.xz -C $stage .
+fi
 [ -f .deb/unpack.sh ] || bash ../shared/device/fetch-lua-debs.sh
 ls -la .devcarry/pack.tar.xz

@@ -12,7 +12,8 @@
 #   ncu      Nsight Compute on $NCU_KERNEL (regex, default bwd_dq) at bench shape $NCU_SHAPE
 #   ab       A/B of kernel switches: for each word of $AB_ENVS (e.g. "MODA_CUDA_BWD_WS=1
 #            MODA_CUDA_BWD_WS=2"; "-" = the defaults), twice in alternation, one bench process
-#            with --profile and $BENCH_ARGS (--nondet, --only=...): per-kernel lines + the table rows
+#            with --profile --ours-only and $BENCH_ARGS (--nondet, --only=...): per-kernel lines + the
+#            table rows
 # Expects what tools/device_pack.sh packs (.devcarry: libraries and the prebuilt checkers) and
 # .deb; logs of every stage are packed into $OUT/logs.tar.xz (the tool returns 8 files at most).
 # DEADLINE (seconds from start, default 560) bounds the whole call.
@@ -23,6 +24,9 @@ OUTDIR=${OUT:-/tmp/moda_out}; LOGS=/tmp/moda_logs; mkdir -p "$OUTDIR" $LOGS
 source .deb/unpack.sh >/dev/null 2>&1 || echo "device_run: .deb/unpack.sh failed (luajit/busted missing)"
 tar -xJf .devcarry/pack.tar.xz || exit 1
 export LD_LIBRARY_PATH=$PWD/.devlibs:${LD_LIBRARY_PATH:-}
+# other builds' libraries for A/B (tools/device_pack.sh AB_REFS=...): /tmp/ab/<ref>/libmoda*.so, for
+# AB_ENVS="MODA_CUDA_LIB=/tmp/ab/<ref>/libmoda_cuda.so ..."
+if [ -f .devcarry/ab.tar.xz ]; then mkdir -p /tmp/ab && tar -xJf .devcarry/ab.tar.xz -C /tmp/ab; fi
 if [ -f .devcarry/checkobj.tar.xz ]; then tar -xJf .devcarry/checkobj.tar.xz -C /tmp && export REUSE_BUILD=1; fi
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 SUMMARY=$LOGS/summary.txt
@@ -51,16 +55,17 @@ for st in "$@"; do
                stage benchnd 540 python3 bench/cuda_attention.py --nondet ${BENCH_ARGS:-} ;;
     ncu) # one launch of the kernels matching $NCU_KERNEL (default: the dQ kernel) inside the
          # benchmark at shape $NCU_SHAPE: speed of light, memory, warp stalls, occupancy
-         TAIL=80 stage ncu 300 ncu --clock-control none -k "regex:${NCU_KERNEL:-bwd_dq}" -c "${NCU_COUNT:-1}" \
-           --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
-           --section Occupancy --section LaunchStats \
-           python3 bench/cuda_attention.py --only "${NCU_SHAPE:-DeiT-Tiny-64}" ;;
+         # ($NCU_SECTIONS: more --section names, e.g. "ComputeWorkloadAnalysis InstructionStats")
+         secs=(); for s in SpeedOfLight MemoryWorkloadAnalysis WarpStateStats Occupancy LaunchStats ${NCU_SECTIONS:-}; do
+           secs+=(--section "$s"); done
+         TAIL=${NCU_TAIL:-80} stage ncu 300 ncu --clock-control none -k "regex:${NCU_KERNEL:-bwd_dq}" -c "${NCU_COUNT:-1}" \
+           "${secs[@]}" python3 bench/cuda_attention.py --ours-only --only "${NCU_SHAPE:-DeiT-Tiny-64}" ;;
     ab) for rep in 1 2; do
           for env in ${AB_ENVS:--}; do
             e=; [ "$env" != - ] && e=$env
             echo "=== $env (round $rep)" >> $LOGS/ab.txt
             PYTHONUNBUFFERED=1 TAIL=0 stage "ab_${rep}_${env//[^A-Za-z0-9_]/_}" 150 env $e python3 bench/cuda_attention.py \
-              --profile ${BENCH_ARGS:-}
+              --profile --ours-only ${BENCH_ARGS:-}
             grep -E "^--|^paper|^DeiT|^LM" $LOGS/ab_${rep}_${env//[^A-Za-z0-9_]/_}.log | sort -u | cut -c1-300 | tee -a $LOGS/ab.txt
           done
         done ;;
