@@ -56,11 +56,13 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 // bit 5: the warp-specialised wgmma kernel (d = 64: TMA producer warp, two ping-ponging consumer
 //        warpgroups; attn_fwd_wgmma.cu) where the wgmma kernel runs. On by default since session 6
 //        (1.45-1.69x the v6 wgmma kernel on the paper shapes); MODA_CUDA_FWD_FLAGS=1 turns it off.
-// Bits 3 and 6 are unused (they selected variants that lost on the H100 and were deleted: the
-// single-buffered depth phase and the pipelined wgmma kernel; bit 5 was the 1-warpgroup one): the
-// mask clears them, so a value with them set behaves as if they were clear.
-constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_NO_WGMMA = 16, FWD_WGMMA_WS = 32;
-constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_NO_WGMMA | FWD_WGMMA_WS;
+// bit 3: with bit 5, three consumer warpgroups (192 rows per CTA) instead of two (session 9).
+// Bit 6 is unused (it selected the pipelined wgmma kernel, which lost on the H100 and was
+// deleted): the mask clears it.
+constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
+              FWD_WGMMA_WS = 32;
+constexpr int FWD_FLAGS_MASK =
+    FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA | FWD_WGMMA_WS;
 constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----

@@ -329,14 +329,17 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 //   warpgroup 0 = producer: its first thread streams K/V blocks with TMA into 2 stages (full[s]
 //     completes when the stage's bytes have landed; empty[s] when the 8 consumer warps are done
 //     with it), then drops to 24 registers;
-//   warpgroups 1, 2 = consumers (240 registers): the depth phase as before (their own smem, so
-//     the producer's first K/V blocks arrive meanwhile), then per block S = Q K^T, softmax,
-//     O += P V, with the S issue handed back and forth by two named barriers ("ping-pong"):
-//     while one warpgroup runs its softmax, the other's GEMMs have the tensor cores.
-// Named barriers: 1 = the consumers' Q tile is in smem; 2 / 3 = consumer warpgroup 0 / 1 may
-// issue its next S. The kernel uses no __syncthreads after the producer's warps have exited.
+//   warpgroups 1..NCWG = consumers (240 registers with NCWG = 2; 160 with 3): the depth phase as
+//     before (their own smem, so the producer's first K/V blocks arrive meanwhile), then per block
+//     S = Q K^T, softmax, O += P V, with the S issue handed round by named barriers ("ping-pong"):
+//     while one warpgroup runs its softmax, the others' GEMMs have the tensor cores.
+// NCWG = 3 (flag bit 3, FA3's choice at d = 64): 192 rows per CTA, 12 consumer warps to hide the
+// softmax's latency; 2 depth ring stages instead of 3 (12 rings of 3 do not fit in smem).
+// Named barriers: 1 = the consumers' Q tile is in smem; 2 + i = consumer warpgroup i may issue
+// its next S. The kernel uses no __syncthreads after the producer's warps have exited.
+template <int NCWG>
 struct WsFwdConfig {
-  static constexpr int D = 64, NCWARPS = 8, NTHREADS = 384;
+  static constexpr int D = 64, NCWARPS = 4 * NCWG, NTHREADS = 128 * (NCWG + 1);
   static constexpr int BM = 16 * NCWARPS;      // packed rows per CTA
   static constexpr int BN = 128;               // keys per block
   static constexpr int LDS = D + 8;
@@ -345,27 +348,34 @@ struct WsFwdConfig {
   static constexpr int KV_STAGES = 2;
   static constexpr int KV_BYTES = KV_STAGES * 2 * TILE_BYTES;
   static constexpr int BAR_BYTES = 64;         // full[2], empty[2] (8 bytes each), padded
-  static constexpr int RST = 3, RSD = D + 4;   // depth ring stages and scratch stride, as fwd_wgmma_kernel<64>
+  // depth ring stages (3 as fwd_wgmma_kernel<64>; 2 with three consumer warpgroups, whose 12 rings
+  // of 3 would not fit) and scratch stride
+  static constexpr int RST = NCWG == 2 ? 3 : 2, RSD = D + 4;
   static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2, SCRATCH_WARP_BYTES = (8 * RSD + 16) * 4;
   static constexpr int RING_BYTES = NCWARPS * (RING_WARP_BYTES + SCRATCH_WARP_BYTES);
   // sQ | K/V stages | barriers | depth ring + scratch (only when L > 0), after 1024 bytes of slack
   static constexpr int SMEM_BYTES_NODEPTH = 1024 + Q_BYTES + KV_BYTES + BAR_BYTES;
   static constexpr int SMEM_BYTES = SMEM_BYTES_NODEPTH + RING_BYTES;
+  // registers per thread after setmaxnreg: the producer's and the consumers' (FA3's split)
+  static constexpr int PRODUCER_REGS = 24, CONSUMER_REGS = NCWG == 2 ? 240 : 160;
+  static_assert(NCWG == 2 || NCWG == 3, "two or three consumer warpgroups");
   static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "TMA / wgmma tiles stay 1024-byte aligned");
   static_assert(SMEM_BYTES <= 232448, "within the sm_90 opt-in shared memory");
-  // the registers the launch gets (ptxas: 65536 / 384 rounded down to a multiple of 8 = 168 per
+  // the registers the launch gets (ptxas: 65536 / NTHREADS rounded down to a multiple of 8 per
   // thread) must cover the split, or setmaxnreg.inc would wait forever
-  static_assert(128 * 24 + 256 * 240 <= NTHREADS * ((65536 / NTHREADS) & ~7), "register split of the three warpgroups");
+  static_assert(128 * PRODUCER_REGS + 128 * NCWG * CONSUMER_REGS <= NTHREADS * ((65536 / NTHREADS) & ~7),
+                "register split of the warpgroups");
 };
 
-template <typename T>
-__global__ void __launch_bounds__(WsFwdConfig::NTHREADS, 1)
+template <typename T, int NCWG>
+__global__ void __launch_bounds__(WsFwdConfig<NCWG>::NTHREADS, 1)
 fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
                     const __grid_constant__ CUtensorMap tm_v) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Cfg = WsFwdConfig;
+  using Cfg = WsFwdConfig<NCWG>;
   using Mma = MmaOp<T>;
   constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, KSTEPS = D / 16;
+  constexpr int NCTHREADS = 128 * NCWG;  // consumer threads
 
   extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
   unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
@@ -399,7 +409,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   __syncthreads();  // the last CTA-wide barrier: the producer's idle warps exit below
 
   if (warp < 4) {  // ---------------- producer warpgroup ----------------
-    setmaxnreg_dec<24>();
+    setmaxnreg_dec<Cfg::PRODUCER_REGS>();
     if (tid == 0 && n_blocks > 0) {
       tma_prefetch_map(&tm_k);
       tma_prefetch_map(&tm_v);
@@ -415,12 +425,12 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   }
 
   // ---------------- consumer warpgroups ----------------
-  setmaxnreg_inc<240>();
+  setmaxnreg_inc<Cfg::CONSUMER_REGS>();
   const int ctid = tid - 128, cwarp = warp - 4, cwg = cwarp / 4;
   const int qc = lane % 4;
   const float scale_log2 = (float)p.scale * 1.4426950408889634f;
   const T *q = static_cast<const T *>(p.q);
-  load_rows_async<D, LDS>(sQ, BM, ctid, 256, [&](int r) -> const T * {
+  load_rows_async<D, LDS>(sQ, BM, ctid, NCTHREADS, [&](int r) -> const T * {
     const int64_t R = R0 + r;
     return R < TG ? packed_row(q, p.q_stride, b, g, G, R) : nullptr;
   });
@@ -436,7 +446,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   } else {
     cp_async_wait<0>();
   }
-  named_bar_sync(1, 256);  // every consumer thread's Q rows are in smem
+  named_bar_sync(1, NCTHREADS);  // every consumer thread's Q rows are in smem
 
   float row_m[2], row_l[2];
   float acc_o[1][D / 8][4];
@@ -460,9 +470,9 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
     // the K/V stages' shared address by __shfl_sync from lane 0: the compiler then knows it is
     // warp-uniform and builds the wgmma descriptors in uniform registers (no R2UR per wgmma)
     const uint32_t kv_u32 = __shfl_sync(0xffffffffu, smem_u32(sKV), 0);
-    // ping-pong: consumer warpgroup 0 issues first; each hands the turn over after its S issue
-    // (warpgroup 1 skips its last hand-over, which nobody would wait for)
-    if (cwg == 1) named_bar_arrive(2, 256);
+    // ping-pong (round robin with three): consumer warpgroup 0 issues first; each hands the turn
+    // to the next after its S issue (the last skips its final hand-over, which nobody would wait for)
+    if (cwg == NCWG - 1) named_bar_arrive(2, 256);
     for (int blk = 0; blk < n_blocks; ++blk) {
       const int st = blk & 1;
       mbar_wait(&full[st], (blk >> 1) & 1);
@@ -471,7 +481,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       wgmma_fence();
       wgmma_rs_kmajor<T, BN, KSTEPS>(s, q_a, kv_u32 + st * 2 * Cfg::TILE_BYTES, BN, 0);
       wgmma_commit();
-      if (cwg == 0 || blk + 1 < n_blocks) named_bar_arrive(2 + (cwg ^ 1), 256);
+      if (cwg != NCWG - 1 || blk + 1 < n_blocks) named_bar_arrive(2 + (cwg + 1) % NCWG, 256);
       wgmma_wait<0>();
       wgmma_fence_operand(s);
       wgmma_softmax_block_any<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
@@ -629,25 +639,26 @@ int make_packed_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, i
 
 // K and V as TMA maps for the warp-specialised kernel; false where either is not encodable.
 static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v) {
-  return !encode_rows_map(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsFwdConfig::BN) &&
-         !encode_rows_map(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsFwdConfig::BN);
+  return !encode_rows_map(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsFwdConfig<2>::BN) &&
+         !encode_rows_map(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsFwdConfig<2>::BN);
 }
 
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
   CUtensorMap tm_k, tm_v;
-  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) return "wgmma_d64_ws";
+  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) return (flags & FWD_WS_3WG) ? "wgmma_d64_ws3" : "wgmma_d64_ws";
   return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
 }
 
-template <typename T>
+template <typename T, int NCWG>
 static int launch_fwd_wgmma_ws(const moda_attn_params *p, cudaStream_t stream, int flags, bool *launched) {
-  using Cfg = WsFwdConfig;
+  using Cfg = WsFwdConfig<NCWG>;
+  static_assert(Cfg::BN == WsFwdConfig<2>::BN, "ws_maps' box rows");
   *launched = false;
   CUtensorMap tm_k, tm_v;
   if (!ws_maps(p, &tm_k, &tm_v)) return MODA_OK;  // not encodable: the caller runs fwd_wgmma_kernel
-  static bool attr_set = false;
+  static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_ws_kernel<T, NCWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          Cfg::SMEM_BYTES),
                     "cudaFuncSetAttribute(fwd_wgmma_ws)");
     attr_set = true;
@@ -658,7 +669,7 @@ static int launch_fwd_wgmma_ws(const moda_attn_params *p, cudaStream_t stream, i
   if (tiles <= 0) return MODA_OK;
   if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-  fwd_wgmma_ws_kernel<T><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, flags, tm_k, tm_v);
+  fwd_wgmma_ws_kernel<T, NCWG><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, flags, tm_k, tm_v);
   MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_ws_kernel");
   return MODA_OK;
 }
@@ -691,8 +702,11 @@ int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) 
   const bool bf16 = p->dtype == MODA_BF16;
   if (use_ws(p, flags)) {
     bool launched = false;
-    const int st = bf16 ? launch_fwd_wgmma_ws<__nv_bfloat16>(p, stream, flags, &launched)
-                        : launch_fwd_wgmma_ws<__half>(p, stream, flags, &launched);
+    const bool three = (flags & FWD_WS_3WG) != 0;
+    const int st = bf16 ? (three ? launch_fwd_wgmma_ws<__nv_bfloat16, 3>(p, stream, flags, &launched)
+                                 : launch_fwd_wgmma_ws<__nv_bfloat16, 2>(p, stream, flags, &launched))
+                        : (three ? launch_fwd_wgmma_ws<__half, 3>(p, stream, flags, &launched)
+                                 : launch_fwd_wgmma_ws<__half, 2>(p, stream, flags, &launched));
     if (st || launched) return st;
   }
   if (p->d == 128)
