@@ -44,7 +44,7 @@ CUDA_LIB := $(BUILD)/libmoda_cuda.so
 CDEF     := lua/moda/cdef.lua
 CUDA_CDEF := lua/moda/cuda_cdef.lua
 
-.PHONY: all cuda cuda-check test asan deps clean demo bench cdef
+.PHONY: cuda-sass-check all cuda cuda-check test asan deps clean demo bench cdef
 
 all: $(LIB) $(CDEF)
 
@@ -74,6 +74,17 @@ cuda: $(CUDA_LIB) $(CUDA_CDEF)
 # The standalone kernel checker and compute-sanitizer runs (on a machine with a GPU).
 cuda-check: $(CUDA_LIB)
 	bash cuda/run_checks.sh full
+
+# A static check of the built sm_90a code (no GPU needed): no RS-wgmma A fragment may be reached
+# by two kinds of writer (the ptxas 13.0 register fault of session 9; tools/sass_rs_check.py).
+# Needs cuobjdump (CUDA toolkit, or `pip download nvidia-cuda-cuobjdump`); skips, saying so, without it.
+CUOBJDUMP ?= $(shell command -v cuobjdump 2>/dev/null || ls $(dir $(shell command -v $(NVCC) 2>/dev/null))cuobjdump 2>/dev/null)
+cuda-sass-check: $(CUDA_LIB)
+	@if [ -z "$(CUOBJDUMP)" ]; then echo "cuda-sass-check: SKIPPED, cuobjdump not found (set CUOBJDUMP=...)"; \
+	else $(CUOBJDUMP) -sass $(CUDA_LIB) > $(BUILD)/libmoda_cuda.sass && \
+	  python3 tools/sass_rs_check.py $(BUILD)/libmoda_cuda.sass > $(BUILD)/sass_rs_check.txt; rc=$$?; \
+	  grep -c '^OK' $(BUILD)/sass_rs_check.txt | sed 's/^/cuda-sass-check: RS-wgmma kernels OK: /'; \
+	  grep -A6 SUSPECT $(BUILD)/sass_rs_check.txt; exit $$rc; fi
 
 $(CUDA_LIB): $(CUDA_SRCS) $(CUDA_HDRS) $(LIB)
 	@command -v $(NVCC) >/dev/null || { echo "make cuda: nvcc not found on PATH"; exit 1; }

@@ -124,6 +124,19 @@ __device__ __forceinline__ void wgmma_softmax_block_any(float (&s)[BN / 8][4], i
   else
     wgmma_softmax_block<BN, false>(s, j0, row_lim, qc, scale_log2, row_m, row_l, corr);
 }
+// The A fragments of S = Q K^T for warp `w`'s 16 rows of the Q tile (row stride LDS), all k16
+// steps. Both kernels call this for every K/V block instead of once before the loop: with the
+// fragments loop-invariant, ptxas 13.0 gave them the same physical registers as the P fragments
+// packed inside the loop (SASS of fwd_wgmma_kernel<T, 128>, session 9: F2FP writes R152..R183,
+// the back edge reaches S's HGMMA with P in Q's place; the checker's forced-wgmma d = 128 cases
+// failed), the fault the dQ kernel had in sessions 7-8. tools/sass_rs_check.py finds it in a
+// build. KSTEPS ldmatrix per block cost nothing measurable beside 2 * KSTEPS wgmma k-steps.
+template <int KSTEPS, int LDS, typename T>
+__device__ __forceinline__ void load_q_frags(uint32_t (&q_a)[KSTEPS][4], const T *sQ, int w, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks)
+    ldmatrix_x4(q_a[ks], sQ + (w * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+}
 template <int D>
 __device__ __forceinline__ void wgmma_rescale_rows(float (&acc)[D / 8][4], const float (&corr)[2]) {
 #pragma unroll
@@ -280,11 +293,9 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
     wgmma_rs_mnmajor<T, D, BN / 16>(acc_o[0], pa, smem_u32(sV(stage)), BN, 1);  // V tile [keys][D]
   };
   if (n_blocks > 0) {
-    // Q fragments (A operand) of this warp's 16 rows, all k-steps: loaded once.
+    // Q fragments (A operand) of this warp's 16 rows, all k-steps: loaded from smem for every
+    // block (KSTEPS ldmatrix), not once before the loop - see load_q_frags.
     uint32_t q_a[KSTEPS][4];
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      ldmatrix_x4(q_a[ks], sQ + (warp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
     float s[BN / 8][4], corr[2];
     uint32_t pa[BN / 16][4];
 
@@ -296,6 +307,7 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
       else cp_async_wait<0>();
       fence_proxy_async_smem();  // this thread's cp.async / zero stores -> visible to wgmma
       __syncthreads();
+      load_q_frags<KSTEPS, LDS>(q_a, sQ, warp, lane);
       wgmma_fence_operand(s);
       wgmma_fence();
       issue_s(s, q_a, stage);
@@ -461,10 +473,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   }
 
   if (n_blocks > 0) {
-    uint32_t q_a[KSTEPS][4];
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      ldmatrix_x4(q_a[ks], sQ + (cwarp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+    uint32_t q_a[KSTEPS][4];  // loaded for every block (load_q_frags)
     float s[BN / 8][4], corr[2];
     uint32_t pa[BN / 16][4];
     // the K/V stages' shared address by __shfl_sync from lane 0: the compiler then knows it is
@@ -476,6 +485,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
     for (int blk = 0; blk < n_blocks; ++blk) {
       const int st = blk & 1;
       mbar_wait(&full[st], (blk >> 1) & 1);
+      load_q_frags<KSTEPS, LDS>(q_a, sQ, cwarp, lane);
       named_bar_sync(2 + cwg, 256);
       wgmma_fence_operand(s);
       wgmma_fence();
