@@ -56,14 +56,17 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 // bit 5: the warp-specialised wgmma kernel (d = 64: TMA producer warp, two ping-ponging consumer
 //        warpgroups; attn_fwd_wgmma.cu) where the wgmma kernel runs. On by default since session 6
 //        (1.45-1.69x the v6 wgmma kernel on the paper shapes); MODA_CUDA_FWD_FLAGS=1 turns it off.
-// bit 3: with bit 5, three consumer warpgroups (192 rows per CTA) instead of two (session 9).
+// bit 3: with bit 5, three consumer warpgroups (192 rows per CTA) instead of two where the
+//        sequence part dominates (fwd_ws_three_wg); with MODA_CUDA_WGMMA=2 on every shape. In the
+//        default flags since session 9 (1.27x the two-warpgroup kernel at T=16384, 1.22x at G=16,
+//        H100); MODA_CUDA_FWD_FLAGS=33 keeps two everywhere.
 // Bit 6 is unused (it selected the pipelined wgmma kernel, which lost on the H100 and was
 // deleted): the mask clears it.
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
               FWD_WGMMA_WS = 32;
 constexpr int FWD_FLAGS_MASK =
     FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA | FWD_WGMMA_WS;
-constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS;
+constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----
 // The warp owns NGRP groups of 8 packed rows (rows Rw .. Rw + 8*NGRP - 1). For each group (8

@@ -543,6 +543,16 @@ int wgmma_bwd_mode() {
 // encodable as TMA maps (else fwd_wgmma_kernel runs, and the name says so). Flag bit 5 is in
 // the default flags since session 6 (it passed the checker, sanitizer and spec on the H100)..
 static bool use_ws(const moda_attn_params *p, int flags) { return p->d == 64 && (flags & FWD_WGMMA_WS); }
+// Three consumer warpgroups (flag bit 3) where the mean visible sequence keys per query are at
+// least 16x the depth rows: measured on the H100 (session 9) 1.27x two warpgroups at T=16384,
+// 1.22x at G=16, 1.17x at T=4096 (L = 64), but 0.96x at LM-64 (1024 keys, L = 126), where the
+// depth phase - 2 ring stages instead of 3 - and fewer, larger causal tiles weigh more.
+static bool fwd_ws_three_wg(const moda_attn_params *p, int flags) {
+  if (!(flags & FWD_WS_3WG)) return false;
+  if (wgmma_mode() == 2) return true;
+  const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;
+  return seq_keys >= 16 * p->L;
+}
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   const int mode = wgmma_mode();
@@ -655,7 +665,7 @@ static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *t
 
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
   CUtensorMap tm_k, tm_v;
-  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) return (flags & FWD_WS_3WG) ? "wgmma_d64_ws3" : "wgmma_d64_ws";
+  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) return fwd_ws_three_wg(p, flags) ? "wgmma_d64_ws3" : "wgmma_d64_ws";
   return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
 }
 
@@ -712,7 +722,7 @@ int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) 
   const bool bf16 = p->dtype == MODA_BF16;
   if (use_ws(p, flags)) {
     bool launched = false;
-    const bool three = (flags & FWD_WS_3WG) != 0;
+    const bool three = fwd_ws_three_wg(p, flags);
     const int st = bf16 ? (three ? launch_fwd_wgmma_ws<__nv_bfloat16, 3>(p, stream, flags, &launched)
                                  : launch_fwd_wgmma_ws<__nv_bfloat16, 2>(p, stream, flags, &launched))
                         : (three ? launch_fwd_wgmma_ws<__half, 3>(p, stream, flags, &launched)

@@ -155,7 +155,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
         "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
     }
     for tool in memcheck racecheck; do
-      # the forwards: wgmma (flags 1), wgmma ws (33, the default; 41: three consumer warpgroups), mma.sync with 16 and 32 rows per warp
+      # the forwards: wgmma (flags 1), wgmma ws with two (33) and three (41, the default) consumer warpgroups, mma.sync with 16 and 32 rows per warp
       san fwd_wgmma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=1
       san fwd_wgmma_ws $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=33
       san fwd_wgmma_ws3 $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=41
