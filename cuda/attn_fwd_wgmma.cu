@@ -359,15 +359,21 @@ struct WsFwdConfig {
   static constexpr int TILE_BYTES = BN * D * 2;
   static constexpr int KV_STAGES = 2;
   static constexpr int KV_BYTES = KV_STAGES * 2 * TILE_BYTES;
-  static constexpr int BAR_BYTES = 64;         // full[2], empty[2] (8 bytes each), padded
-  // depth ring stages (3 as fwd_wgmma_kernel<64>; 2 with three consumer warpgroups, whose 12 rings
-  // of 3 would not fit) and scratch stride
-  static constexpr int RST = NCWG == 2 ? 3 : 2, RSD = D + 4;
+  static constexpr int BAR_BYTES = 64;         // full[2], empty[2], depth_done (8 bytes each), padded
+  // Depth ring stages per warp and scratch stride. The ring shares its smem with the K/V stages
+  // (the producer starts streaming K/V when every consumer warp is done with its depth phase), so
+  // it can be deep: 5 stages with two consumer warpgroups, 3 with three (session 9; before, the
+  // ring sat beside the K/V stages with 3 and 2 stages). The depth phase is bound by the rows each
+  // warp has in flight (RST - 1 chunks of 16): the forward's time grew by the full memory time of
+  // the depth rows (T=16384: +0.79 ms from L = 64 to 128 for +2.15 GB, 2.7 TB/s).
+  static constexpr int RST = NCWG == 2 ? 5 : 3, RSD = D + 4;
   static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2, SCRATCH_WARP_BYTES = (8 * RSD + 16) * 4;
   static constexpr int RING_BYTES = NCWARPS * (RING_WARP_BYTES + SCRATCH_WARP_BYTES);
-  // sQ | K/V stages | barriers | depth ring + scratch (only when L > 0), after 1024 bytes of slack
+  static constexpr int UNION_BYTES = KV_BYTES > RING_BYTES ? KV_BYTES : RING_BYTES;
+  // sQ | K/V stages or (depth phase, L > 0) the depth ring + scratch | barriers, after 1024 bytes
+  // of slack
   static constexpr int SMEM_BYTES_NODEPTH = 1024 + Q_BYTES + KV_BYTES + BAR_BYTES;
-  static constexpr int SMEM_BYTES = SMEM_BYTES_NODEPTH + RING_BYTES;
+  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + UNION_BYTES + BAR_BYTES;
   // registers per thread after setmaxnreg: the producer's and the consumers' (FA3's split)
   static constexpr int PRODUCER_REGS = 24, CONSUMER_REGS = NCWG == 2 ? 240 : 160;
   static_assert(NCWG == 2 || NCWG == 3, "two or three consumer warpgroups");
@@ -393,15 +399,17 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   T *sQ = reinterpret_cast<T *>(smem);
   unsigned char *sKV = smem + Cfg::Q_BYTES;
-  uint64_t *full = reinterpret_cast<uint64_t *>(sKV + Cfg::KV_BYTES), *empty = full + 2;
-  T *sRing = reinterpret_cast<T *>(sKV + Cfg::KV_BYTES + Cfg::BAR_BYTES);
+  const int64_t L = p.L;
+  uint64_t *full = reinterpret_cast<uint64_t *>(sKV + (L > 0 ? Cfg::UNION_BYTES : Cfg::KV_BYTES));
+  uint64_t *empty = full + 2, *depth_done = full + 4;
+  T *sRing = reinterpret_cast<T *>(sKV);  // the depth phase's rings, over the K/V stages
   auto sK = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES; };
   auto sV = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) causal tiles first
   const int64_t g = blockIdx.y, b = blockIdx.z;
-  const int64_t G = p.G, L = p.L, TG = p.T * G;
+  const int64_t G = p.G, TG = p.T * G;
   const int64_t R0 = tile * BM;
   // (row_lim is only meaningful for consumer lanes: Rw below is a consumer warp's first row)
   const int64_t Rw = R0 + (warp - 4) * 16;
@@ -416,6 +424,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   if (tid == 0) {
     mbar_init(&full[0], 1); mbar_init(&full[1], 1);
     mbar_init(&empty[0], Cfg::NCWARPS); mbar_init(&empty[1], Cfg::NCWARPS);
+    mbar_init(depth_done, Cfg::NCWARPS);
     mbar_fence_init();
   }
   __syncthreads();  // the last CTA-wide barrier: the producer's idle warps exit below
@@ -425,6 +434,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
     if (tid == 0 && n_blocks > 0) {
       tma_prefetch_map(&tm_k);
       tma_prefetch_map(&tm_v);
+      if (L > 0) mbar_wait(depth_done, 0);  // the depth rings over the K/V stages are free
       for (int blk = 0; blk < n_blocks; ++blk) {
         const int st = blk & 1;
         if (blk >= 2) mbar_wait(&empty[st], ((blk >> 1) - 1) & 1);  // the consumers released its last use
@@ -467,9 +477,14 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
 
-  if (L > 0) {  // depth phase: own smem, so no barrier after it (the producer is already loading K/V)
+  if (L > 0) {  // depth phase, in the smem of the K/V stages: the producer waits for depth_done
     float *scr = reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) + cwarp * Ring::WARP_SCRATCH_FLOATS;
     ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
+    // this warp's ring and scratch accesses (cp.async, ldmatrix, st.shared: the generic proxy)
+    // before the TMA writes (the async proxy) that will reuse the bytes
+    fence_proxy_async_smem();
+    __syncwarp();
+    if (lane == 0) mbar_arrive(depth_done);
   }
 
   if (n_blocks > 0) {

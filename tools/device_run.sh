@@ -11,7 +11,7 @@
 #   benchnd  the same with --nondet and MODA_CUDA_BWD_ATOMIC_DQ=1 (dQ by atomics)
 #   ncu      Nsight Compute on $NCU_KERNEL (regex, default bwd_dq) at bench shape $NCU_SHAPE
 #   ab       A/B of kernel switches: for each word of $AB_ENVS (e.g. "MODA_CUDA_BWD_WS=1
-#            MODA_CUDA_BWD_WS=2"; "-" = the defaults), twice in alternation, one bench process
+#            MODA_CUDA_BWD_WS=2"; "-" = the defaults; "A=1,B=2" sets both), twice in alternation, one bench process
 #            with --profile --ours-only and $BENCH_ARGS (--nondet, --only=...): per-kernel lines + the
 #            table rows
 # Expects what tools/device_pack.sh packs (.devcarry: libraries and the prebuilt checkers) and
@@ -62,7 +62,7 @@ for st in "$@"; do
            "${secs[@]}" python3 bench/cuda_attention.py --ours-only --only "${NCU_SHAPE:-DeiT-Tiny-64}" ;;
     ab) for rep in 1 2; do
           for env in ${AB_ENVS:--}; do
-            e=; [ "$env" != - ] && e=$env
+            e=; [ "$env" != - ] && e=${env//,/ }  # "A=1,B=2": two variables for one run
             echo "=== $env (round $rep)" >> $LOGS/ab.txt
             PYTHONUNBUFFERED=1 TAIL=0 stage "ab_${rep}_${env//[^A-Za-z0-9_]/_}" 150 env $e python3 bench/cuda_attention.py \
               --profile --ours-only ${BENCH_ARGS:-}
