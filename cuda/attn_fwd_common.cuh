@@ -60,12 +60,12 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        sequence part dominates (fwd_ws_three_wg); with MODA_CUDA_WGMMA=2 on every shape. In the
 //        default flags since session 9 (1.27x the two-warpgroup kernel at T=16384, 1.22x at G=16,
 //        H100); MODA_CUDA_FWD_FLAGS=33 keeps two everywhere.
-// Bit 6 is unused (it selected the pipelined wgmma kernel, which lost on the H100 and was
-// deleted): the mask clears it.
+// bit 6: the warp-specialised kernel takes its tiles in heavy-first order only, not alternating
+//        heavy and light (for A/B; session 9).
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
-              FWD_WGMMA_WS = 32;
-constexpr int FWD_FLAGS_MASK =
-    FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA | FWD_WGMMA_WS;
+              FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64;
+constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA |
+                               FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST;
 constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----

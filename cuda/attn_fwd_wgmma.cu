@@ -407,7 +407,14 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   auto sV = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) causal tiles first
+  // Tiles alternate heavy (late) and light (early) causal rows: with heavy-first order alone, the
+  // 132 CTAs in flight had nearly the same length and stayed in step, so every SM ran its depth
+  // phase (memory-bound) at the same time as all others and its sequence phase (tensor-bound) at
+  // the same time too - the forward's time grew by the full memory time of the depth rows (L=64
+  // -> 256 at T=16384: +2.0 ms for +6.4 GB, 3.2 TB/s). Mixed lengths put the SMs out of step.
+  // (Flag bit 6 keeps the heavy-first order, for A/B.)
+  const int64_t bx = blockIdx.x, n_tiles = gridDim.x;
+  const int64_t tile = (flags & FWD_TILES_HEAVY_FIRST) ? n_tiles - 1 - bx : (bx & 1) ? bx / 2 : n_tiles - 1 - bx / 2;
   const int64_t g = blockIdx.y, b = blockIdx.z;
   const int64_t G = p.G, TG = p.T * G;
   const int64_t R0 = tile * BM;
