@@ -145,12 +145,11 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   constexpr int PIECES = D / 8;                    // 16-byte pieces per row
   constexpr int ROWS_PER_PASS = Cfg::NTHREADS / PIECES;
   const int prow = tid / PIECES, pcol = (tid % PIECES) * 8;
-  // hints (depth_hints()): dkd, dvd stored with the streaming (.cs, L2 evict-first) hint: each of
-  // those bytes is written once, and the q, dO, lse and dq rows a unit re-reads per item should
-  // keep their L2 lines. (The same for the kd, vd loads, by an L2::cache_hint policy on cp.async
-  // as the forward does it, compiled with ptxas 13.0 to LDGSTS instructions whose policy
-  // descriptor UR1 was never written - an illegal instruction on the H100, session 9.)
-  const bool st_hint = (hints & 1) != 0;
+  // hints (depth_hints()): bit 0: kd, vd loaded with L2 evict_first; bit 1: dkd, dvd stored with
+  // the streaming (.cs) hint. Each of those bytes is touched once; the q, dO, lse and dq rows a
+  // unit re-reads per item should keep their L2 lines.
+  const bool kv_hint = (hints & 1) != 0, st_hint = (hints & 2) != 0;
+  const uint64_t kv_pol = kv_hint ? l2_policy_evict_first() : 0;
   auto load_item = [&](const Cursor &c, int s) {
     const int nkeys = unit_keys(c), i0 = c.chunk * ROWS;
     const int64_t u_lo = c.unit * TPU, R0 = c.unit * NC;
@@ -163,8 +162,13 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       if (i < nkeys) {
         const int ui = (int)div_L.div((uint32_t)i), li = i - ui * (int)L;
         const int64_t u = u_lo + ui;
-        cp_async_16(dk, kd + u * p.kd_stride[1] + li * p.kd_stride[2]);
-        cp_async_16(dv, vd + u * p.vd_stride[1] + li * p.vd_stride[2]);
+        if (kv_hint) {
+          cp_async_16_hint(dk, kd + u * p.kd_stride[1] + li * p.kd_stride[2], kv_pol);
+          cp_async_16_hint(dv, vd + u * p.vd_stride[1] + li * p.vd_stride[2], kv_pol);
+        } else {
+          cp_async_16(dk, kd + u * p.kd_stride[1] + li * p.kd_stride[2]);
+          cp_async_16(dv, vd + u * p.vd_stride[1] + li * p.vd_stride[2]);
+        }
       } else {  // zero rows: their scores are masked, but 0 * stale NaN would not be 0
         *reinterpret_cast<uint4 *>(dk) = make_uint4(0, 0, 0, 0);
         *reinterpret_cast<uint4 *>(dv) = make_uint4(0, 0, 0, 0);
@@ -427,12 +431,13 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   cp_async_wait<0>();  // no cp.async outlives the CTA (the ring's trailing empty groups)
 }
 
-// MODA_CUDA_BWD_DEPTH_HINTS=0: plain stores of dkd, dvd instead of streaming ones (for A/B).
+// MODA_CUDA_BWD_DEPTH_HINTS=0..3: the kernel's cache hints (bit 0 loads, bit 1 stores; see the
+// kernel); unset: 3.
 int depth_hints() {
   static int h = -1;
   if (h < 0) {
     const char *e = getenv("MODA_CUDA_BWD_DEPTH_HINTS");
-    h = e && e[0] == '0' ? 0 : 1;
+    h = e && e[0] >= '0' && e[0] <= '3' ? e[0] - '0' : 3;
   }
   return h;
 }
