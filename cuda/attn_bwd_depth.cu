@@ -80,7 +80,7 @@ __device__ __forceinline__ P *tile_at(P *base, int r, int c, int rows) {
 template <typename T, int D, int NC, bool SW>
 __global__ void __launch_bounds__(128, (DepthBwdConfig<D, NC, SW>::MINB))
 bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, const float *dq_seq,
-                       int64_t units_per_bg, int64_t total_units, int hints) {
+                       int64_t units_per_bg, int64_t total_units) {
   using Cfg = DepthBwdConfig<D, NC, SW>;
   using Mma = MmaOp<T>;
   constexpr int ROWS = Cfg::ROWS, LDS = Cfg::LDS, LDSD = Cfg::LDSD, NST = Cfg::NST;
@@ -145,11 +145,6 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   constexpr int PIECES = D / 8;                    // 16-byte pieces per row
   constexpr int ROWS_PER_PASS = Cfg::NTHREADS / PIECES;
   const int prow = tid / PIECES, pcol = (tid % PIECES) * 8;
-  // hints (depth_hints()): bit 0: kd, vd loaded with L2 evict_first; bit 1: dkd, dvd stored with
-  // the streaming (.cs) hint. Each of those bytes is touched once; the q, dO, lse and dq rows a
-  // unit re-reads per item should keep their L2 lines.
-  const bool kv_hint = (hints & 1) != 0, st_hint = (hints & 2) != 0;
-  const uint64_t kv_pol = kv_hint ? l2_policy_evict_first() : 0;
   auto load_item = [&](const Cursor &c, int s) {
     const int nkeys = unit_keys(c), i0 = c.chunk * ROWS;
     const int64_t u_lo = c.unit * TPU, R0 = c.unit * NC;
@@ -162,13 +157,8 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       if (i < nkeys) {
         const int ui = (int)div_L.div((uint32_t)i), li = i - ui * (int)L;
         const int64_t u = u_lo + ui;
-        if (kv_hint) {
-          cp_async_16_hint(dk, kd + u * p.kd_stride[1] + li * p.kd_stride[2], kv_pol);
-          cp_async_16_hint(dv, vd + u * p.vd_stride[1] + li * p.vd_stride[2], kv_pol);
-        } else {
-          cp_async_16(dk, kd + u * p.kd_stride[1] + li * p.kd_stride[2]);
-          cp_async_16(dv, vd + u * p.vd_stride[1] + li * p.vd_stride[2]);
-        }
+        cp_async_16(dk, kd + u * p.kd_stride[1] + li * p.kd_stride[2]);
+        cp_async_16(dv, vd + u * p.vd_stride[1] + li * p.vd_stride[2]);
       } else {  // zero rows: their scores are masked, but 0 * stale NaN would not be 0
         *reinterpret_cast<uint4 *>(dk) = make_uint4(0, 0, 0, 0);
         *reinterpret_cast<uint4 *>(dv) = make_uint4(0, 0, 0, 0);
@@ -355,12 +345,10 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
         if (i >= nkeys) continue;
         const int ui = (int)div_L.div((uint32_t)i), li = i - ui * (int)L;
         const int64_t u = u_lo + ui;
-        int4 *gv = reinterpret_cast<int4 *>(dvd + u * p.dvd_stride[1] + li * p.dvd_stride[2]);
-        int4 *gk = reinterpret_cast<int4 *>(dkd + u * p.dkd_stride[1] + li * p.dkd_stride[2]);
-        const int4 v4 = *reinterpret_cast<const int4 *>(at(vd_s, r0 + r, c8, ROWS));
-        const int4 k4 = *reinterpret_cast<const int4 *>(at(dkd_s, r0 + r, c8, ROWS));
-        if (st_hint) { __stcs(gv, v4); __stcs(gk, k4); }
-        else { *gv = v4; *gk = k4; }
+        *reinterpret_cast<uint4 *>(dvd + u * p.dvd_stride[1] + li * p.dvd_stride[2]) =
+            *reinterpret_cast<const uint4 *>(at(vd_s, r0 + r, c8, ROWS));
+        *reinterpret_cast<uint4 *>(dkd + u * p.dkd_stride[1] + li * p.dkd_stride[2]) =
+            *reinterpret_cast<const uint4 *>(at(dkd_s, r0 + r, c8, ROWS));
       }
     };
     __syncwarp();
@@ -431,17 +419,6 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   cp_async_wait<0>();  // no cp.async outlives the CTA (the ring's trailing empty groups)
 }
 
-// MODA_CUDA_BWD_DEPTH_HINTS=0..3: the kernel's cache hints (bit 0 loads, bit 1 stores; see the
-// kernel); unset: 3.
-int depth_hints() {
-  static int h = -1;
-  if (h < 0) {
-    const char *e = getenv("MODA_CUDA_BWD_DEPTH_HINTS");
-    h = e && e[0] >= '0' && e[0] <= '3' ? e[0] - '0' : 3;
-  }
-  return h;
-}
-
 template <typename T, int D, int NC, bool SW>
 int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, const float *dq_seq) {
   using Cfg = DepthBwdConfig<D, NC, SW>;
@@ -463,7 +440,7 @@ int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, co
   if (total <= 0) return MODA_OK;
   const int64_t slots = (int64_t)sms * ctas_per_sm;
   const unsigned grid = (unsigned)(total < slots ? total : slots);
-  kern<<<grid, Cfg::NTHREADS, Cfg::SMEM, stream>>>(*p, lse2, delta, dq_seq, units_per_bg, total, depth_hints());
+  kern<<<grid, Cfg::NTHREADS, Cfg::SMEM, stream>>>(*p, lse2, delta, dq_seq, units_per_bg, total);
   MODA_CUDA_CHECK_LAUNCH("bwd_depth_token_kernel");
   return MODA_OK;
 }
