@@ -61,6 +61,11 @@ add({ 1, 1000, 1000, 1, 8, 64, 64, "causal", "token", 64, "bfloat16", false })
 add({ 1, 997, 997, 2, 4, 5, 128, "full", "chunk", 64, "float16", false })
 add({ 1, 523, 600, 1, 16, 1, 64, "causal", "token", 64, "float32", false })
 add({ 1, 389, 389, 4, 2, 64, 128, "full", "token", 64, "bfloat16", false })
+-- long enough for the default choice of the sm_90a wgmma kernels at d = 128 (>= 1024 visible keys
+-- per query; session 9 found fwd_wgmma_kernel<T, 128> wrong after its first K/V block, a shape
+-- no case here reached)
+add({ 1, 1100, 1100, 1, 2, 5, 128, "full", "token", 64, "bfloat16", false })
+add({ 1, 2100, 2100, 1, 1, 1, 128, "causal", "token", 64, "float16", false })
 -- decoding: T <= 16 new queries against S >= 1024 cached keys take the split-K decode path
 add({ 1, 1, 1024, 2, 4, 64, 64, "causal", "token", 64, "bfloat16", false })
 add({ 2, 3, 5000, 1, 8, 5, 128, "causal", "token", 64, "float16", false })
