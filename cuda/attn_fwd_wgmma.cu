@@ -341,12 +341,13 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 //   warpgroup 0 = producer: its first thread streams K/V blocks with TMA into 2 stages (full[s]
 //     completes when the stage's bytes have landed; empty[s] when the 8 consumer warps are done
 //     with it), then drops to 24 registers;
-//   warpgroups 1..NCWG = consumers (240 registers with NCWG = 2; 160 with 3): the depth phase as
-//     before (their own smem, so the producer's first K/V blocks arrive meanwhile), then per block
-//     S = Q K^T, softmax, O += P V, with the S issue handed round by named barriers ("ping-pong"):
-//     while one warpgroup runs its softmax, the others' GEMMs have the tensor cores.
+//   warpgroups 1..NCWG = consumers (240 registers with NCWG = 2; 160 with 3): the depth phase in
+//     per-warp rings over the K/V stages' smem (the producer starts on K/V once every consumer
+//     warp has arrived on depth_done), then per block S = Q K^T, softmax, O += P V, with the S
+//     issue handed round by named barriers ("ping-pong"): while one warpgroup runs its softmax,
+//     the others' GEMMs have the tensor cores.
 // NCWG = 3 (flag bit 3, FA3's choice at d = 64): 192 rows per CTA, 12 consumer warps to hide the
-// softmax's latency; 2 depth ring stages instead of 3 (12 rings of 3 do not fit in smem).
+// softmax's latency; 3 depth ring stages per warp instead of 5.
 // Named barriers: 1 = the consumers' Q tile is in smem; 2 + i = consumer warpgroup i may issue
 // its next S. The kernel uses no __syncthreads after the producer's warps have exited.
 template <int NCWG>
