@@ -176,7 +176,10 @@ __global__ void __launch_bounds__(128) cpasync_box_kernel(const bf16 *base, int6
   copy_tile_out(out + (size_t)blockIdx.x * bytes, tile, bytes);
 }
 
-// The synchronisation skeleton of fwd_wgmma_ws_kernel (d = 64, BN = 128, 2 stages of K and V).
+// The synchronisation skeleton of fwd_wgmma_ws_kernel (d = 64, BN = 128, 2 stages of K and V),
+// as it was with two consumer warpgroups and no depth phase: the kernel's depth_done mbarrier
+// (session 9) and its three-warpgroup form are not mirrored here; the checker grids and
+// compute-sanitizer racecheck (run_checks.sh v6 / v6san, the fwd_wgmma_ws* lines) cover them.
 constexpr int WS_TILE = 128 * 128;                    // one 128 x 64 bf16 box
 constexpr int WS_SMEM = 1024 + 4 * WS_TILE + 64;      // slack | 2 x (K, V) | full[2], empty[2]
 __device__ __forceinline__ void spin_ns(unsigned ns) {
