@@ -1066,22 +1066,15 @@ bool bwd_fuse_depth_selected(const moda_attn_params *p) {
   return on && p->d == 64 && p->L > 0 && p->chunk <= 0 && 8 % p->G == 0;
 }
 
-// The depth part by bwd_depth_token_kernel (attn_bwd_depth.cu) wherever it can run, except with
-// deterministic = 1 where the fused path (FUSE above) runs and the sequence part is long (mean
-// visible keys >= 1024 and >= 16 L): there the dQ kernel's depth part costs nothing - measured
-// (session 7, H100, T=16384 fwd+bwd deterministic): dQ kernel 20.06 ms with the depth part fused,
-// 20.03 without, plus 2.13 for the depth kernel (51.3 vs 53.4 ms in all). With deterministic = 0
-// the depth kernel pairs with the atomic dQ (no dQ kernel at all) and is faster everywhere
-// measured (T=4096 3.47 vs 3.78 ms, DeiT-Tiny-64 2.20 vs 3.17, LM-64 2.28 vs 2.94).
-bool bwd_ordered_dq_selected(const moda_attn_params *p);
-bool bwd_depth_kernel_selected(const moda_attn_params *p) {
-  if (!bwd_depth_kernel_supported(p)) return false;
-  if (p->deterministic && p->d == 64 && bwd_fuse_depth_selected(p) && !bwd_ordered_dq_selected(p)) {
-    const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
-    if (seq_keys >= 1024 && seq_keys >= 16 * p->L) return false;
-  }
-  return true;
-}
+// The depth part by bwd_depth_token_kernel (attn_bwd_depth.cu) wherever it can run. Until
+// session 9, deterministic = 1 kept the fused path (FUSE above) where the sequence part is long
+// (session 7, T=16384: the dQ kernel's depth part cost nothing there); since the dQ kernel loads
+// its fragments per block, the separate kernel wins there too (H100, session 9, deterministic
+// fwd+bwd, kernel sums, two rounds): T=4096 2.61 -> 2.49 ms, T=8192 8.17 -> 8.03, T=16384
+// 29.3 -> 28.5, L=256 38.1 -> 35.4, G=2 9.56 -> 9.05. With deterministic = 0 the depth kernel
+// pairs with the atomic dQ (no dQ kernel at all) and is faster everywhere measured (T=4096 3.47
+// vs 3.78 ms, DeiT-Tiny-64 2.20 vs 3.17, LM-64 2.28 vs 2.94).
+bool bwd_depth_kernel_selected(const moda_attn_params *p) { return bwd_depth_kernel_supported(p); }
 
 // dQ by float32 reductions from the wgmma dK/dV kernel (ATOMIC_DQ): deterministic = 0 only, where
 // that kernel runs. Rule (unset MODA_CUDA_BWD_ATOMIC_DQ): wherever the depth kernel

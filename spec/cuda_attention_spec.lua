@@ -56,6 +56,9 @@ do
     add({ B, T, S, Hk, G, L, d, mask, depth, chunk, dt, true, math.floor(i / 7) % 2 == 1 })
   end
 end
+-- a deterministic backward long enough (>= 1024 visible keys per query, >= 16 L) for the rules
+-- that pick kernels by sequence length (session 9: the depth kernel there too)
+add({ 1, 2100, 2100, 1, 1, 1, 64, "causal", "token", 64, "bfloat16", true, true })
 -- larger T (forward only: the float64 reference backward is slow on the CPU)
 add({ 1, 1000, 1000, 1, 8, 64, 64, "causal", "token", 64, "bfloat16", false })
 add({ 1, 997, 997, 2, 4, 5, 128, "full", "chunk", 64, "float16", false })
