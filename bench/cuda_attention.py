@@ -361,6 +361,8 @@ def main():
     ap.add_argument("--decode", action="store_true", help="the decode shapes only")
     ap.add_argument("--ours-only", action="store_true",
                     help="time only our kernels (A/B runs): the baseline columns print nan")
+    ap.add_argument("--shape", action="append", default=[], metavar="LABEL:B,T,Hk,G,L,causal",
+                    help="one more shape (repeatable), e.g. LM-32:8,2048,2,4,62,1; runs with the others (--only filters)")
     ap.add_argument("--nondet", action="store_true",
                     help="our backward with deterministic = 0 (with MODA_CUDA_BWD_ATOMIC_DQ=1: dQ by atomics)")
     args = ap.parse_args()
@@ -389,6 +391,12 @@ def main():
     shapes.append(("DeiT-Tiny L=22", 256, 197, 1, 4, 22, False))
     shapes.append(("DeiT-Tiny-64 L=126", 256, 197, 1, 4, 126, False))
     shapes.append(("LM-64 L=126", 8, 2048, 2, 4, 126, True))
+    for spec in args.shape:
+        label, _, nums = spec.partition(":")
+        vals = [int(x) for x in nums.split(",")]
+        if len(vals) != 6 or not label:
+            ap.error(f"--shape {spec!r}: expected LABEL:B,T,Hk,G,L,causal")
+        shapes.append((label, *vals[:5], bool(vals[5])))
     if args.only:
         keys = [x for x in args.only.split(",") if x]
         shapes = [s for s in shapes if any(k in s[0] for k in keys)]

@@ -10,6 +10,7 @@
 #   bench    bench/cuda_attention.py $BENCH_ARGS (env MODA_CUDA_* passes through; no spaces in it)
 #   benchnd  the same with --nondet and MODA_CUDA_BWD_ATOMIC_DQ=1 (dQ by atomics)
 #   ncu      Nsight Compute on $NCU_KERNEL (regex, default bwd_dq) at bench shape $NCU_SHAPE
+#   ncusrc   the same kernel with PC sampling: its top stall locations in the SASS (tools/ncu_top_stalls.py)
 #   ab       A/B of kernel switches: for each word of $AB_ENVS (e.g. "MODA_CUDA_BWD_WS=1
 #            MODA_CUDA_BWD_WS=2"; "-" = the defaults; "A=1,B=2" sets both), twice in alternation, one bench process
 #            with --profile --ours-only and $BENCH_ARGS (--nondet, --only=...): per-kernel lines + the
@@ -60,6 +61,11 @@ for st in "$@"; do
            secs+=(--section "$s"); done
          TAIL=${NCU_TAIL:-80} stage ncu 300 ncu --clock-control none -k "regex:${NCU_KERNEL:-bwd_dq}" -c "${NCU_COUNT:-1}" \
            "${secs[@]}" python3 bench/cuda_attention.py --ours-only --only "${NCU_SHAPE:-DeiT-Tiny-64}" ;;
+    ncusrc) # the same launch with PC sampling: the top stall locations in the SASS
+         stage ncusrc_prof 300 ncu --clock-control none -k "regex:${NCU_KERNEL:-bwd_dq}" -c 1 --section SourceCounters \
+           --section WarpStateStats -f -o /tmp/ncusrc python3 bench/cuda_attention.py --ours-only --only "${NCU_SHAPE:-DeiT-Tiny-64}"
+         ncu --import /tmp/ncusrc.ncu-rep --page source --print-source sass --csv > $LOGS/ncusrc.csv 2>&1
+         TAIL=${NCU_TAIL:-60} stage ncusrc 60 python3 tools/ncu_top_stalls.py $LOGS/ncusrc.csv ${NCU_TOP:-50} ;;
     ab) for rep in 1 2; do
           for env in ${AB_ENVS:--}; do
             e=; [ "$env" != - ] && e=${env//,/ }  # "A=1,B=2": two variables for one run
