@@ -77,10 +77,16 @@ __device__ __forceinline__ P *tile_at(P *base, int r, int c, int rows) {
   }
 }
 
-template <typename T, int D, int NC, bool SW>
-__global__ void __launch_bounds__(128, (DepthBwdConfig<D, NC, SW>::MINB))
+// SUB: independent sub-CTAs of 4 warps per CTA (1, or 4 for the concurrent backward: one CTA
+// fills an SM's shared memory and registers, so a grid of N CTAs holds exactly N SMs and the
+// dK/dV kernel runs on the others). A sub-CTA is what a CTA is for SUB = 1: its own smem, named
+// barrier, and units (virtual block blockIdx.x * SUB + sub of gridDim.x * SUB).
+// SPLIT: dq's depth part goes unscaled in float32 to dq_part [B, Hk, T*G, d] (bwd_dq_finish adds
+// the sequence part later) instead of being added to dq_seq and written as dq.
+template <typename T, int D, int NC, bool SW, int SUB, bool SPLIT>
+__global__ void __launch_bounds__(128 * SUB, (SUB == 1 ? DepthBwdConfig<D, NC, SW>::MINB : 1))
 bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, const float *dq_seq,
-                       int64_t units_per_bg, int64_t total_units) {
+                       float *dq_part, int units_per_bg, int total_units) {
   using Cfg = DepthBwdConfig<D, NC, SW>;
   using Mma = MmaOp<T>;
   constexpr int ROWS = Cfg::ROWS, LDS = Cfg::LDS, LDSD = Cfg::LDSD, NST = Cfg::NST;
@@ -88,7 +94,15 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   static_assert(NC == 8 || NC == 16 || NC == 32, "NC: 8, 16 or 32 query rows per unit");
   static_assert(D == 64 || D == 128, "d: 64 or 128");
 
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem_all[];
+  const int sub = SUB == 1 ? 0 : (int)threadIdx.x / Cfg::NTHREADS;
+  unsigned char *smem = smem_all + sub * Cfg::SMEM;
+  // the sub-CTA's barrier (named barriers 1..SUB: 0 is __syncthreads')
+  auto sync = [&]() {
+    if constexpr (SUB == 1) __syncthreads();
+    else asm volatile("bar.sync %0, %1;" ::"r"(1 + sub), "n"(Cfg::NTHREADS) : "memory");
+  };
+  const int64_t vblock = (int64_t)blockIdx.x * SUB + sub, vgrid = (int64_t)gridDim.x * SUB;
   T *sDS = reinterpret_cast<T *>(smem + NST * Cfg::STAGE);                  // dS [NC][LDSD]
   T *sDkd = reinterpret_cast<T *>(smem + NST * Cfg::STAGE + Cfg::DS_BYTES); // dkd [ROWS][LDS] (!SW)
   auto at = [&](auto *base, int r, int c, int rows) { return tile_at<SW, LDS>(base, r, c, rows); };
@@ -100,7 +114,7 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
     return reinterpret_cast<float *>(smem + s * Cfg::STAGE + 2 * Cfg::KV_BYTES + 2 * Cfg::Q_BYTES);
   };
 
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, qr = lane / 4, qc = lane % 4;
+  const int tid = SUB == 1 ? (int)threadIdx.x : (int)threadIdx.x % Cfg::NTHREADS, warp = tid / 32, lane = tid % 32, qr = lane / 4, qc = lane % 4;
   const int64_t G = p.G, T_ = p.T, L = p.L, TG = T_ * G, Hk = p.Hk;
   const int TPU = NC / (int)G;                              // tokens per unit (the host: G divides NC)
   // the loaders' and the write-back's row -> (token, slot) maps divide by L and G per 16-byte
@@ -108,37 +122,41 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   const FastDiv div_L((uint32_t)L), div_G((uint32_t)G);
   const int CPU = (int)((TPU * L + ROWS - 1) / ROWS);       // items per unit
   const float scale_log2 = (float)p.scale * kLog2e, scale = (float)p.scale;
-  const int64_t U_beg = (int64_t)blockIdx.x * total_units / gridDim.x;
-  const int64_t U_end = (int64_t)(blockIdx.x + 1) * total_units / gridDim.x;
-  const int64_t n_items = (U_end - U_beg) * CPU;
+  // Which units: every vgrid-th, flattened (b, unit, g): all CTAs sweep the tensors together, as a
+  // copy kernel does, and the KV heads of a token (adjacent rows of kd, vd) are consecutive units.
+  // Measured against contiguous ranges per CTA in (b, g, unit) order (H100, session 10, this
+  // kernel's time, ms, two rounds): LM-64 0.839 0.844 vs 0.861 0.864, DeiT-Tiny-64 1.231 1.221 vs
+  // 1.237 1.249, T=4096 0.478 0.484 vs 0.493 0.494 (contiguous ranges in (b, unit, g) order: 1%
+  // slower than (b, g, unit); every vgrid-th unit in (b, g, unit) order: between the two).
+  // 32-bit unit indices: the host checks total_units < 2^31, far past any depth cache in memory.
+  const int n_units = vblock < total_units ? (int)((total_units - vblock + vgrid - 1) / vgrid) : 0;
+  const int n_items = n_units * CPU, U_step = (int)vgrid;
 
-  // Where an item is: (b, g, unit, chunk), advanced one item at a time (no divisions in the
-  // loop: the per-item index math was the kernel's largest instruction cost). The loads run
-  // NST - 1 items ahead of the compute, so each has its own cursor.
+  // Where an item is: unit U = (b, unit, g) and its chunk, advanced one item at a time (the
+  // divisions once per unit). The loads run NST - 1 items ahead of the compute, so each has its
+  // own cursor.
   struct Cursor {
-    int64_t b, g, unit;
-    int chunk;
-    __device__ void advance(int cpu, int64_t units_per_bg, int64_t hk) {
+    int U, b, g, unit, chunk;
+    __device__ void decode(int units_per_bg, int hk) {
+      const int r = U / hk;
+      g = U - r * hk;
+      b = r / units_per_bg;
+      unit = r - b * units_per_bg;
+    }
+    __device__ void advance(int cpu, int step, int units_per_bg, int hk) {
       if (++chunk < cpu) return;
       chunk = 0;
-      if (++unit < units_per_bg) return;
-      unit = 0;
-      if (++g < hk) return;
-      g = 0;
-      ++b;
+      U += step;
+      decode(units_per_bg, hk);
     }
   };
   Cursor first;
-  {
-    const int64_t bg = U_beg / units_per_bg;
-    first.unit = U_beg - bg * units_per_bg;
-    first.b = bg / Hk;
-    first.g = bg - first.b * Hk;
-    first.chunk = 0;
-  }
+  first.U = (int)vblock;
+  first.chunk = 0;
+  first.decode(units_per_bg, (int)Hk);
   // the unit's depth rows (flattened i < nkeys: token i / L of the unit, slot i % L)
   auto unit_keys = [&](const Cursor &c) {
-    const int64_t left = T_ - c.unit * TPU;
+    const int64_t left = T_ - (int64_t)c.unit * TPU;
     return (int)(left < TPU ? left : TPU) * (int)L;
   };
 
@@ -147,7 +165,7 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   const int prow = tid / PIECES, pcol = (tid % PIECES) * 8;
   auto load_item = [&](const Cursor &c, int s) {
     const int nkeys = unit_keys(c), i0 = c.chunk * ROWS;
-    const int64_t u_lo = c.unit * TPU, R0 = c.unit * NC;
+    const int64_t u_lo = (int64_t)c.unit * TPU, R0 = (int64_t)c.unit * NC;
     const T *kd = static_cast<const T *>(p.kd) + c.b * p.kd_stride[0] + c.g * p.kd_stride[3] + pcol;
     const T *vd = static_cast<const T *>(p.vd) + c.b * p.vd_stride[0] + c.g * p.vd_stride[3] + pcol;
 #pragma unroll
@@ -195,28 +213,51 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) acc_t[mt][nt][0] = acc_t[mt][nt][1] = acc_t[mt][nt][2] = acc_t[mt][nt][3] = 0.f;
 
+  // The sequence part of dq for the unit's rows, read one unit ahead (PRE): read at the unit's
+  // end, the loads stalled every warp for a DRAM latency per unit (ncu at LM-64: 35% of the stall
+  // samples on the four adds that used them). Lane layout as acc_t; 0 past the rows. Not at d = 64
+  // with NC = 16, 32: their 16-32 more registers would spill there.
+  constexpr bool PRE = !SPLIT && (NC == 8 || D == 128);
+  float seq_pre[MT][NT][4];
+  auto prefetch_seq = [&](const Cursor &c) {
+    const float *seq_bg = dq_seq + (c.b * Hk + c.g) * TG * D;
+    const int dw0 = warp * (D / Cfg::NWARPS);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e1 = 0; e1 < 2; ++e1) {
+        const int64_t R = (int64_t)c.unit * NC + nt * 8 + 2 * qc + e1;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int h2 = 0; h2 < 2; ++h2)
+            seq_pre[mt][nt][2 * h2 + e1] = R < TG ? __ldg(seq_bg + R * D + dw0 + mt * 16 + qr + 8 * h2) : 0.f;
+      }
+  };
+  if (PRE && n_items > 0) prefetch_seq(first);
+
   Cursor ld = first, cur = first;
 #pragma unroll
   for (int s = 0; s < NST - 1; ++s) {
     if (s < n_items) {
       load_item(ld, s);
-      ld.advance(CPU, units_per_bg, Hk);
+      ld.advance(CPU, U_step, units_per_bg, (int)Hk);
     }
     cp_async_commit();
   }
   const int r0 = warp * 16;
   int s = 0, s_load = NST - 1;  // ring slots of item w and of item w + NST - 1
-  for (int64_t w = 0; w < n_items; ++w, cur.advance(CPU, units_per_bg, Hk)) {
+  for (int w = 0; w < n_items; ++w, cur.advance(CPU, U_step, units_per_bg, (int)Hk)) {
     cp_async_wait<NST - 2>();
-    __syncthreads();  // stage s has landed for all; every warp is done with item w - 1 (its stage, sDS)
+    sync();  // stage s has landed for all; every warp is done with item w - 1 (its stage, sDS)
     if (w + NST - 1 < n_items) {
       load_item(ld, s_load);
-      ld.advance(CPU, units_per_bg, Hk);
+      ld.advance(CPU, U_step, units_per_bg, (int)Hk);
     }
     cp_async_commit();
 
     const int nkeys = unit_keys(cur), chunk = cur.chunk, i0 = chunk * ROWS;
-    const int64_t u_lo = cur.unit * TPU, R0 = cur.unit * NC;
+    const int64_t u_lo = (int64_t)cur.unit * TPU, R0 = (int64_t)cur.unit * NC;
     T *kd_s = sKd(s);
     const T *q_s = sQ(s), *do_s = sdO(s);
     T *vd_s = sVd(s);
@@ -358,7 +399,7 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       __syncwarp();
       copy_out();
     }
-    __syncthreads();  // the dS tile is complete
+    sync();  // the dS tile is complete
 
     // dq^T[dims of this warp] += kd^T dS^T over the item's 64 rows: A = kd^T by ldmatrix.trans,
     // B = dS (k = depth rows) by ldmatrix from the [NC][ROWS] tile
@@ -383,15 +424,33 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
     }
 
     if constexpr (SW) {
-      __syncthreads();  // every warp is done reading kd rows: dkd goes over this warp's own
+      sync();  // every warp is done reading kd rows: dkd goes over this warp's own
       stage_product(da, q_s, dkd_s, scale);
       __syncwarp();
       copy_out();
     }
 
-    if (chunk == CPU - 1) {  // the unit's last item: dq = scale * (sequence part + depth part)
+    if (chunk == CPU - 1 && SPLIT) {  // the unit's last item: its depth part of dq, unscaled
+      float *part_bg = dq_part + (cur.b * Hk + cur.g) * TG * D;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e1 = 0; e1 < 2; ++e1) {
+          const int64_t R = R0 + nt * 8 + 2 * qc + e1;
+          if (R >= TG) continue;
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2) part_bg[R * D + dw0 + mt * 16 + qr + 8 * h2] = acc_t[mt][nt][2 * h2 + e1];
+        }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) acc_t[mt][nt][0] = acc_t[mt][nt][1] = acc_t[mt][nt][2] = acc_t[mt][nt][3] = 0.f;
+    }
+    if (chunk == CPU - 1 && !SPLIT) {  // the unit's last item: dq = scale * (sequence part + depth part)
       T *dq = static_cast<T *>(p.dq) + cur.b * p.dq_stride[0];
-      const float *seq_bg = dq_seq + (cur.b * Hk + cur.g) * TG * D;
+      const float *seq_bg = dq_seq + (cur.b * Hk + cur.g) * TG * D;  // (!PRE)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -405,9 +464,15 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
 #pragma unroll
             for (int h2 = 0; h2 < 2; ++h2) {
               const int dim = dw0 + mt * 16 + qr + 8 * h2;
-              dqr[dim] = Elem<T>::from_float((acc_t[mt][nt][2 * h2 + e1] + seq_bg[R * D + dim]) * scale);
+              const float sq = PRE ? seq_pre[mt][nt][2 * h2 + e1] : seq_bg[R * D + dim];
+              dqr[dim] = Elem<T>::from_float((acc_t[mt][nt][2 * h2 + e1] + sq) * scale);
             }
         }
+      if (PRE && w + 1 < n_items) {  // the next unit's sequence part, under its items
+        Cursor next = cur;
+        next.advance(CPU, U_step, units_per_bg, (int)Hk);
+        prefetch_seq(next);
+      }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -419,16 +484,28 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   cp_async_wait<0>();  // no cp.async outlives the CTA (the ring's trailing empty groups)
 }
 
-template <typename T, int D, int NC, bool SW>
-int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, const float *dq_seq) {
+bool depth_sw() {  // the swizzled variant (d = 64) unless MODA_CUDA_BWD_DEPTH_SW=0
+  static int sw = -1;
+  if (sw < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_DEPTH_SW");
+    sw = !(e && e[0] == '0');
+  }
+  return sw;
+}
+
+// max_ctas > 0: at most that many CTAs (the concurrent backward: SUB = 4, one CTA per SM)
+template <typename T, int D, int NC, bool SW, int SUB, bool SPLIT>
+int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, const float *dq_seq,
+           float *dq_part, int max_ctas) {
   using Cfg = DepthBwdConfig<D, NC, SW>;
-  auto kern = bwd_depth_token_kernel<T, D, NC, SW>;
+  constexpr int SMEM = Cfg::SMEM * SUB, NTHREADS = Cfg::NTHREADS * SUB;
+  auto kern = bwd_depth_token_kernel<T, D, NC, SW, SUB, SPLIT>;
   static int ctas_per_sm = 0;  // per instantiation, on the first launch
   if (!ctas_per_sm) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM),
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM),
                     "cudaFuncSetAttribute(bwd_depth_token)");
     int n = 0;
-    MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, Cfg::NTHREADS, Cfg::SMEM),
+    MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, NTHREADS, SMEM),
                     "cudaOccupancyMaxActiveBlocksPerMultiprocessor(bwd_depth_token)");
     ctas_per_sm = n > 0 ? n : 1;
   }
@@ -438,31 +515,71 @@ int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, co
   const int64_t tpu = NC / p->G;
   const int64_t units_per_bg = (p->T + tpu - 1) / tpu, total = p->B * p->Hk * units_per_bg;
   if (total <= 0) return MODA_OK;
-  const int64_t slots = (int64_t)sms * ctas_per_sm;
-  const unsigned grid = (unsigned)(total < slots ? total : slots);
-  kern<<<grid, Cfg::NTHREADS, Cfg::SMEM, stream>>>(*p, lse2, delta, dq_seq, units_per_bg, total);
+  if (total >= ((int64_t)1 << 31))
+    return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: %lld depth units (>= 2^31)", (long long)total);
+  const int64_t slots = max_ctas > 0 ? max_ctas : (int64_t)sms * ctas_per_sm, need = (total + SUB - 1) / SUB;
+  const unsigned grid = (unsigned)(need < slots ? need : slots);
+  kern<<<grid, NTHREADS, SMEM, stream>>>(*p, lse2, delta, dq_seq, dq_part, (int)units_per_bg, (int)total);
   MODA_CUDA_CHECK_LAUNCH("bwd_depth_token_kernel");
   return MODA_OK;
 }
 
 template <typename T, int D>
 int launch_nc(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, const float *dq_seq) {
-  static int sw = -1;  // the swizzled variant unless MODA_CUDA_BWD_DEPTH_SW=0
-  if (sw < 0) {
-    const char *e = getenv("MODA_CUDA_BWD_DEPTH_SW");
-    sw = !(e && e[0] == '0');
-  }
-  constexpr bool SW_OK = D == 64;  // d = 128: no smem gain that changes the CTAs per SM, and it spills
   if (p->G <= 8) {
-    if (SW_OK && sw) return launch<T, D, 8, SW_OK>(p, stream, lse2, delta, dq_seq);
-    return launch<T, D, 8, false>(p, stream, lse2, delta, dq_seq);
+    if (D == 64 && depth_sw()) return launch<T, D, 8, D == 64, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
+    return launch<T, D, 8, false, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
   }
   if (p->G == 16) {
-    if (SW_OK && sw) return launch<T, D, 16, SW_OK>(p, stream, lse2, delta, dq_seq);
-    return launch<T, D, 16, false>(p, stream, lse2, delta, dq_seq);
+    if (D == 64 && depth_sw()) return launch<T, D, 16, D == 64, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
+    return launch<T, D, 16, false, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
   }
-  if (SW_OK && sw) return launch<T, D, 32, SW_OK>(p, stream, lse2, delta, dq_seq);
-  return launch<T, D, 32, false>(p, stream, lse2, delta, dq_seq);
+  if (D == 64 && depth_sw()) return launch<T, D, 32, D == 64, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
+  return launch<T, D, 32, false, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
+}
+
+// dq = scale * (sequence part + depth part), both float32 [B, Hk, T*G, d]: 8 elements per thread
+template <typename T>
+__global__ void __launch_bounds__(256) bwd_dq_finish_kernel(const moda_attn_params p, const float *dq_seq,
+                                                            const float *dq_part, int64_t n8) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n8) return;
+  const int64_t e = i * 8, D = p.d, TG = p.T * p.G;
+  const int64_t row = e / D, dim = e - row * D, bg = row / TG, R = row - bg * TG;
+  const int64_t b = bg / p.Hk, g = bg - b * p.Hk, t = R / p.G, h = g * p.G + (R - t * p.G);
+  const float4 s0 = *reinterpret_cast<const float4 *>(dq_seq + e), s1 = *reinterpret_cast<const float4 *>(dq_seq + e + 4);
+  const float4 d0 = *reinterpret_cast<const float4 *>(dq_part + e), d1 = *reinterpret_cast<const float4 *>(dq_part + e + 4);
+  const float v[8] = {s0.x + d0.x, s0.y + d0.y, s0.z + d0.z, s0.w + d0.w, s1.x + d1.x, s1.y + d1.y, s1.z + d1.z, s1.w + d1.w};
+  T *dq = static_cast<T *>(p.dq) + b * p.dq_stride[0] + t * p.dq_stride[1] + h * p.dq_stride[2] + dim;
+  const float scale = (float)p.scale;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) dq[k] = Elem<T>::from_float(v[k] * scale);
+}
+
+// The concurrent backward's side stream, per host thread and device: highest priority, so that
+// the depth kernel's CTAs are placed before the dK/dV kernel's when both wait for SMs.
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr, join = nullptr;
+};
+constexpr int kMaxDevices = 64;
+thread_local SideStream side_streams[kMaxDevices];
+
+int side_stream(SideStream **out) {
+  int dev = 0;
+  MODA_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < 0 || dev >= kMaxDevices) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: device index >= 64");
+  SideStream &s = side_streams[dev];
+  if (!s.stream) {
+    int least = 0, greatest = 0;
+    MODA_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
+    MODA_CUDA_CHECK(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming), "cudaEventCreate(depth fork)");
+    MODA_CUDA_CHECK(cudaEventCreateWithFlags(&s.join, cudaEventDisableTiming), "cudaEventCreate(depth join)");
+    MODA_CUDA_CHECK(cudaStreamCreateWithPriority(&s.stream, cudaStreamNonBlocking, greatest),
+                    "cudaStreamCreateWithPriority(depth)");
+  }
+  *out = &s;
+  return MODA_OK;
 }
 
 bool writable16(const void *ptr, const int64_t *st, int n) {
@@ -488,6 +605,75 @@ bool bwd_depth_kernel_supported(const moda_attn_params *p) {
   if (p->dtype != MODA_BF16 && p->dtype != MODA_F16) return false;
   if (!(8 % p->G == 0 || p->G == 16 || p->G == 32)) return false;
   return writable16(p->dkd, p->dkd_stride, 4) && writable16(p->dvd, p->dvd_stride, 4);
+}
+
+// The concurrent backward (MODA_CUDA_BWD_DEPTH_SMS): the depth kernel on a side stream, in
+// SUB = 4 CTAs on `sms` SMs, beside the dK/dV (and dQ) kernels on the others; it writes dq's depth
+// part to dq_part, and bwd_depth_concurrent_join adds both parts into dq. Where it can run: as the
+// kernel, at d = 64 with G dividing 8 and the swizzled variant (the one SUB = 4 configuration).
+// The rule (MODA_CUDA_BWD_DEPTH_SMS unset): it pays where the two parts take comparable times, so
+// estimate both: the depth part streams 8 L d bytes per token and KV head (~2.5 TB/s), the
+// sequence part does 10 d FLOPs per visible (query, key) pair and query head (the dK/dV kernel's
+// four GEMMs and dQ's: ~250 TFLOP/s; twice that work with the deterministic dQ kernel). Measured
+// (H100, session 10, fwd+bwd nd ms, off / 60 / 72 / 84 SMs, two rounds each):
+//   LM-64 (seq/depth 0.41)            1.708 1.702 / 1.645 1.630 / 1.576 1.563 / 1.658 1.672
+//   LM-64 at T=4096, B=4 (0.81)       2.060 2.064 / 1.805 1.798 / 1.962 1.958 / 1.981 1.988
+//   LM-32 (L = 62, 0.82)              1.115 1.118 / 1.079 1.091 / 1.107 1.101 / 1.092 1.112
+//   LM-64 at T=1024, B=16 (0.20)      1.528 1.535 / 1.531 1.547 / 1.548 1.553 / 1.499 1.540
+//   paper T=4096 (3.2)                2.161 2.155 / 2.123 2.149 / 2.148 2.167 / 2.177 2.183
+//   DeiT-Tiny-64 (T=197)              2.010 2.020 / 2.111 2.099 / 2.187 2.179 / 2.136 2.148
+//   DeiT-Tiny L=22 (T=197)            0.626 0.627 / 0.666 0.669 / 0.647 0.635 / 0.654 0.662
+// so: on where 0.3 <= seq/depth <= 1.2 and T >= 1024 (at T=197 the dK/dV kernel's tiles are
+// too few for it to share the GPU), with 55% of the SMs below a ratio of 0.6 and 45% above.
+int bwd_depth_concurrent_sms(const moda_attn_params *p) {
+  static int forced = -2;  // -2: not read yet; -1: the rule; >= 0: that many SMs (0: off)
+  if (forced == -2) {
+    const char *e = getenv("MODA_CUDA_BWD_DEPTH_SMS");
+    forced = e && e[0] >= '0' && e[0] <= '9' ? atoi(e) : -1;
+  }
+  if (forced == 0 || !bwd_depth_kernel_supported(p) || p->d != 64 || 8 % p->G != 0 || !depth_sw()) return 0;
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return 0;
+  if (sms < 2) return 0;
+  if (forced > 0) return forced < sms ? forced : sms - 1;
+  if (p->T < 1024) return 0;
+  const double depth_s = 8.0 * p->L * p->d * (double)p->B * p->T * p->Hk / 2.5e12;
+  const double pairs = p->causal ? (double)p->T * (p->S - p->T) + 0.5 * (double)p->T * p->T : (double)p->T * p->S;
+  const double seq_s = (p->deterministic ? 2.0 : 1.0) * 10.0 * p->d * pairs * p->B * p->Hq / 250e12;
+  const double ratio = seq_s / depth_s;
+  if (ratio < 0.3 || ratio > 1.2) return 0;
+  const int n = (int)(sms * (ratio < 0.6 ? 0.55 : 0.45) + 0.5);
+  return n < 1 ? 1 : n < sms ? n : sms - 1;
+}
+
+int bwd_depth_concurrent_fork(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
+                              float *dq_part, int sms) {
+  SideStream *side = nullptr;
+  if (int st = side_stream(&side)) return st;
+  MODA_CUDA_CHECK(cudaEventRecord(side->fork, stream), "cudaEventRecord(depth fork)");
+  MODA_CUDA_CHECK(cudaStreamWaitEvent(side->stream, side->fork, 0), "cudaStreamWaitEvent(depth fork)");
+  const int st = p->dtype == MODA_BF16
+                     ? launch<__nv_bfloat16, 64, 8, true, 4, true>(p, side->stream, lse2, delta, nullptr, dq_part, sms)
+                     : launch<__half, 64, 8, true, 4, true>(p, side->stream, lse2, delta, nullptr, dq_part, sms);
+  MODA_CUDA_CHECK(cudaEventRecord(side->join, side->stream), "cudaEventRecord(depth join)");
+  return st;
+}
+
+int bwd_depth_concurrent_join(const moda_attn_params *p, cudaStream_t stream, const float *dq_seq,
+                              const float *dq_part) {
+  SideStream *side = nullptr;
+  if (int st = side_stream(&side)) return st;
+  MODA_CUDA_CHECK(cudaStreamWaitEvent(stream, side->join, 0), "cudaStreamWaitEvent(depth join)");
+  const int64_t n8 = p->B * p->Hk * p->T * p->G * p->d / 8;
+  if (n8 <= 0) return MODA_OK;
+  const unsigned blocks = (unsigned)((n8 + 255) / 256);
+  if (p->dtype == MODA_BF16)
+    bwd_dq_finish_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(*p, dq_seq, dq_part, n8);
+  else
+    bwd_dq_finish_kernel<__half><<<blocks, 256, 0, stream>>>(*p, dq_seq, dq_part, n8);
+  MODA_CUDA_CHECK_LAUNCH("bwd_dq_finish_kernel");
+  return MODA_OK;
 }
 
 int bwd_depth_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,

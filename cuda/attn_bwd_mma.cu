@@ -1168,6 +1168,10 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   const bool accum = atomic || ordered;  // the dK/dV kernel sums dQ's sequence part
   float *dq_accum = accum || depth_k ? workspace + 2 * rows_p : nullptr;  // [B, Hk, T*G, d] float32
   int *dq_sem = ordered ? reinterpret_cast<int *>(dq_accum + rows * D) : nullptr;  // [B, Hk, stat_rows/64]
+  // the concurrent backward: the depth kernel on its own SMs beside the others, its dq part in
+  // dq_part [B, Hk, T*G, d] float32 after the counters (16-byte aligned), summed at the join
+  const int conc_sms = depth_k && rows > 0 ? bwd_depth_concurrent_sms(p) : 0;
+  float *dq_part = conc_sms ? workspace + dq_part_offset(p) : nullptr;
   const int64_t dq_tiles = (TG + Cfg::BM - 1) / Cfg::BM;
   const dim3 dq_grid((unsigned)dq_tiles, (unsigned)p->Hk, (unsigned)p->B);
   if (rows > 0) {
@@ -1176,6 +1180,8 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     if (blocks > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: too many rows");
     bwd_preprocess_kernel<T, D><<<(unsigned)blocks, 256, 0, stream>>>(*p, ws_lse2, ws_delta);
     MODA_CUDA_CHECK_LAUNCH("bwd_preprocess_kernel");
+    if (conc_sms)
+      if (int st = bwd_depth_concurrent_fork(p, stream, ws_lse2, ws_delta, dq_part, conc_sms)) return st;
     if (accum) {
       const size_t sems = ordered ? (size_t)(rows_p / 64) * sizeof(int) : 0;
       MODA_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, (size_t)rows * D * sizeof(float) + sems, stream),
@@ -1252,6 +1258,7 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
       MODA_CUDA_CHECK_LAUNCH("bwd_dq_accum_kernel");
     }
   }
+  if (conc_sms) return bwd_depth_concurrent_join(p, stream, dq_accum, dq_part);
   if (depth_k) return bwd_depth_launch(p, stream, ws_lse2, ws_delta, dq_accum);  // after dQ and dK/dV
   if (p->L > 0 && rows > 0 && !fuse) {
     dim3 grid((unsigned)(((p->T * p->L + Cfg::BN - 1) / Cfg::BN) * p->Hk), 1, (unsigned)p->B);
@@ -1292,11 +1299,14 @@ const char *bwd_mma_name(const moda_attn_params *p) {
   // "_dtok": the depth part by bwd_depth_token_kernel (attn_bwd_depth.cu); "_ordered_dq": dQ by
   // ordered adds in the warp-specialised dK/dV kernel (deterministic)
   if (bwd_ordered_dq_selected(p)) return bwd_depth_kernel_selected(p) ? "wgmma_d64_ws_ordered_dq_dtok" : "wgmma_d64_ws_ordered_dq";
-  if (bwd_depth_kernel_selected(p)) {
-    const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p);
-    if (bwd_atomic_dq_selected(p)) return ws ? "wgmma_d64_ws_atomic_dq_dtok" : "wgmma_d64_atomic_dq_dtok";
-    if (ws) return "wgmma_d64_ws_dtok";
-    if (bwd_wgmma_selected(p, 1) || bwd_wgmma_selected(p, 2)) return "wgmma_d64_dtok";
+  if (bwd_depth_kernel_selected(p)) {  // "_conc": the depth kernel beside the others on its own SMs
+    const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p), conc = bwd_depth_concurrent_sms(p) > 0;
+    if (bwd_atomic_dq_selected(p))
+      return ws ? (conc ? "wgmma_d64_ws_atomic_dq_dtok_conc" : "wgmma_d64_ws_atomic_dq_dtok")
+                : (conc ? "wgmma_d64_atomic_dq_dtok_conc" : "wgmma_d64_atomic_dq_dtok");
+    if (ws) return conc ? "wgmma_d64_ws_dtok_conc" : "wgmma_d64_ws_dtok";
+    if (bwd_wgmma_selected(p, 1) || bwd_wgmma_selected(p, 2)) return conc ? "wgmma_d64_dtok_conc" : "wgmma_d64_dtok";
+    if (conc) return "mma_sync_d64_dtok_conc";
     return p->d == 128 ? "mma_sync_d128_dtok" : "mma_sync_d64_dtok";
   }
   const bool fd = bwd_fuse_depth_selected(p);
@@ -1311,11 +1321,18 @@ const char *bwd_mma_name(const moda_attn_params *p) {
 }
 
 // lse2 and delta per packed row (stat_rows padding), + the float32 dQ accumulator of the atomic-dQ path
-int64_t bwd_mma_workspace_floats(const moda_attn_params *p) {
+// (+ the ordered path's counters), + the concurrent depth kernel's dq part (at dq_part_offset)
+int64_t dq_part_offset(const moda_attn_params *p) {
   const int64_t rows = p->B * p->Hq * p->T, rows_p = p->B * p->Hk * stat_rows(p->T * p->G);
   const bool ordered = bwd_ordered_dq_selected(p);  // + one int counter per 64-row block
-  return 2 * rows_p + (bwd_atomic_dq_selected(p) || ordered || bwd_depth_kernel_selected(p) ? rows * p->d : 0) +
-         (ordered ? rows_p / 64 : 0);
+  const int64_t end = 2 * rows_p + (bwd_atomic_dq_selected(p) || ordered || bwd_depth_kernel_selected(p) ? rows * p->d : 0) +
+                      (ordered ? rows_p / 64 : 0);
+  return (end + 3) / 4 * 4;
+}
+
+int64_t bwd_mma_workspace_floats(const moda_attn_params *p) {
+  const int64_t rows = p->B * p->Hq * p->T;
+  return dq_part_offset(p) + (bwd_depth_concurrent_sms(p) ? rows * p->d : 0);
 }
 
 int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace) {

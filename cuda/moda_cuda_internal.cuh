@@ -89,6 +89,7 @@ int bwd_simt_launch(const moda_attn_params *p, cudaStream_t stream, float *works
 // unless p->deterministic = 0 and the atomic-dQ path is taken (bwd_atomic_dq_selected).
 bool bwd_mma_supported(const moda_attn_params *p, int cc);
 const char *bwd_mma_name(const moda_attn_params *p);
+int64_t dq_part_offset(const moda_attn_params *p);  // floats: where the concurrent depth kernel's dq part starts
 int64_t bwd_mma_workspace_floats(const moda_attn_params *p);
 int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace);
 // The warp-specialised sequence dK/dV kernel (attn_bwd_wgmma.cu, sm_90a, d = 64, G dividing 64,
@@ -106,6 +107,14 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
 bool bwd_depth_kernel_supported(const moda_attn_params *p);
 int bwd_depth_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                      const float *dq_seq);
+// The concurrent variant: _sms is how many SMs it takes (0: not concurrent); _fork records an
+// event on `stream` and starts the depth kernel after it on a side stream, writing dq's depth part
+// to dq_part; _join makes `stream` wait for it and writes dq = scale * (dq_seq + dq_part).
+int bwd_depth_concurrent_sms(const moda_attn_params *p);
+int bwd_depth_concurrent_fork(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
+                              float *dq_part, int sms);
+int bwd_depth_concurrent_join(const moda_attn_params *p, cudaStream_t stream, const float *dq_seq,
+                              const float *dq_part);
 
 // Decode path (attn_decode.cu): T <= 16 queries against a long cache, split-K + combine.
 bool fwd_decode_selected(const moda_attn_params *p);

@@ -137,6 +137,8 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_ordered_dq    MODA_CUDA_BWD_ORDERED_DQ=1 -- bwd
     step quick_ordered_dq  MODA_CUDA_BWD_ORDERED_DQ=1 -- quick
     step bwd_depth_nosw    MODA_CUDA_BWD_DEPTH_SW=0 -- bwd
+    step bwd_depth_conc    MODA_CUDA_BWD_DEPTH_SMS=8 -- bwd
+    step bwd_depth_conc_nd MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_nosw_nd MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_no_depth_k    MODA_CUDA_BWD_DEPTH_KERNEL=0 -- bwd
     step bwd_no_depth_k_nd MODA_CUDA_BWD_DEPTH_KERNEL=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -167,6 +169,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_default_nd $tool san MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_default_det $tool san MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_depth_nosw $tool san MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_depth_conc $tool san MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
     done
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
