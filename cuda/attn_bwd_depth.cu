@@ -23,7 +23,9 @@
 //   accumulators live across the unit's items and nothing is summed across warps.
 // dq: the sequence part arrives unscaled in float32 in dq_seq [B, Hk, T*G, d] (summed there by
 // the dK/dV kernel's reductions, deterministic = 0, or written by the dQ kernel's sequence-only
-// variant); this kernel adds the depth part, scales and writes dq once. It runs last.
+// variant); this kernel adds the depth part, scales and writes dq once. It runs last - or, in the
+// concurrent backward (SUB = 4, SPLIT), beside the sequence kernels on SMs of its own: then it
+// writes dq's depth part to a float32 buffer and bwd_dq_finish_kernel sums the two into dq.
 #include <stdint.h>
 #include <stdlib.h>
 
