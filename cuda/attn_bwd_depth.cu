@@ -609,43 +609,65 @@ bool bwd_depth_kernel_supported(const moda_attn_params *p) {
   return writable16(p->dkd, p->dkd_stride, 4) && writable16(p->dvd, p->dvd_stride, 4);
 }
 
+// The sequence part's time over the depth part's, estimated: the depth part streams 8 L d bytes
+// per token and KV head (~2.5 TB/s); the sequence part does 10 d FLOPs per visible (query, key)
+// pair and query head (the dK/dV kernel's four GEMMs and dQ's by atomics: ~250 TFLOP/s). A
+// separate dQ kernel (deterministic, or atomics off) about doubles the sequence part.
+double bwd_seq_depth_ratio(const moda_attn_params *p) {
+  const double depth_s = 8.0 * p->L * p->d * (double)p->B * p->T * p->Hk / 2.5e12;
+  const double pairs = p->causal ? (double)p->T * (p->S - p->T) + 0.5 * (double)p->T * p->T : (double)p->T * p->S;
+  const double seq_s = 10.0 * p->d * pairs * p->B * p->Hq / 250e12;
+  return depth_s > 0 ? seq_s / depth_s : 0;
+}
+
 // The concurrent backward (MODA_CUDA_BWD_DEPTH_SMS): the depth kernel on a side stream, in
 // SUB = 4 CTAs on `sms` SMs, beside the dK/dV (and dQ) kernels on the others; it writes dq's depth
 // part to dq_part, and bwd_depth_concurrent_join adds both parts into dq. Where it can run: as the
 // kernel, at d = 64 with G dividing 8 and the swizzled variant (the one SUB = 4 configuration).
-// The rule (MODA_CUDA_BWD_DEPTH_SMS unset): it pays where the two parts take comparable times, so
-// estimate both: the depth part streams 8 L d bytes per token and KV head (~2.5 TB/s), the
-// sequence part does 10 d FLOPs per visible (query, key) pair and query head (the dK/dV kernel's
-// four GEMMs and dQ's: ~250 TFLOP/s; twice that work with the deterministic dQ kernel). Measured
-// (H100, session 10, fwd+bwd nd ms, off / 60 / 72 / 84 SMs, two rounds each):
-//   LM-64 (seq/depth 0.41)            1.708 1.702 / 1.645 1.630 / 1.576 1.563 / 1.658 1.672
-//   LM-64 at T=4096, B=4 (0.81)       2.060 2.064 / 1.805 1.798 / 1.962 1.958 / 1.981 1.988
-//   LM-32 (L = 62, 0.82)              1.115 1.118 / 1.079 1.091 / 1.107 1.101 / 1.092 1.112
-//   LM-64 at T=1024, B=16 (0.20)      1.528 1.535 / 1.531 1.547 / 1.548 1.553 / 1.499 1.540
-//   paper T=4096 (3.2)                2.161 2.155 / 2.123 2.149 / 2.148 2.167 / 2.177 2.183
-//   DeiT-Tiny-64 (T=197)              2.010 2.020 / 2.111 2.099 / 2.187 2.179 / 2.136 2.148
-//   DeiT-Tiny L=22 (T=197)            0.626 0.627 / 0.666 0.669 / 0.647 0.635 / 0.654 0.662
-// so: on where 0.3 <= seq/depth <= 1.2 and T >= 1024 (at T=197 the dK/dV kernel's tiles are
-// too few for it to share the GPU), with 55% of the SMs below a ratio of 0.6 and 45% above.
-int bwd_depth_concurrent_sms(const moda_attn_params *p) {
-  static int forced = -2;  // -2: not read yet; -1: the rule; >= 0: that many SMs (0: off)
+// The rule (MODA_CUDA_BWD_DEPTH_SMS unset): it pays where the two parts take comparable times:
+// r = bwd_seq_depth_ratio, doubled with the dQ kernel, between 0.6 and 1.2, T >= 1024 (at T=197
+// the dK/dV kernel's tiles are too few to share the GPU), 45% of the SMs. With deterministic = 0
+// and r in 0.3..0.6 the dQ kernel runs instead of the atomic dQ (bwd_atomic_dq_selected), for the
+// balance. Measured (H100, session 10, fwd+bwd ms, two rounds each):
+//   nd, atomic dQ, SMs off / 60 / 72 / 84:
+//   LM-64 (r = 0.41)             1.708 1.702 / 1.645 1.630 / 1.576 1.563 / 1.658 1.672
+//   LM-64 at T=4096, B=4 (0.81)  2.060 2.064 / 1.805 1.798 / 1.962 1.958 / 1.981 1.988
+//   LM-32 (L = 62, 0.82)         1.115 1.118 / 1.079 1.091 / 1.107 1.101 / 1.092 1.112
+//   LM-64 at T=1024, B=16 (0.20) 1.528 1.535 / 1.531 1.547 / 1.548 1.553 / 1.499 1.540
+//   paper T=4096 (3.2)           2.161 2.155 / 2.123 2.149 / 2.148 2.167 / 2.177 2.183
+//   DeiT-Tiny-64 (T=197)         2.010 2.020 / 2.111 2.099 / 2.187 2.179 / 2.136 2.148
+//   DeiT-Tiny L=22 (T=197)       0.626 0.627 / 0.666 0.669 / 0.647 0.635 / 0.654 0.662
+//   nd with the dQ kernel instead, SMs 73 / 59 / 48 (atomic dQ at 73 / 59 for comparison):
+//   LM-64                        1.508 1.501 / 1.428 1.434 / 1.598 1.593  (1.534 1.547 at 73)
+//   LM-64 at T=4096              1.864 1.873 / 1.877 1.850 / 1.812 1.806  (1.744 1.803 at 59)
+//   LM-32                        1.048 1.026 / 1.029 1.036 / 1.029 1.034  (1.070 1.073 at 59)
+//   deterministic at 59 SMs: LM-64 1.467 (the full benchmark's run).
+// Every measured win sits near 0.8 of the balance; the window's ends are not measured.
+int concurrent_forced() {  // MODA_CUDA_BWD_DEPTH_SMS: -1 unset (the rule), else that many SMs (0: off)
+  static int forced = -2;
   if (forced == -2) {
     const char *e = getenv("MODA_CUDA_BWD_DEPTH_SMS");
     forced = e && e[0] >= '0' && e[0] <= '9' ? atoi(e) : -1;
   }
-  if (forced == 0 || !bwd_depth_kernel_supported(p) || p->d != 64 || 8 % p->G != 0 || !depth_sw()) return 0;
+  return forced;
+}
+
+bool bwd_depth_concurrent_possible(const moda_attn_params *p) {
+  return concurrent_forced() != 0 && bwd_depth_kernel_supported(p) && p->d == 64 && 8 % p->G == 0 && depth_sw();
+}
+
+int bwd_depth_concurrent_sms(const moda_attn_params *p, bool dq_kernel) {
+  if (!bwd_depth_concurrent_possible(p)) return 0;
   int dev = 0, sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return 0;
   if (sms < 2) return 0;
+  const int forced = concurrent_forced();
   if (forced > 0) return forced < sms ? forced : sms - 1;
   if (p->T < 1024) return 0;
-  const double depth_s = 8.0 * p->L * p->d * (double)p->B * p->T * p->Hk / 2.5e12;
-  const double pairs = p->causal ? (double)p->T * (p->S - p->T) + 0.5 * (double)p->T * p->T : (double)p->T * p->S;
-  const double seq_s = (p->deterministic ? 2.0 : 1.0) * 10.0 * p->d * pairs * p->B * p->Hq / 250e12;
-  const double ratio = seq_s / depth_s;
-  if (ratio < 0.3 || ratio > 1.2) return 0;
-  const int n = (int)(sms * (ratio < 0.6 ? 0.55 : 0.45) + 0.5);
+  const double r = bwd_seq_depth_ratio(p) * (dq_kernel ? 2.0 : 1.0);
+  if (r < 0.6 || r > 1.2) return 0;
+  const int n = (int)(sms * 0.45 + 0.5);
   return n < 1 ? 1 : n < sms ? n : sms - 1;
 }
 

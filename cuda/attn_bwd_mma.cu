@@ -1109,11 +1109,20 @@ bool bwd_atomic_dq_selected(const moda_attn_params *p) {
   if (forced == 1) return true;
   // With the depth kernel the dQ kernel would run for the sequence part alone, which the atomic
   // path makes unnecessary: measured (session 7, H100, fwd+bwd nd) atomic vs not: DeiT-Tiny 0.83
-  // vs 0.95 ms, DeiT-Tiny-64 2.17 vs 2.31, LM-64 2.30 vs 2.48.
-  if (bwd_depth_kernel_selected(p)) return true;
+  // vs 0.95 ms, DeiT-Tiny-64 2.17 vs 2.31, LM-64 2.30 vs 2.48. Except where the depth kernel then
+  // runs beside the sequence kernels and the dQ kernel's work balances it (session 10, LM-64:
+  // 1.43 vs 1.54 ms; bwd_depth_concurrent_sms in attn_bwd_depth.cu has the rule and the numbers).
+  if (bwd_depth_kernel_selected(p)) {
+    const double r = bwd_seq_depth_ratio(p);
+    return !(p->T >= 1024 && r >= 0.3 && r <= 0.6 && bwd_depth_concurrent_possible(p));
+  }
   const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
   return seq_keys >= 1024 && seq_keys >= 16 * p->L;
 }
+
+// dQ's sequence part by the dQ kernel (not summed by the dK/dV kernel): the concurrent rule's input,
+// one predicate for the launch, the workspace size and the name, so that they agree
+bool bwd_dq_by_kernel(const moda_attn_params *p) { return !bwd_atomic_dq_selected(p) && !bwd_ordered_dq_selected(p); }
 
 int seq_minb(const moda_attn_params *p) {
   static int forced = -1;
@@ -1170,7 +1179,7 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   int *dq_sem = ordered ? reinterpret_cast<int *>(dq_accum + rows * D) : nullptr;  // [B, Hk, stat_rows/64]
   // the concurrent backward: the depth kernel on its own SMs beside the others, its dq part in
   // dq_part [B, Hk, T*G, d] float32 after the counters (16-byte aligned), summed at the join
-  const int conc_sms = depth_k && rows > 0 ? bwd_depth_concurrent_sms(p) : 0;
+  const int conc_sms = depth_k && rows > 0 ? bwd_depth_concurrent_sms(p, bwd_dq_by_kernel(p)) : 0;
   float *dq_part = conc_sms ? workspace + dq_part_offset(p) : nullptr;
   const int64_t dq_tiles = (TG + Cfg::BM - 1) / Cfg::BM;
   const dim3 dq_grid((unsigned)dq_tiles, (unsigned)p->Hk, (unsigned)p->B);
@@ -1300,7 +1309,7 @@ const char *bwd_mma_name(const moda_attn_params *p) {
   // ordered adds in the warp-specialised dK/dV kernel (deterministic)
   if (bwd_ordered_dq_selected(p)) return bwd_depth_kernel_selected(p) ? "wgmma_d64_ws_ordered_dq_dtok" : "wgmma_d64_ws_ordered_dq";
   if (bwd_depth_kernel_selected(p)) {  // "_conc": the depth kernel beside the others on its own SMs
-    const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p), conc = bwd_depth_concurrent_sms(p) > 0;
+    const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p), conc = bwd_depth_concurrent_sms(p, bwd_dq_by_kernel(p)) > 0;
     if (bwd_atomic_dq_selected(p))
       return ws ? (conc ? "wgmma_d64_ws_atomic_dq_dtok_conc" : "wgmma_d64_ws_atomic_dq_dtok")
                 : (conc ? "wgmma_d64_atomic_dq_dtok_conc" : "wgmma_d64_atomic_dq_dtok");
@@ -1332,7 +1341,7 @@ int64_t dq_part_offset(const moda_attn_params *p) {
 
 int64_t bwd_mma_workspace_floats(const moda_attn_params *p) {
   const int64_t rows = p->B * p->Hq * p->T;
-  return dq_part_offset(p) + (bwd_depth_concurrent_sms(p) ? rows * p->d : 0);
+  return dq_part_offset(p) + (bwd_depth_concurrent_sms(p, bwd_dq_by_kernel(p)) ? rows * p->d : 0);
 }
 
 int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *workspace) {

@@ -110,7 +110,11 @@ int bwd_depth_launch(const moda_attn_params *p, cudaStream_t stream, const float
 // The concurrent variant: _sms is how many SMs it takes (0: not concurrent); _fork records an
 // event on `stream` and starts the depth kernel after it on a side stream, writing dq's depth part
 // to dq_part; _join makes `stream` wait for it and writes dq = scale * (dq_seq + dq_part).
-int bwd_depth_concurrent_sms(const moda_attn_params *p);
+// (dq_kernel: dQ's sequence part by the dQ kernel, not by atomics in the dK/dV kernel);
+// _possible: it could run (the shape and the switches), whatever the rule says.
+int bwd_depth_concurrent_sms(const moda_attn_params *p, bool dq_kernel);
+bool bwd_depth_concurrent_possible(const moda_attn_params *p);
+double bwd_seq_depth_ratio(const moda_attn_params *p);  // estimated sequence / depth backward time
 int bwd_depth_concurrent_fork(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                               float *dq_part, int sms);
 int bwd_depth_concurrent_join(const moda_attn_params *p, cudaStream_t stream, const float *dq_seq,

@@ -139,6 +139,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_depth_nosw    MODA_CUDA_BWD_DEPTH_SW=0 -- bwd
     step bwd_depth_conc    MODA_CUDA_BWD_DEPTH_SMS=8 -- bwd
     step bwd_depth_conc_nd MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step bwd_depth_conc_dqk MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
     step bwd_depth_nosw_nd MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_no_depth_k    MODA_CUDA_BWD_DEPTH_KERNEL=0 -- bwd
     step bwd_no_depth_k_nd MODA_CUDA_BWD_DEPTH_KERNEL=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd

@@ -59,10 +59,12 @@ end
 -- a deterministic backward long enough (>= 1024 visible keys per query, >= 16 L) for the rules
 -- that pick kernels by sequence length (session 9: the depth kernel there too)
 add({ 1, 2100, 2100, 1, 1, 1, 64, "causal", "token", 64, "bfloat16", true, true })
--- where the rule runs the depth kernel beside the dK/dV kernel on its own SMs (session 10:
--- T >= 1024, sequence and depth work within 0.3..1.2 of each other; name "..._dtok_conc")
+-- where the rule runs the depth kernel beside the sequence kernels on its own SMs (session 10:
+-- T >= 1024, their estimated times balanced; name "..._dtok_conc"): with the dQ kernel
+-- (G = 1, nondeterministic and deterministic) and with the atomic dQ (G = 2)
 add({ 1, 1100, 1100, 1, 1, 16, 64, "causal", "token", 64, "bfloat16", true, false })
 add({ 1, 1100, 1100, 1, 1, 16, 64, "causal", "token", 64, "float16", true, true })
+add({ 1, 1100, 1100, 1, 2, 16, 64, "causal", "token", 64, "bfloat16", true, false })
 -- larger T (forward only: the float64 reference backward is slow on the CPU)
 add({ 1, 1000, 1000, 1, 8, 64, 64, "causal", "token", 64, "bfloat16", false })
 add({ 1, 997, 997, 2, 4, 5, 128, "full", "chunk", 64, "float16", false })
