@@ -54,6 +54,16 @@ __device__ __forceinline__ I causal_col_min(I key, I key_lim, I Rq, I G) {
   const I m = key - key_lim;
   return (m > 0 ? m : 0) * G - Rq;
 }
+// The first visible column of this lane's two key rows key_pos[0..1] (0 for all without MASK); I:
+// int64_t, or int where the caller keeps indices in 32 bits for registers.
+template <bool MASK, typename I>
+__device__ __forceinline__ void causal_col_mins(I (&col_min)[2], const I (&key_pos)[2], I key_lim, I Rq, I G) {
+  col_min[0] = col_min[1] = 0;
+  if constexpr (MASK) {
+    col_min[0] = causal_col_min(key_pos[0], key_lim, Rq, G);
+    col_min[1] = causal_col_min(key_pos[1], key_lim, Rq, G);
+  }
+}
 
 // P^T = exp2(S^T * scale_log2 - lse2) and dS^T = P^T (dP^T - delta), in place on a warp's 16 key
 // rows x 8*NT query columns (the wgmma m64 / mma.sync m16n8 accumulator layout: element e of tile
@@ -66,11 +76,8 @@ template <int NT, bool MASK>
 __device__ __forceinline__ void bwd_p_ds_causal(float (&s)[NT][4], float (&dp)[NT][4], const float *lse_s,
                                                 const float *delta_s, int qc, float scale_log2,
                                                 const int64_t (&key_pos)[2], int64_t key_lim, int64_t Rq, int64_t G) {
-  int64_t col_min[2] = {0, 0};
-  if constexpr (MASK) {
-    col_min[0] = causal_col_min(key_pos[0], key_lim, Rq, G);
-    col_min[1] = causal_col_min(key_pos[1], key_lim, Rq, G);
-  }
+  int64_t col_min[2];
+  causal_col_mins<MASK>(col_min, key_pos, key_lim, Rq, G);
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     // this lane's two columns' lse2 / delta, one 8-byte smem load each
@@ -118,11 +125,8 @@ __device__ __forceinline__ void bwd_p_ds_store_t(const float (&s)[NT][4], const 
                                                  uint32_t delta_s, int qr, int qc, float scale_log2,
                                                  const int (&key_pos)[2], int key_lim, int Rq, int G, int S,
                                                  uint32_t pt_tile, int pt_key0, uint32_t ds_tile, int ds_key0) {
-  int col_min[2] = {0, 0};
-  if constexpr (MASK) {
-    col_min[0] = causal_col_min(key_pos[0], key_lim, Rq, G);
-    col_min[1] = causal_col_min(key_pos[1], key_lim, Rq, G);
-  }
+  int col_min[2];
+  causal_col_mins<MASK>(col_min, key_pos, key_lim, Rq, G);
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const float2 l2 = ld_shared_f32x2(lse_s + (nt * 8 + 2 * qc) * 4);
