@@ -626,7 +626,7 @@ double bwd_seq_depth_ratio(const moda_attn_params *p) {
 // kernel, at d = 64 with G dividing 8 and the swizzled variant (the one SUB = 4 configuration).
 // The rule (MODA_CUDA_BWD_DEPTH_SMS unset): it pays where the two parts take comparable times:
 // r = bwd_seq_depth_ratio, doubled with the dQ kernel, between 0.6 and 1.2, T >= 1024 (at T=197
-// the dK/dV kernel's tiles are too few to share the GPU), 45% of the SMs. With deterministic = 0
+// the dK/dV kernel's tiles are too few to share the GPU), 41% of the SMs. With deterministic = 0
 // and r in 0.3..0.6 the dQ kernel runs instead of the atomic dQ (bwd_atomic_dq_selected), for the
 // balance. Measured (H100, session 10, fwd+bwd ms, two rounds each):
 //   nd, atomic dQ, SMs off / 60 / 72 / 84:
@@ -642,6 +642,9 @@ double bwd_seq_depth_ratio(const moda_attn_params *p) {
 //   LM-64 at T=4096              1.864 1.873 / 1.877 1.850 / 1.812 1.806  (1.744 1.803 at 59)
 //   LM-32                        1.048 1.026 / 1.029 1.036 / 1.029 1.034  (1.070 1.073 at 59)
 //   deterministic at 59 SMs: LM-64 1.467 (the full benchmark's run).
+//   the rule's flows at 59 / 54 / 64 / 68 SMs: LM-64 1.520 1.522 / 1.508 1.508 / 1.502 1.491 /
+//   1.525 1.517; LM-64 at T=4096 1.803 1.816 / 1.767 1.749 / 1.866 1.884 / 1.914 1.906; LM-32
+//   1.068 1.093 / 1.062 1.051 / 1.125 1.121 / 1.114 1.113: 54 of 132 (41%).
 // Every measured win sits near 0.8 of the balance; the window's ends are not measured.
 int concurrent_forced() {  // MODA_CUDA_BWD_DEPTH_SMS: -1 unset (the rule), else that many SMs (0: off)
   static int forced = -2;
@@ -667,7 +670,7 @@ int bwd_depth_concurrent_sms(const moda_attn_params *p, bool dq_kernel) {
   if (p->T < 1024) return 0;
   const double r = bwd_seq_depth_ratio(p) * (dq_kernel ? 2.0 : 1.0);
   if (r < 0.6 || r > 1.2) return 0;
-  const int n = (int)(sms * 0.45 + 0.5);
+  const int n = (int)(sms * 0.41 + 0.5);
   return n < 1 ? 1 : n < sms ? n : sms - 1;
 }
 

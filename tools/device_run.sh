@@ -8,7 +8,7 @@
 #   spec     busted CUDA spec, default kernels  (MODA_CUDA_SPEC_TABLE=1)
 #   specall  busted CUDA spec with every experimental switch on
 #   bench    bench/cuda_attention.py $BENCH_ARGS (env MODA_CUDA_* passes through; no spaces in it)
-#   benchnd  the same with --nondet and MODA_CUDA_BWD_ATOMIC_DQ=1 (dQ by atomics)
+#   benchnd  the same with --nondet (deterministic = 0, the library's rules: dQ by atomics or not)
 #   ncu      Nsight Compute on $NCU_KERNEL (regex, default bwd_dq) at bench shape $NCU_SHAPE
 #   ncusrc   the same kernel with PC sampling: its top stall locations in the SASS (tools/ncu_top_stalls.py)
 #   ab       A/B of kernel switches: for each word of $AB_ENVS (e.g. "MODA_CUDA_BWD_WS=1
@@ -52,7 +52,7 @@ for st in "$@"; do
     specall) MODA_CUDA_SPEC_TABLE=1 MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 \
                stage specall 300 $BUSTED --lua=luajit spec/cuda_attention_spec.lua ;;
     bench) PYTHONUNBUFFERED=1 TAIL=40 stage bench 540 python3 bench/cuda_attention.py ${BENCH_ARGS:-} ;;
-    benchnd) PYTHONUNBUFFERED=1 TAIL=40 MODA_CUDA_BWD_ATOMIC_DQ=1 \
+    benchnd) PYTHONUNBUFFERED=1 TAIL=40 \
                stage benchnd 540 python3 bench/cuda_attention.py --nondet ${BENCH_ARGS:-} ;;
     ncu) # one launch of the kernels matching $NCU_KERNEL (default: the dQ kernel) inside the
          # benchmark at shape $NCU_SHAPE: speed of light, memory, warp stalls, occupancy
