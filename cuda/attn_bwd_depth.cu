@@ -528,15 +528,17 @@ int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, co
 
 template <typename T, int D>
 int launch_nc(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, const float *dq_seq) {
+  constexpr bool SW_OK = D == 64;  // d = 128: no smem gain that changes the CTAs per SM, and it spills
+  const bool sw = SW_OK && depth_sw();
   if (p->G <= 8) {
-    if (D == 64 && depth_sw()) return launch<T, D, 8, D == 64, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
+    if (sw) return launch<T, D, 8, SW_OK, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
     return launch<T, D, 8, false, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
   }
   if (p->G == 16) {
-    if (D == 64 && depth_sw()) return launch<T, D, 16, D == 64, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
+    if (sw) return launch<T, D, 16, SW_OK, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
     return launch<T, D, 16, false, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
   }
-  if (D == 64 && depth_sw()) return launch<T, D, 32, D == 64, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
+  if (sw) return launch<T, D, 32, SW_OK, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
   return launch<T, D, 32, false, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
 }
 
@@ -559,7 +561,9 @@ __global__ void __launch_bounds__(256) bwd_dq_finish_kernel(const moda_attn_para
 }
 
 // The concurrent backward's side stream, per host thread and device: highest priority, so that
-// the depth kernel's CTAs are placed before the dK/dV kernel's when both wait for SMs.
+// the depth kernel's CTAs are placed before the dK/dV kernel's when both wait for SMs. Per thread,
+// so that two threads' fork/join events never interleave; created on first use and kept for the
+// thread's life (no destructor: at process exit the CUDA runtime may be gone before it would run).
 struct SideStream {
   cudaStream_t stream = nullptr;
   cudaEvent_t fork = nullptr, join = nullptr;
