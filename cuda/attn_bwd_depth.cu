@@ -79,6 +79,37 @@ __device__ __forceinline__ P *tile_at(P *base, int r, int c, int rows) {
   }
 }
 
+// Where rows i, i + STEP, i + 2 STEP, ... of a unit's depth rows (flattened i = token * L + slot,
+// from token u_lo on) lie in two depth tensors a and b ([B, T, L_max, Hk, d] with strides; a, b
+// already at the batch, KV head and column): one division for the first row, then adds. A division
+// and three 64-bit multiplies per row and tensor were ~40% of the depth kernel's instructions
+// (session 11: issue-bound on the concurrent backward's 41% of the SMs, 2.5 of 4 instructions per
+// cycle, 853 instructions per warp and item).
+template <int STEP, typename P>
+struct RowWalk {
+  P *a, *b;
+  int slot;
+  // the strides come from the kernel parameters at each step, so the per-step constants stay in
+  // uniform registers (kept per thread, they pushed the concurrent kernel into spilling)
+  __device__ __forceinline__ RowWalk(P *a0, P *b0, const int64_t (&sa)[4], const int64_t (&sb)[4], int64_t u_lo, int i,
+                                     const FastDiv &div_L, int L) {
+    const int ui = (int)div_L.div((uint32_t)i);
+    slot = i - ui * L;
+    a = a0 + (u_lo + ui) * sa[1] + slot * sa[2];
+    b = b0 + (u_lo + ui) * sb[1] + slot * sb[2];
+  }
+  __device__ __forceinline__ void next(const int64_t (&sa)[4], const int64_t (&sb)[4], int L) {
+    slot += STEP;
+    a += STEP * sa[2];
+    b += STEP * sb[2];
+    while (slot >= L) {  // once at most for L >= STEP: + one token - L slots
+      slot -= L;
+      a += sa[1] - L * sa[2];
+      b += sb[1] - L * sb[2];
+    }
+  }
+};
+
 // SUB: independent sub-CTAs of 4 warps per CTA (1, or 4 for the concurrent backward: one CTA
 // fills an SM's shared memory and registers, so a grid of N CTAs holds exactly N SMs and the
 // dK/dV kernel runs on the others). A sub-CTA is what a CTA is for SUB = 1: its own smem, named
@@ -170,22 +201,27 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
     const int64_t u_lo = (int64_t)c.unit * TPU, R0 = (int64_t)c.unit * NC;
     const T *kd = static_cast<const T *>(p.kd) + c.b * p.kd_stride[0] + c.g * p.kd_stride[3] + pcol;
     const T *vd = static_cast<const T *>(p.vd) + c.b * p.vd_stride[0] + c.g * p.vd_stride[3] + pcol;
+    RowWalk<ROWS_PER_PASS, const T> rows(kd, vd, p.kd_stride, p.vd_stride, u_lo, i0 + prow, div_L, (int)L);
 #pragma unroll
     for (int k = 0; k < ROWS / ROWS_PER_PASS; ++k) {
       const int r = prow + k * ROWS_PER_PASS, i = i0 + r;
       T *dk = at(sKd(s), r, pcol, ROWS), *dv = at(sVd(s), r, pcol, ROWS);
       if (i < nkeys) {
-        const int ui = (int)div_L.div((uint32_t)i), li = i - ui * (int)L;
-        const int64_t u = u_lo + ui;
-        cp_async_16(dk, kd + u * p.kd_stride[1] + li * p.kd_stride[2]);
-        cp_async_16(dv, vd + u * p.vd_stride[1] + li * p.vd_stride[2]);
+        cp_async_16(dk, rows.a);
+        cp_async_16(dv, rows.b);
       } else {  // zero rows: their scores are masked, but 0 * stale NaN would not be 0
         *reinterpret_cast<uint4 *>(dk) = make_uint4(0, 0, 0, 0);
         *reinterpret_cast<uint4 *>(dv) = make_uint4(0, 0, 0, 0);
       }
+      if (k + 1 < ROWS / ROWS_PER_PASS) rows.next(p.kd_stride, p.vd_stride, (int)L);
     }
     // the unit's NC query rows: token u_lo + r / G, head g*G + r % G
-    for (int r = prow; r < NC; r += ROWS_PER_PASS) {
+    // (a trip count known at compile time: a run-time loop bound made ptxas unroll 4x plus a
+    // remainder, 500 instructions of code for one row per thread)
+#pragma unroll
+    for (int k = 0; k < (NC + ROWS_PER_PASS - 1) / ROWS_PER_PASS; ++k) {
+      const int r = prow + k * ROWS_PER_PASS;
+      if (NC % ROWS_PER_PASS != 0 && r >= NC) break;
       T *dq_ = at(sQ(s), r, pcol, NC), *dd = at(sdO(s), r, pcol, NC);
       if (R0 + r < TG) {
         const int rt = (int)div_G.div((uint32_t)r);
@@ -382,16 +418,16 @@ bwd_depth_token_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       const int c8 = (lane % PIECES) * 8;
       T *dvd = static_cast<T *>(p.dvd) + cur.b * p.dvd_stride[0] + cur.g * p.dvd_stride[3] + c8;
       T *dkd = static_cast<T *>(p.dkd) + cur.b * p.dkd_stride[0] + cur.g * p.dkd_stride[3] + c8;
+      constexpr int STEP = 32 / PIECES;  // rows apart of a lane's pieces
+      RowWalk<STEP, T> rows(dvd, dkd, p.dvd_stride, p.dkd_stride, u_lo, i0 + r0 + lane / PIECES, div_L, (int)L);
 #pragma unroll
-      for (int it = 0; it < 16 * PIECES / 32; ++it) {
-        const int r = it * (32 / PIECES) + lane / PIECES, i = i0 + r0 + r;
-        if (i >= nkeys) continue;
-        const int ui = (int)div_L.div((uint32_t)i), li = i - ui * (int)L;
-        const int64_t u = u_lo + ui;
-        *reinterpret_cast<uint4 *>(dvd + u * p.dvd_stride[1] + li * p.dvd_stride[2]) =
-            *reinterpret_cast<const uint4 *>(at(vd_s, r0 + r, c8, ROWS));
-        *reinterpret_cast<uint4 *>(dkd + u * p.dkd_stride[1] + li * p.dkd_stride[2]) =
-            *reinterpret_cast<const uint4 *>(at(dkd_s, r0 + r, c8, ROWS));
+      for (int it = 0; it < 16 / STEP; ++it) {
+        const int r = it * STEP + lane / PIECES, i = i0 + r0 + r;
+        if (i < nkeys) {
+          *reinterpret_cast<uint4 *>(rows.a) = *reinterpret_cast<const uint4 *>(at(vd_s, r0 + r, c8, ROWS));
+          *reinterpret_cast<uint4 *>(rows.b) = *reinterpret_cast<const uint4 *>(at(dkd_s, r0 + r, c8, ROWS));
+        }
+        if (it + 1 < 16 / STEP) rows.next(p.dvd_stride, p.dkd_stride, (int)L);
       }
     };
     __syncwarp();

@@ -3,7 +3,8 @@
 Input: `ncu --import R.ncu-rep --page source --print-source sass --csv` (a report profiled with
 --section SourceCounters, which carries the PC sampling). Prints per line: the share of all
 samples, the address, the instruction, and its largest stall reasons (the per-reason sample
-columns the CSV carries, whatever ncu version names them). Standard library only.
+columns the CSV carries, whatever ncu version names them), after the kernel's totals per reason.
+Standard library only.
 """
 import csv
 import sys
@@ -30,6 +31,9 @@ def main():
                    if i != total_col and "Sampling" not in c and ("stall" in c.lower() or "Stall" in c)]
     total = sum(num(r[total_col]) for r in body) or 1.0
     print(f"# {path}: {len(body)} SASS lines, {total:.0f} samples; reason columns: {len(reason_cols)}")
+    # the whole kernel's samples by reason, then the top lines
+    by_reason = sorted(((sum(num(r[i]) for r in body), cols[i]) for i in reason_cols), reverse=True)
+    print("# by reason: " + ", ".join(f"{name} {v / total:.1%}" for v, name in by_reason[:10] if v > 0))
     for r in sorted(body, key=lambda r: -num(r[total_col]))[:n]:
         reasons = sorted(((num(r[i]), cols[i]) for i in reason_cols), reverse=True)[:3]
         why = ", ".join(f"{name} {v / max(num(r[total_col]), 1):.0%}" for v, name in reasons if v > 0)
