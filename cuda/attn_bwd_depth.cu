@@ -578,22 +578,30 @@ int launch_nc(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
   return launch<T, D, 32, false, 1, false>(p, stream, lse2, delta, dq_seq, nullptr, 0);
 }
 
-// dq = scale * (sequence part + depth part), both float32 [B, Hk, T*G, d]: 8 elements per thread
+// dq = scale * (sequence part + depth part), both float32 [B, Hk, T*G, d]: a thread per 8 dims of
+// a packed row, blocks of whole rows of one (b, g) (block k: (b, g) = k / row_blocks), so the index
+// math is a few 32-bit divisions (a 64-bit flat index took four 64-bit divisions per thread), and
+// dq is written in element pairs (its rows are 4-byte aligned with even strides: bwd_mma_supported).
 template <typename T>
 __global__ void __launch_bounds__(256) bwd_dq_finish_kernel(const moda_attn_params p, const float *dq_seq,
-                                                            const float *dq_part, int64_t n8) {
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n8) return;
-  const int64_t e = i * 8, D = p.d, TG = p.T * p.G;
-  const int64_t row = e / D, dim = e - row * D, bg = row / TG, R = row - bg * TG;
-  const int64_t b = bg / p.Hk, g = bg - b * p.Hk, t = R / p.G, h = g * p.G + (R - t * p.G);
+                                                            const float *dq_part, unsigned row_blocks) {
+  const int tpr = (int)p.d / 8, rows_per_block = 256 / tpr;  // d = 64, 128: 8 or 16 threads per row
+  const unsigned bg = blockIdx.x / row_blocks, rb = blockIdx.x - bg * row_blocks;
+  const uint32_t TG = (uint32_t)(p.T * p.G), G = (uint32_t)p.G, Hk = (uint32_t)p.Hk;  // (the host: TG < 2^31)
+  const uint32_t R = rb * rows_per_block + threadIdx.x / tpr;
+  if (R >= TG) return;
+  const int dim = (threadIdx.x % tpr) * 8;
+  const uint32_t b = bg / Hk, g = bg - b * Hk, t = R / G, h = g * G + (R - t * G);
+  const int64_t e = ((int64_t)bg * TG + R) * p.d + dim;
   const float4 s0 = *reinterpret_cast<const float4 *>(dq_seq + e), s1 = *reinterpret_cast<const float4 *>(dq_seq + e + 4);
   const float4 d0 = *reinterpret_cast<const float4 *>(dq_part + e), d1 = *reinterpret_cast<const float4 *>(dq_part + e + 4);
-  const float v[8] = {s0.x + d0.x, s0.y + d0.y, s0.z + d0.z, s0.w + d0.w, s1.x + d1.x, s1.y + d1.y, s1.z + d1.z, s1.w + d1.w};
-  T *dq = static_cast<T *>(p.dq) + b * p.dq_stride[0] + t * p.dq_stride[1] + h * p.dq_stride[2] + dim;
   const float scale = (float)p.scale;
-#pragma unroll
-  for (int k = 0; k < 8; ++k) dq[k] = Elem<T>::from_float(v[k] * scale);
+  uint32_t *dq = reinterpret_cast<uint32_t *>(static_cast<T *>(p.dq) + b * p.dq_stride[0] + t * p.dq_stride[1] +
+                                              h * p.dq_stride[2] + dim);
+  dq[0] = MmaOp<T>::pack((s0.x + d0.x) * scale, (s0.y + d0.y) * scale);
+  dq[1] = MmaOp<T>::pack((s0.z + d0.z) * scale, (s0.w + d0.w) * scale);
+  dq[2] = MmaOp<T>::pack((s1.x + d1.x) * scale, (s1.y + d1.y) * scale);
+  dq[3] = MmaOp<T>::pack((s1.z + d1.z) * scale, (s1.w + d1.w) * scale);
 }
 
 // The concurrent backward's side stream, per host thread and device: highest priority, so that
@@ -732,13 +740,15 @@ int bwd_depth_concurrent_join(const moda_attn_params *p, cudaStream_t stream, co
   SideStream *side = nullptr;
   if (int st = side_stream(&side)) return st;
   MODA_CUDA_CHECK(cudaStreamWaitEvent(stream, side->join, 0), "cudaStreamWaitEvent(depth join)");
-  const int64_t n8 = p->B * p->Hk * p->T * p->G * p->d / 8;
-  if (n8 <= 0) return MODA_OK;
-  const unsigned blocks = (unsigned)((n8 + 255) / 256);
+  const int64_t TG = p->T * p->G, rows_per_block = 256 / (p->d / 8);
+  const int64_t row_blocks = (TG + rows_per_block - 1) / rows_per_block, blocks = p->B * p->Hk * row_blocks;
+  if (blocks <= 0) return MODA_OK;
+  if (TG >= ((int64_t)1 << 31) || blocks >= ((int64_t)1 << 31))
+    return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: %lld packed rows per KV head (>= 2^31)", (long long)TG);
   if (p->dtype == MODA_BF16)
-    bwd_dq_finish_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(*p, dq_seq, dq_part, n8);
+    bwd_dq_finish_kernel<__nv_bfloat16><<<(unsigned)blocks, 256, 0, stream>>>(*p, dq_seq, dq_part, (unsigned)row_blocks);
   else
-    bwd_dq_finish_kernel<__half><<<blocks, 256, 0, stream>>>(*p, dq_seq, dq_part, n8);
+    bwd_dq_finish_kernel<__half><<<(unsigned)blocks, 256, 0, stream>>>(*p, dq_seq, dq_part, (unsigned)row_blocks);
   MODA_CUDA_CHECK_LAUNCH("bwd_dq_finish_kernel");
   return MODA_OK;
 }
