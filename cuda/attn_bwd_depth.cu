@@ -81,16 +81,15 @@ __device__ __forceinline__ P *tile_at(P *base, int r, int c, int rows) {
 
 // Where rows i, i + STEP, i + 2 STEP, ... of a unit's depth rows (flattened i = token * L + slot,
 // from token u_lo on) lie in two depth tensors a and b ([B, T, L_max, Hk, d] with strides; a, b
-// already at the batch, KV head and column): one division for the first row, then adds. A division
-// and three 64-bit multiplies per row and tensor were ~40% of the depth kernel's instructions
-// (session 11: issue-bound on the concurrent backward's 41% of the SMs, 2.5 of 4 instructions per
-// cycle, 853 instructions per warp and item).
+// already at the batch, KV head and column): one division for the first row, then adds, where a
+// division and three 64-bit multiplies per row and tensor were (session 11, H100, LM-64: 14% fewer
+// instructions in the concurrent depth kernel, 0.917 -> 0.881 ms alone on its 54 SMs).
 template <int STEP, typename P>
 struct RowWalk {
   P *a, *b;
   int slot;
-  // the strides come from the kernel parameters at each step, so the per-step constants stay in
-  // uniform registers (kept per thread, they pushed the concurrent kernel into spilling)
+  // the strides come from the kernel parameters at each step: the per-step constants can live in
+  // uniform registers instead of four 64-bit values per thread
   __device__ __forceinline__ RowWalk(P *a0, P *b0, const int64_t (&sa)[4], const int64_t (&sb)[4], int64_t u_lo, int i,
                                      const FastDiv &div_L, int L) {
     const int ui = (int)div_L.div((uint32_t)i);
