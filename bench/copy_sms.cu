@@ -7,6 +7,13 @@
 // only more SMs (or bulk copies with more bytes in flight per SM) help.
 // One CTA per SM (each asks for more than half an SM's shared memory); the copy is of
 // 2 * B*T*L*Hk*d bf16 elements (kd and vd of the LM-64 shape: 1.06 GB) into as many.
+// Also read-only rates (the forward's depth traffic: plain, half rows, bulk), and the forward's
+// depth-ring pattern (per-warp 16-byte cp.async rings) with a fixed delay per chunk standing in
+// for its math: how many cycles per chunk a warp may spend before the ring, not DRAM, sets the rate.
+// H100, session 12 (132 SMs): read-only 3.06 TB/s plain, 3.02 half rows, 3.19 bulk; rings of
+// 4 warps x 7 stages 3.02 / 2.86 / 1.93 TB/s at 0 / 700 / 1500 cycles per chunk, 8 x 5 3.03 /
+// 2.97 / 2.85, 12 x 3 2.98 / 2.89 / 2.75 (2.52 at 3000). The forward's depth phase alone reads
+// at ~2.65 TB/s, so its warps spend ~1500-3000 cycles per chunk (docs/CUDA_NOTES.md, session 12).
 // Build and run (sm_90a): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/copy_sms.cu -o /tmp/copy_sms && /tmp/copy_sms
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -47,6 +54,28 @@ __global__ void __launch_bounds__(kThreads) copy_vec_kernel(const uint4 *__restr
   }
 }
 
+// Plain read (the forward's depth traffic has no stores): kUnroll 16-byte loads in flight per
+// thread, folded by xor so the loads stay; one word per thread is written at the end.
+// HALF: only the first 128 bytes of every 256 (one KV head's half of a depth row when Hk = 2);
+// n counts the pieces read, the buffer spans twice as many.
+template <bool HALF = false>
+__global__ void __launch_bounds__(kThreads) read_vec_kernel(const uint4 *__restrict__ src, uint32_t *__restrict__ sink,
+                                                            int64_t n) {
+  const int64_t step = (int64_t)gridDim.x * kThreads * kUnroll;
+  uint32_t acc = 0;
+  for (int64_t base = (int64_t)blockIdx.x * kThreads * kUnroll + threadIdx.x; base < n; base += step) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int64_t i = base + (int64_t)k * kThreads;
+      v[k] = i < n ? __ldcs(src + (HALF ? (i >> 3) * 16 + (i & 7) : i)) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) acc ^= v[k].x ^ v[k].y ^ v[k].z ^ v[k].w;
+  }
+  sink[(int64_t)blockIdx.x * kThreads + threadIdx.x] = acc;
+}
+
 __device__ __forceinline__ uint32_t smem_addr(const void *p) {
   return (uint32_t)__cvta_generic_to_shared(p);
 }
@@ -54,7 +83,7 @@ __device__ __forceinline__ uint32_t smem_addr(const void *p) {
 // Bulk copy: thread 0 streams chunks of CHUNK bytes (every gridDim.x-th) through a ring of NST
 // stages: bulk load (completion on the stage's mbarrier), then bulk store; a stage is reloaded
 // once its store has read it (cp.async.bulk.wait_group.read).
-template <int CHUNK, int NST>
+template <int CHUNK, int NST, bool READ_ONLY = false>
 __global__ void __launch_bounds__(32) copy_bulk_kernel(const char *__restrict__ src, char *__restrict__ dst,
                                                        int64_t nchunks) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -87,6 +116,10 @@ __global__ void __launch_bounds__(32) copy_bulk_kernel(const char *__restrict__ 
                    : "r"(smem_addr(&bars[s])), "r"(parity)
                    : "memory");
     } while (!done);
+    if (READ_ONLY) {  // read-only: the stage is free again at once (nothing reads it)
+      if (j + NST < mine) issue_load(j + NST);
+      continue;
+    }
     asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(dst + (first + j * step) * CHUNK),
                  "r"(smem_addr(smem + s * CHUNK)), "r"(CHUNK)
                  : "memory");
@@ -99,6 +132,64 @@ __global__ void __launch_bounds__(32) copy_bulk_kernel(const char *__restrict__ 
   }
   asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 #endif
+}
+
+// The forward's depth-ring pattern (cuda/attn_fwd_common.cuh FwdDepthRing) without its math:
+// each warp streams chunks of 16 rows x 128 bytes of kd and of vd (half of every 256-byte row:
+// one KV head of two) by 16-byte cp.async into its own RST-stage smem ring, RST-1 chunks ahead,
+// and spends `spin` cycles per chunk (a stand-in for the chunk's MMA and softmax latency).
+// Warps take groups of 16 chunks (two tokens of 126 rows, rounded) in turn.
+template <int NWARPS, int RST>
+__global__ void __launch_bounds__(NWARPS * 32) ring_read_kernel(const char *__restrict__ kd, const char *__restrict__ vd,
+                                                                 int64_t rows, int spin, uint32_t *__restrict__ sink) {
+  extern __shared__ __align__(16) unsigned char ring[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  unsigned char *wr = ring + warp * RST * 2 * 16 * 128;
+  const int64_t nchunks = rows / 16, ngroups = nchunks / 16;
+  const int64_t gw = (int64_t)blockIdx.x * NWARPS + warp, nw = (int64_t)gridDim.x * NWARPS;
+  uint32_t acc = 0;
+  for (int64_t grp = gw; grp < ngroups; grp += nw) {
+    auto issue = [&](int c, int st) {
+      if (c < 16) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {  // 16 rows x 8 pieces of 16 bytes per tensor: 4 per lane
+          const int piece = lane + 32 * j, r = piece / 8, col = piece % 8;
+          const int64_t row = (grp * 16 + c) * 16 + r;
+          const uint32_t sk = smem_addr(wr + (st * 2 * 16 + r) * 128 + col * 16);
+          const uint32_t sv = sk + 16 * 128;
+          asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sk), "l"(kd + row * 256 + col * 16) : "memory");
+          asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sv), "l"(vd + row * 256 + col * 16) : "memory");
+        }
+      }
+      asm volatile("cp.async.commit_group;" ::: "memory");
+    };
+    for (int c = 0; c < RST - 1; ++c) issue(c, c);
+    for (int c = 0; c < 16; ++c) {
+      asm volatile("cp.async.wait_group %0;" ::"n"(RST - 2) : "memory");
+      __syncwarp();
+      issue(c + RST - 1, (c + RST - 1) % RST);
+      acc ^= *reinterpret_cast<const uint32_t *>(wr + ((c % RST) * 2 * 16 + lane % 16) * 128 + (lane / 16) * 16);
+      if (spin > 0) {
+        const long long t0 = clock64();
+        while (clock64() - t0 < spin) {}
+      }
+    }
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    __syncwarp();
+  }
+  sink[(int64_t)blockIdx.x * NWARPS * 32 + threadIdx.x] = acc;
+}
+
+template <int NWARPS, int RST>
+static float run_ring(const char *src, int64_t bytes, int spin, uint32_t *sink, int ctas) {
+  auto k = ring_read_kernel<NWARPS, RST>;
+  const int smem = NWARPS * RST * 2 * 16 * 128;
+  CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem > 120 * 1024 ? smem : 120 * 1024));
+  // kd = the first half of src, vd the second; rows of 256 bytes of which 128 are read
+  const int64_t rows = bytes / 2 / 256;
+  const float ms = time_ms([&] { k<<<ctas, NWARPS * 32, smem > 120 * 1024 ? smem : 120 * 1024>>>(src, src + bytes / 2, rows, spin, sink); });
+  CK(cudaGetLastError());
+  return ms;
 }
 
 template <typename F>
@@ -124,9 +215,9 @@ static float time_ms(F launch) {
   return t[t.size() / 2];
 }
 
-template <int CHUNK, int NST>
+template <int CHUNK, int NST, bool READ_ONLY = false>
 static float run_bulk(const char *src, char *dst, int64_t bytes, int sms) {
-  auto k = copy_bulk_kernel<CHUNK, NST>;
+  auto k = copy_bulk_kernel<CHUNK, NST, READ_ONLY>;
   const int smem = CHUNK * NST > 120 * 1024 ? CHUNK * NST : 120 * 1024;  // one CTA per SM
   CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const float ms = time_ms([&] { k<<<sms, 32, smem>>>(src, dst, bytes / CHUNK); });
@@ -146,7 +237,12 @@ int main() {
   CK(cudaFuncSetAttribute(copy_vec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 120 * 1024));
   printf("# %s, %d SMs; copy of %.2f GB (LM-64 kd, vd); rate = bytes read + written per second\n", prop.name,
          prop.multiProcessorCount, bytes / 1e9);
-  printf("%5s %11s %9s %14s %9s %14s %9s\n", "SMs", "vec ms", "TB/s", "bulk16Kx8 ms", "TB/s", "bulk32Kx6 ms", "TB/s");
+  printf("%5s %11s %9s %14s %9s %14s %9s | read only: %9s %9s %12s %9s\n", "SMs", "vec ms", "TB/s", "bulk16Kx8 ms",
+         "TB/s", "bulk32Kx6 ms", "TB/s", "vec ms", "TB/s", "bulk32Kx6 ms", "TB/s");
+  uint32_t *sink;
+  CK(cudaMalloc(&sink, (size_t)prop.multiProcessorCount * kThreads * 4));
+  CK(cudaFuncSetAttribute(read_vec_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, 120 * 1024));
+  CK(cudaFuncSetAttribute(read_vec_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, 120 * 1024));
   const int counts[] = {27, 41, 54, 66, 80, 100, 132};
   for (int sms : counts) {
     if (sms > prop.multiProcessorCount) continue;
@@ -157,9 +253,37 @@ int main() {
     CK(cudaGetLastError());
     const float tb = run_bulk<16384, 8>(src, dst, bytes, sms);
     const float tc = run_bulk<32768, 6>(src, dst, bytes, sms);
+    const float rv = time_ms([&] {
+      read_vec_kernel<false><<<sms, kThreads, 120 * 1024>>>(reinterpret_cast<const uint4 *>(src), sink, bytes / 16);
+    });
+    CK(cudaGetLastError());
+    // half rows: the same useful bytes spread over twice the span (src and dst are adjacent
+    // allocations of `bytes` each; the half read spans src only, so half as many bytes)
+    const float rh = time_ms([&] {
+      read_vec_kernel<true><<<sms, kThreads, 120 * 1024>>>(reinterpret_cast<const uint4 *>(src), sink, bytes / 32);
+    });
+    CK(cudaGetLastError());
+    const float rc = run_bulk<32768, 6, true>(src, dst, bytes, sms);
     auto rate = [&](float ms) { return 2.0 * bytes / (ms * 1e-3) / 1e12; };
-    printf("%5d %11.3f %9.2f %14.3f %9.2f %14.3f %9.2f\n", sms, tv, rate(tv), tb, rate(tb), tc, rate(tc));
+    auto rrate = [&](float ms) { return bytes / (ms * 1e-3) / 1e12; };
+    printf("%5d %11.3f %9.2f %14.3f %9.2f %14.3f %9.2f | %20.3f %9.2f %12.3f %9.2f | half rows %9.2f TB/s\n", sms, tv,
+           rate(tv), tb, rate(tb), tc, rate(tc), rv, rrate(rv), rc, rrate(rc), bytes / 2 / (rh * 1e-3) / 1e12);
   }
+  // the forward's depth-ring pattern: useful bytes (half of each 256-byte row) per second
+  printf("\nper-warp cp.async rings (the forward's depth phase without its math), 132 CTAs, TB/s of bytes read:\n");
+  printf("%-24s %8s %8s %8s %8s %8s\n", "warps x stages", "spin 0", "300", "700", "1500", "3000");
+  auto ring_row = [&](const char *name, auto fn) {
+    printf("%-24s", name);
+    for (int spin : {0, 300, 700, 1500, 3000}) printf(" %8.2f", bytes / 2 / (fn(spin) * 1e-3) / 1e12);
+    printf("\n");
+  };
+  const int nsm = prop.multiProcessorCount;
+  ring_row("4 x 7", [&](int sp) { return run_ring<4, 7>(src, bytes, sp, sink, nsm); });
+  ring_row("8 x 5", [&](int sp) { return run_ring<8, 5>(src, bytes, sp, sink, nsm); });
+  ring_row("12 x 3", [&](int sp) { return run_ring<12, 3>(src, bytes, sp, sink, nsm); });
+  ring_row("12 x 5", [&](int sp) { return run_ring<12, 5>(src, bytes, sp, sink, nsm); });
+  ring_row("4 x 12", [&](int sp) { return run_ring<4, 12>(src, bytes, sp, sink, nsm); });
+  ring_row("16 x 4", [&](int sp) { return run_ring<16, 4>(src, bytes, sp, sink, nsm); });
   // a check that the bulk copy moved the bytes: copy a pattern and compare
   std::vector<unsigned char> h(1 << 20);
   for (size_t i = 0; i < h.size(); ++i) h[i] = (unsigned char)(i * 131 + 7);
