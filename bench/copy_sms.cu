@@ -281,9 +281,8 @@ int main() {
   ring_row("4 x 7", [&](int sp) { return run_ring<4, 7>(src, bytes, sp, sink, nsm); });
   ring_row("8 x 5", [&](int sp) { return run_ring<8, 5>(src, bytes, sp, sink, nsm); });
   ring_row("12 x 3", [&](int sp) { return run_ring<12, 3>(src, bytes, sp, sink, nsm); });
-  ring_row("12 x 5", [&](int sp) { return run_ring<12, 5>(src, bytes, sp, sink, nsm); });
   ring_row("4 x 12", [&](int sp) { return run_ring<4, 12>(src, bytes, sp, sink, nsm); });
-  ring_row("16 x 4", [&](int sp) { return run_ring<16, 4>(src, bytes, sp, sink, nsm); });
+  ring_row("16 x 3", [&](int sp) { return run_ring<16, 3>(src, bytes, sp, sink, nsm); });
   // a check that the bulk copy moved the bytes: copy a pattern and compare
   std::vector<unsigned char> h(1 << 20);
   for (size_t i = 0; i < h.size(); ++i) h[i] = (unsigned char)(i * 131 + 7);
