@@ -17,11 +17,12 @@ decode path vs our tiled forward vs SDPA plain attention on the same q/k/v.
 Our fwd+bwd is timed on every shape (backward: tensor-core kernels, attn_bwd_mma.cu).
 --only picks shapes by label substrings.
 
---gpu-time times the GPU alone (each call queued behind a sleep kernel); the default times calls
-that start on an idle GPU, host launch latency included (docs/BENCHMARKS.md shows both).
+Times are the GPU's alone: each timed call is queued behind a sleep kernel. --idle-start times
+calls that start on an idle GPU, host launch latency included (the method of the tables before
+2026-12-06; docs/BENCHMARKS.md shows both for session 12).
 
 Usage: python3 bench/cuda_attention.py [--quick] [--only 'T=4096,DeiT'] [--bwd-max-t N] [--check] [--decode] [--nondet]
-                                       [--gpu-time]
+                                       [--idle-start]
 """
 import argparse
 import ctypes
@@ -143,17 +144,18 @@ class Moda:
                     "moda_attn_bwd_cuda")
 
 
-GPU_TIME = False  # --gpu-time: each timed call queued behind a sleep kernel (see bench_ms)
+GPU_TIME = True  # each timed call queued behind a sleep kernel (see bench_ms); --idle-start: not
 SLEEP_CYCLES = 4_000_000  # ~2 ms at H100 clocks: longer than any call's host side here
 
 
 def bench_ms(fn, budget_ms=300.0, max_reps=50):
     """Median of CUDA-event timings after warm-up; the repeat count fits the budget.
 
-    By default each timed call starts on an idle GPU, so the time includes the host's launch
-    latency until the first kernel runs (what a synchronous caller sees; torch's autograd adds
-    more of it than our ctypes call does). With --gpu-time a sleep kernel runs before the start
-    event while the host queues the call, so the time is the GPU's alone."""
+    By default a sleep kernel runs before the start event while the host queues the call, so the
+    time is the GPU's alone (what a training loop that keeps the GPU busy sees). With --idle-start
+    each timed call starts on an idle GPU, so the time includes the host's launch latency until
+    the first kernel runs (what a synchronous caller sees; torch's autograd adds more of it than
+    our ctypes call does; every table before 2026-12-06 was timed this way)."""
     fn(); torch.cuda.synchronize()
     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     e0.record(); fn(); e1.record(); torch.cuda.synchronize()
@@ -380,20 +382,20 @@ def main():
                     help="one more shape (repeatable), e.g. LM-32:8,2048,2,4,62,1; runs with the others (--only filters)")
     ap.add_argument("--nondet", action="store_true",
                     help="our backward with deterministic = 0 (with MODA_CUDA_BWD_ATOMIC_DQ=1: dQ by atomics)")
-    ap.add_argument("--gpu-time", action="store_true",
-                    help="time the GPU alone: each call queued behind a sleep kernel, so host launch latency "
-                         "is not counted (default: calls start on an idle GPU, latency included)")
+    ap.add_argument("--idle-start", action="store_true",
+                    help="start each timed call on an idle GPU, host launch latency included (the tables "
+                         "before 2026-12-06); default: the GPU's time alone, each call queued behind a sleep kernel")
     args = ap.parse_args()
     global DETERMINISTIC, GPU_TIME
     DETERMINISTIC = 0 if args.nondet else 1
-    GPU_TIME = args.gpu_time
+    GPU_TIME = not args.idle_start
     if args.decode:
         print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
         bench_decode()
         return
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}; torch {torch.__version__}; times: "
-          f"{'GPU alone (--gpu-time)' if GPU_TIME else 'from an idle GPU, host launch latency included'}")
+          f"{'GPU alone (calls queued behind a sleep kernel)' if GPU_TIME else 'from an idle GPU, host launch latency included (--idle-start)'}")
     if args.check:
         check_small()
     triton_fns, why = authors_triton() if not args.ours_only else (None, "not run (--ours-only)")

@@ -9,7 +9,8 @@
 #   specall  busted CUDA spec with every experimental switch on
 #   bench    bench/cuda_attention.py $BENCH_ARGS (env MODA_CUDA_* passes through; no spaces in it)
 #   benchnd  the same with --nondet (deterministic = 0, the library's rules: dQ by atomics or not)
-#   benchgpu benchnd timed by GPU time alone (--gpu-time: host launch latency hidden; session 12)
+#   benchidle benchnd with --idle-start (calls start on an idle GPU, host latency included: the
+#            method of the tables before session 12; bench and benchnd time the GPU alone)
 #   ncu      Nsight Compute on $NCU_KERNEL (regex, default bwd_dq) at bench shape $NCU_SHAPE
 #   ncusrc   the same kernel with PC sampling: its top stall locations in the SASS (tools/ncu_top_stalls.py)
 #   ab       A/B of kernel switches: for each word of $AB_ENVS (e.g. "MODA_CUDA_BWD_WS=1
@@ -55,8 +56,8 @@ for st in "$@"; do
     bench) PYTHONUNBUFFERED=1 TAIL=40 stage bench 540 python3 bench/cuda_attention.py ${BENCH_ARGS:-} ;;
     benchnd) PYTHONUNBUFFERED=1 TAIL=40 \
                stage benchnd 540 python3 bench/cuda_attention.py --nondet ${BENCH_ARGS:-} ;;
-    benchgpu) PYTHONUNBUFFERED=1 TAIL=40 \
-               stage benchgpu 540 python3 bench/cuda_attention.py --nondet --gpu-time ${BENCH_ARGS:-} ;;
+    benchidle) PYTHONUNBUFFERED=1 TAIL=40 \
+               stage benchidle 540 python3 bench/cuda_attention.py --nondet --idle-start ${BENCH_ARGS:-} ;;
     ncu) # one launch of the kernels matching $NCU_KERNEL (default: the dQ kernel) inside the
          # benchmark at shape $NCU_SHAPE: speed of light, memory, warp stalls, occupancy
          # ($NCU_SECTIONS: more --section names, e.g. "ComputeWorkloadAnalysis InstructionStats")
