@@ -13,7 +13,7 @@
 // H100, session 12 (132 SMs): read-only 3.06 TB/s plain, 3.02 half rows, 3.19 bulk; rings of
 // 4 warps x 7 stages 3.02 / 2.86 / 1.93 TB/s at 0 / 700 / 1500 cycles per chunk, 8 x 5 3.03 /
 // 2.97 / 2.85, 12 x 3 2.98 / 2.89 / 2.75 (2.52 at 3000). The forward's depth phase alone reads
-// at ~2.65 TB/s, so its warps spend ~1500-3000 cycles per chunk (docs/CUDA_NOTES.md, session 12).
+// at ~2.65 TB/s: as if its warps lost ~1500-3000 cycles per chunk (docs/CUDA_NOTES.md, session 12).
 // Build and run (sm_90a): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/copy_sms.cu -o /tmp/copy_sms && /tmp/copy_sms
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -183,11 +183,11 @@ __global__ void __launch_bounds__(NWARPS * 32) ring_read_kernel(const char *__re
 template <int NWARPS, int RST>
 static float run_ring(const char *src, int64_t bytes, int spin, uint32_t *sink, int ctas) {
   auto k = ring_read_kernel<NWARPS, RST>;
-  const int smem = NWARPS * RST * 2 * 16 * 128;
-  CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem > 120 * 1024 ? smem : 120 * 1024));
+  const int ring = NWARPS * RST * 2 * 16 * 128, smem = ring > 120 * 1024 ? ring : 120 * 1024;  // one CTA per SM
+  CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   // kd = the first half of src, vd the second; rows of 256 bytes of which 128 are read
   const int64_t rows = bytes / 2 / 256;
-  const float ms = time_ms([&] { k<<<ctas, NWARPS * 32, smem > 120 * 1024 ? smem : 120 * 1024>>>(src, src + bytes / 2, rows, spin, sink); });
+  const float ms = time_ms([&] { k<<<ctas, NWARPS * 32, smem>>>(src, src + bytes / 2, rows, spin, sink); });
   CK(cudaGetLastError());
   return ms;
 }
