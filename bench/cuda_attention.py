@@ -389,13 +389,11 @@ def main():
     global DETERMINISTIC, GPU_TIME
     DETERMINISTIC = 0 if args.nondet else 1
     GPU_TIME = not args.idle_start
+    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; times: "
+          f"{'GPU alone (calls queued behind a sleep kernel)' if GPU_TIME else 'from an idle GPU, host launch latency included (--idle-start)'}")
     if args.decode:
-        print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
         bench_decode()
         return
-    dev = torch.cuda.get_device_name()
-    print(f"device: {dev}; torch {torch.__version__}; times: "
-          f"{'GPU alone (calls queued behind a sleep kernel)' if GPU_TIME else 'from an idle GPU, host launch latency included (--idle-start)'}")
     if args.check:
         check_small()
     triton_fns, why = authors_triton() if not args.ours_only else (None, "not run (--ours-only)")
