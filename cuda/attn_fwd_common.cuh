@@ -62,11 +62,17 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        H100); MODA_CUDA_FWD_FLAGS=33 keeps two everywhere.
 // bit 6: the warp-specialised kernel takes its tiles in heavy-first order only, not alternating
 //        heavy and light (for A/B; session 9).
+// bit 7: in the warp-specialised kernel, every other CTA (by linear block index) runs its
+//        sequence phase first and merges the depth phase in after, so that equal-length CTAs
+//        (non-causal: DeiT) do not all stream their depth rows at the same time. In the default
+//        flags since session 13: H100, GPU time, two rounds, forward ms without / with: DeiT-Tiny
+//        0.195 0.196 / 0.185 0.186, LM-64 0.435 0.433 / 0.429 0.429, T=4096 0.496 0.498 / 0.492
+//        0.487, DeiT-Tiny-64 0.604 0.603 / 0.600 0.602.
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
-              FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64;
+              FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128;
 constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA |
-                               FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST;
-constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG;
+                               FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES;
+constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----
 // The warp owns NGRP groups of 8 packed rows (rows Rw .. Rw + 8*NGRP - 1). For each group (8
@@ -190,11 +196,13 @@ struct FwdDepthRing {
   // The depth phase proper. sQ: the CTA's Q tile (row stride LDS elements), R0 its first packed
   // row; scr: this warp's WARP_SCRATCH_FLOATS floats. Seeds row_m, row_l (this lane's partial:
   // the quad's sum is reduced by the caller at the end) and acc_o of the groups that have rows;
-  // the others keep their initial state. Ends with every cp.async group of the ring retired.
+  // the others keep their initial state. With merge, the depth state is merged into the rows'
+  // state (a sequence phase ran first) instead of replacing it. Ends with every cp.async group of
+  // the ring retired.
   template <typename Mma, int MT>
   __device__ __forceinline__ void run(const moda_attn_params &p, const T *sQ, int64_t R0, float *scr,
                                       float scale_log2, float (&row_m)[2 * MT], float (&row_l)[2 * MT],
-                                      float (&acc_o)[MT][D / 8][4]) {
+                                      float (&acc_o)[MT][D / 8][4], bool merge = false) {
     static_assert(NGRP == 2 * MT, "two 8-row groups per 16-row m-tile");
     const int qr = lane / 4, qc = lane % 4;
     float *sO8 = scr, *sM8 = scr + 8 * RSD, *sL8 = sM8 + 8;
@@ -311,13 +319,19 @@ struct FwdDepthRing {
 #pragma unroll
         for (int h2 = 0; h2 < 2; ++h2)
           if (grp == 2 * mt + h2) {  // compile-time register indices; grp selects
-            row_m[2 * mt + h2] = sM8[qr];
-            row_l[2 * mt + h2] = qc == 0 ? sL8[qr] : 0.f;  // the quad's sum is reduced at the end
+            // merge: m = max(m_rows, m_depth), both sides scaled by exp2(their m - m) (0 for an
+            // empty side); else the depth state is the rows' state (a = 0, b = 1)
+            const float md = sM8[qr], mo = row_m[2 * mt + h2];
+            const float m_new = merge ? fmaxf(mo, md) : md, m_use = m_new == -INFINITY ? 0.f : m_new;
+            const float a = merge ? exp2_ftz(mo - m_use) : 0.f, bd = merge ? exp2_ftz(md - m_use) : 1.f;
+            row_m[2 * mt + h2] = m_new;
+            // the quad's sum is reduced at the end: the depth sum goes to one lane of the quad
+            row_l[2 * mt + h2] = (merge ? row_l[2 * mt + h2] * a : 0.f) + (qc == 0 ? sL8[qr] * bd : 0.f);
 #pragma unroll
             for (int j = 0; j < D / 8; ++j) {
               const float2 v2 = *reinterpret_cast<const float2 *>(sO8 + qr * RSD + j * 8 + 2 * qc);
-              acc_o[mt][j][h2 * 2 + 0] = v2.x;
-              acc_o[mt][j][h2 * 2 + 1] = v2.y;
+              acc_o[mt][j][h2 * 2 + 0] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 0], a, v2.x * bd) : v2.x;
+              acc_o[mt][j][h2 * 2 + 1] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 1], a, v2.y * bd) : v2.y;
             }
           }
       __syncwarp();  // reads done before the next group's writes

@@ -428,6 +428,11 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   // registers (no R2UR before every wgmma)
   n_blocks = __shfl_sync(0xffffffffu, n_blocks, 0);
   unmasked_end = __shfl_sync(0xffffffffu, unmasked_end, 0);
+  // Phase order (flag bit 7): every other CTA runs its sequence phase first. Equal-length CTAs
+  // (non-causal) otherwise stay in step, every SM streaming depth rows at the same time.
+  const bool depth_first =
+      L > 0 && !((flags & FWD_WS_ALT_PHASES) && n_blocks > 0 &&
+                 ((blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z)) & 1));
 
   if (tid == 0) {
     mbar_init(&full[0], 1); mbar_init(&full[1], 1);
@@ -442,7 +447,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
     if (tid == 0 && n_blocks > 0) {
       tma_prefetch_map(&tm_k);
       tma_prefetch_map(&tm_v);
-      if (L > 0) mbar_wait(depth_done, 0);  // the depth rings over the K/V stages are free
+      if (depth_first) mbar_wait(depth_done, 0);  // the depth rings over the K/V stages are free
       for (int blk = 0; blk < n_blocks; ++blk) {
         const int st = blk & 1;
         if (blk >= 2) mbar_wait(&empty[st], ((blk >> 1) - 1) & 1);  // the consumers released its last use
@@ -469,7 +474,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES &&
                 Ring::WARP_SCRATCH_FLOATS * 4 == Cfg::SCRATCH_WARP_BYTES, "ring layout");
   Ring ring;
-  if (L > 0) {
+  if (depth_first) {
     ring.init(p, flags, sRing + cwarp * Ring::WARP_RING_ELEMS, Rw, b, g, lane);
     ring.prologue(p);
     cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
@@ -485,8 +490,8 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
 
-  if (L > 0) {  // depth phase, in the smem of the K/V stages: the producer waits for depth_done
-    float *scr = reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) + cwarp * Ring::WARP_SCRATCH_FLOATS;
+  float *scr = reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) + cwarp * Ring::WARP_SCRATCH_FLOATS;
+  if (depth_first) {  // depth phase, in the smem of the K/V stages: the producer waits for depth_done
     ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
     // this warp's ring and scratch accesses (cp.async, ldmatrix, st.shared: the generic proxy)
     // before the TMA writes (the async proxy) that will reuse the bytes
@@ -530,6 +535,13 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       if (lane == 0) mbar_arrive(&empty[st]);  // this warp is done with the stage's K and V
     }
   }
+  if (L > 0 && !depth_first) {  // depth phase last (flag bit 7), merged into the rows' state
+    fence_proxy_async_smem();      // this warp's wgmma reads (async proxy) before the ring's writes
+    named_bar_sync(1, NCTHREADS);  // every consumer warp is done with the K/V stages
+    ring.init(p, flags, sRing + cwarp * Ring::WARP_RING_ELEMS, Rw, b, g, lane);
+    ring.prologue(p);
+    ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o, true);
+  }
   wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g, G, TG);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code: fail loudly rather than leave O and lse unwritten
@@ -570,11 +582,26 @@ static bool use_ws(const moda_attn_params *p, int flags) { return p->d == 64 && 
 // least 16x the depth rows: measured on the H100 (session 9) 1.27x two warpgroups at T=16384,
 // 1.22x at G=16, 1.17x at T=4096 (L = 64), but 0.96x at LM-64 (1024 keys, L = 126), where the
 // depth phase - 2 ring stages instead of 3 - and fewer, larger causal tiles weigh more.
+// Also on short depth-heavy shapes (fewer than 256 keys, fewer than 16 per depth row; see
+// fwd_ws_short).
 static bool fwd_ws_three_wg(const moda_attn_params *p, int flags) {
   if (!(flags & FWD_WS_3WG)) return false;
   if (wgmma_mode() == 2) return true;
   const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;
-  return seq_keys >= 16 * p->L;
+  return seq_keys >= 16 * p->L || seq_keys < 256;
+}
+
+static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v);
+
+// Short sequences with many depth rows (DeiT's 197 keys and L = 22 or 126): timed by GPU time
+// alone (session 12, H100), the three-warpgroup ws kernel beats mma.sync there - DeiT-Tiny
+// forward 0.190 vs 0.202 ms, DeiT-Tiny-64 0.597 vs 0.602 - where the idle-start timing of
+// session 5 had mma.sync ahead. Only where K and V encode as TMA maps: the non-ws wgmma kernel
+// it would fall back to is slower than mma.sync on short shapes.
+static bool fwd_ws_short(const moda_attn_params *p, int flags, int64_t seq_keys) {
+  CUtensorMap tm_k, tm_v;
+  return use_ws(p, flags) && (flags & FWD_WS_3WG) && p->L > 0 && seq_keys < 256 && seq_keys < 16 * p->L &&
+         ws_maps(p, &tm_k, &tm_v);
 }
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
@@ -587,9 +614,10 @@ bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   // wgmma, 0.210 on wgmma ws) keep the mma.sync kernel's 12 warps/SM. Measured on the H100: the
   // v6 wgmma kernel 1.06-1.10x faster than mma.sync on the paper shapes, 1.05x at LM-64 (1024
   // keys, L = 126), equal at DeiT-64 (session 5); the warp-specialised one (d = 64) a further
-  // 1.45-1.69x on the paper shapes, 1.08x at LM-64 (session 6), so it takes over from 256 keys.
+  // 1.45-1.69x on the paper shapes, 1.08x at LM-64 (session 6), so it takes over from 256 keys;
+  // below that only on depth-heavy shapes (fwd_ws_short, session 12's GPU-only timing).
   const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
-  return seq_keys >= (use_ws(p, flags) ? 256 : 1024);
+  return seq_keys >= (use_ws(p, flags) ? 256 : 1024) || fwd_ws_short(p, flags, seq_keys);
 }
 
 // cuTensorMapEncodeTiled from the driver, fetched once through the runtime (no -lcuda at link time).
