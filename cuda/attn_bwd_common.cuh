@@ -200,16 +200,17 @@ __device__ __forceinline__ void sem_release(int *sem, int value) {
   asm volatile("st.global.release.gpu.b32 [%0], %1;\n" ::"l"(sem), "r"(value) : "memory");
 }
 // This warp's rows R and R + 8 of acc_dq (dq_step's layout) added to acc_bg by plain
-// read-modify-writes in L2 (.cg): the caller holds the row block's turn.
+// read-modify-writes in L2 (.cg): the caller holds the row block's turn. The first turn (first)
+// stores instead, so the accumulator needs no zeroing before.
 __device__ __forceinline__ void dq_add_ordered(const float (&acc_dq)[8][4], float *acc_bg, int64_t R, int64_t R_end,
-                                               int qc) {
+                                               int qc, bool first) {
 #pragma unroll
   for (int h2 = 0; h2 < 2; ++h2) {
     if (R + 8 * h2 < R_end) {
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float2 *ptr = reinterpret_cast<float2 *>(acc_bg + (R + 8 * h2) * 64 + j * 8 + 2 * qc);
-        float2 v = __ldcg(ptr);
+        float2 v = first ? make_float2(0.f, 0.f) : __ldcg(ptr);
         v.x += acc_dq[j][2 * h2];
         v.y += acc_dq[j][2 * h2 + 1];
         __stcg(ptr, v);

@@ -1193,8 +1193,11 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
     constexpr int TPR = D / 8;
     const int64_t blocks = (rows_p * TPR + 255) / 256;
     if (blocks > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: too many rows");
-    // dq_accum is 16-byte aligned where accum (checked above): the preprocess zeroes it
-    bwd_preprocess_kernel<T, D><<<(unsigned)blocks, 256, 0, stream>>>(*p, ws_lse2, ws_delta, accum ? dq_accum : nullptr);
+    // dq_accum is 16-byte aligned where accum (checked above): the preprocess zeroes it, except
+    // on the ordered path where every query row is seen by some key block (its first turn stores)
+    const bool every_row_seen = p->S > 0 && (!p->causal || p->S >= p->T);
+    const bool zero = atomic || (ordered && !every_row_seen);
+    bwd_preprocess_kernel<T, D><<<(unsigned)blocks, 256, 0, stream>>>(*p, ws_lse2, ws_delta, zero ? dq_accum : nullptr);
     MODA_CUDA_CHECK_LAUNCH("bwd_preprocess_kernel");
     if (conc_sms)
       if (int st = bwd_depth_concurrent_fork(p, stream, ws_lse2, ws_delta, dq_part, conc_sms)) return st;

@@ -357,7 +357,9 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
             int *sem = dq_sem + (b * p.Hk + g) * (stat_rows(TG) / BQ) + Rq / BQ;
             if (wq == 0 && lane == 0) sem_wait_eq(sem, turn);
             named_bar_sync(kBarOrd + cwg, 128);
-            dq_add_ordered(acc_dq, dq_accum + (b * p.Hk + g) * TG * D, Rq + wq * 16 + qr, R_end, qc);
+            // the first turn (key block kmax) covers every row of the block (P = 0 on the rows it
+            // does not see): it stores
+            dq_add_ordered(acc_dq, dq_accum + (b * p.Hk + g) * TG * D, Rq + wq * 16 + qr, R_end, qc, turn == 0);
             named_bar_sync(kBarOrd + cwg, 128);  // every warp's adds are issued before the release
             if (wq == 0 && lane == 0) sem_release(sem, turn + 1);
           } else {
