@@ -204,8 +204,8 @@ struct FwdDepthRing {
                                       float scale_log2, float (&row_m)[2 * MT], float (&row_l)[2 * MT],
                                       float (&acc_o)[MT][D / 8][4], bool merge = false) {
     static_assert(NGRP == 2 * MT, "two 8-row groups per 16-row m-tile");
+    static_assert(WARP_SCRATCH_FLOATS * 4 <= 2 * RDL * LDS * (int)sizeof(T), "scratch fits a ring stage");
     const int qr = lane / 4, qc = lane % 4;
-    float *sO8 = scr, *sM8 = scr + 8 * RSD, *sL8 = sM8 + 8;
     int n_st = 0;  // stage of the chunk computed next
     for (int grp = 0; grp < NGRP; ++grp) {
       int u_lo, nk;
@@ -302,6 +302,11 @@ struct FwdDepthRing {
         }
       }
       // The group's columns -> 8-row scratch -> the row state of this lane's row qr of the group.
+      // scr == nullptr: the scratch is the stage of the group's last chunk, free until the next
+      // issue refills it (every lane's ldmatrix reads of it done first: __syncwarp)
+      float *sO8 = scr ? scr : reinterpret_cast<float *>(ring_w + (n_st == 0 ? RST - 1 : n_st - 1) * 2 * RDL * LDS);
+      float *sM8 = sO8 + 8 * RSD, *sL8 = sM8 + 8;
+      if (!scr) __syncwarp();
 #pragma unroll
       for (int c = 0; c < 2; ++c) col_l[c] = warp_col_sum(col_l[c]);
 #pragma unroll

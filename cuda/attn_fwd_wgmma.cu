@@ -369,12 +369,17 @@ struct WsFwdConfig {
   // the depth rows (T=16384: +0.79 ms from L = 64 to 128 for +2.15 GB, 2.7 TB/s).
   static constexpr int RST = NCWG == 2 ? 5 : 3, RSD = D + 4;
   static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2, SCRATCH_WARP_BYTES = (8 * RSD + 16) * 4;
-  static constexpr int RING_BYTES = NCWARPS * (RING_WARP_BYTES + SCRATCH_WARP_BYTES);
-  static constexpr int UNION_BYTES = KV_BYTES > RING_BYTES ? KV_BYTES : RING_BYTES;
-  // sQ | K/V stages or (depth phase, L > 0) the depth ring + scratch | barriers, after 1024 bytes
-  // of slack
+  // NCWG = 3 (KV0_OWN): K/V stage 0 has smem of its own, before the union of stage 1 and the
+  // rings (whose group scratch lives in the stage just consumed), so the producer loads block 0
+  // during the depth phase; with two warpgroups the 5-stage rings leave no room for it.
+  static constexpr bool KV0_OWN = NCWG == 3;
+  static constexpr int KV0_BYTES = KV0_OWN ? 2 * TILE_BYTES : 0;
+  static constexpr int RING_BYTES = NCWARPS * (RING_WARP_BYTES + (KV0_OWN ? 0 : SCRATCH_WARP_BYTES));
+  static constexpr int UNION_BYTES = KV_BYTES - KV0_BYTES > RING_BYTES ? KV_BYTES - KV0_BYTES : RING_BYTES;
+  // sQ | [K/V stage 0] | K/V stages or (depth phase, L > 0) the depth ring (+ scratch) | barriers,
+  // after 1024 bytes of slack
   static constexpr int SMEM_BYTES_NODEPTH = 1024 + Q_BYTES + KV_BYTES + BAR_BYTES;
-  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + UNION_BYTES + BAR_BYTES;
+  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + KV0_BYTES + UNION_BYTES + BAR_BYTES;
   // registers per thread after setmaxnreg: the producer's and the consumers' (FA3's split)
   static constexpr int PRODUCER_REGS = 24, CONSUMER_REGS = NCWG == 2 ? 240 : 160;
   static_assert(NCWG == 2 || NCWG == 3, "two or three consumer warpgroups");
@@ -401,9 +406,9 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   T *sQ = reinterpret_cast<T *>(smem);
   unsigned char *sKV = smem + Cfg::Q_BYTES;
   const int64_t L = p.L;
-  uint64_t *full = reinterpret_cast<uint64_t *>(sKV + (L > 0 ? Cfg::UNION_BYTES : Cfg::KV_BYTES));
+  uint64_t *full = reinterpret_cast<uint64_t *>(sKV + (L > 0 ? Cfg::KV0_BYTES + Cfg::UNION_BYTES : Cfg::KV_BYTES));
   uint64_t *empty = full + 2, *depth_done = full + 4;
-  T *sRing = reinterpret_cast<T *>(sKV);  // the depth phase's rings, over the K/V stages
+  T *sRing = reinterpret_cast<T *>(sKV + Cfg::KV0_BYTES);  // the depth phase's rings, over the K/V stages (1)
   auto sK = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES; };
   auto sV = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
 
@@ -447,9 +452,10 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
     if (tid == 0 && n_blocks > 0) {
       tma_prefetch_map(&tm_k);
       tma_prefetch_map(&tm_v);
-      if (depth_first) mbar_wait(depth_done, 0);  // the depth rings over the K/V stages are free
       for (int blk = 0; blk < n_blocks; ++blk) {
         const int st = blk & 1;
+        // the depth rings over the K/V stages (stage 1 only, with KV0_OWN) are free
+        if (depth_first && blk == (Cfg::KV0_OWN ? 1 : 0)) mbar_wait(depth_done, 0);
         if (blk >= 2) mbar_wait(&empty[st], ((blk >> 1) - 1) & 1);  // the consumers released its last use
         mbar_arrive_expect_tx(&full[st], 2 * Cfg::TILE_BYTES);      // rows past S count too (zero-filled)
         tma_load_4d(sK(st), &tm_k, &full[st], 0, (int)g, blk * BN, (int)b);
@@ -490,7 +496,9 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
 
-  float *scr = reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) + cwarp * Ring::WARP_SCRATCH_FLOATS;
+  float *scr = Cfg::KV0_OWN ? nullptr  // in the ring's stages
+                             : reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) +
+                                   cwarp * Ring::WARP_SCRATCH_FLOATS;
   if (depth_first) {  // depth phase, in the smem of the K/V stages: the producer waits for depth_done
     ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
     // this warp's ring and scratch accesses (cp.async, ldmatrix, st.shared: the generic proxy)
