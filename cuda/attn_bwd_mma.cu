@@ -1122,7 +1122,7 @@ bool bwd_atomic_dq_selected(const moda_attn_params *p) {
     const double r = bwd_seq_depth_ratio(p);
     return !(p->T >= 1024 && r >= 0.3 && r <= 0.6 && bwd_depth_concurrent_possible(p));
   }
-  const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
+  const int64_t seq_keys = mean_seq_keys(p);
   return seq_keys >= 1024 && seq_keys >= 16 * p->L;
 }
 

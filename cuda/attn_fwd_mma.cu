@@ -345,7 +345,7 @@ static int fwd_mt(const moda_attn_params *p) {
   }
   if (p->d != 64) return 1;
   if (forced) return forced;
-  int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
+  int64_t seq_keys = mean_seq_keys(p);
   return seq_keys >= 1024 && seq_keys >= 16 * p->L ? 2 : 1;
 }
 

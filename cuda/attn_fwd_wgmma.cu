@@ -586,30 +586,29 @@ int wgmma_bwd_mode() {
 // encodable as TMA maps (else fwd_wgmma_kernel runs, and the name says so). Flag bit 5 is in
 // the default flags since session 6 (it passed the checker, sanitizer and spec on the H100)..
 static bool use_ws(const moda_attn_params *p, int flags) { return p->d == 64 && (flags & FWD_WGMMA_WS); }
+static bool ws_layout_ok(const moda_attn_params *p);
+
+// Short sequences with many depth rows (DeiT's 197 keys and L = 22 or 126): fewer than 256 mean
+// visible keys and fewer than 16 per depth row. Timed by GPU time alone (session 12, H100), the
+// three-warpgroup ws kernel beats mma.sync there - DeiT-Tiny forward 0.190 vs 0.202 ms,
+// DeiT-Tiny-64 0.597 vs 0.602 - where the idle-start timing of session 5 had mma.sync ahead.
+// Only where K and V have a TMA-encodable layout: the non-ws wgmma kernel it would fall back to
+// is slower than mma.sync on short shapes.
+static bool fwd_ws_short(const moda_attn_params *p, int flags) {
+  const int64_t seq_keys = mean_seq_keys(p);
+  return use_ws(p, flags) && (flags & FWD_WS_3WG) && p->L > 0 && seq_keys < 256 && seq_keys < 16 * p->L &&
+         ws_layout_ok(p);
+}
+
 // Three consumer warpgroups (flag bit 3) where the mean visible sequence keys per query are at
 // least 16x the depth rows: measured on the H100 (session 9) 1.27x two warpgroups at T=16384,
 // 1.22x at G=16, 1.17x at T=4096 (L = 64), but 0.96x at LM-64 (1024 keys, L = 126), where the
 // depth phase - 2 ring stages instead of 3 - and fewer, larger causal tiles weigh more.
-// Also on short depth-heavy shapes (fewer than 256 keys, fewer than 16 per depth row; see
-// fwd_ws_short).
+// Also on the short depth-heavy shapes of fwd_ws_short.
 static bool fwd_ws_three_wg(const moda_attn_params *p, int flags) {
   if (!(flags & FWD_WS_3WG)) return false;
   if (wgmma_mode() == 2) return true;
-  const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;
-  return seq_keys >= 16 * p->L || seq_keys < 256;
-}
-
-static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v);
-
-// Short sequences with many depth rows (DeiT's 197 keys and L = 22 or 126): timed by GPU time
-// alone (session 12, H100), the three-warpgroup ws kernel beats mma.sync there - DeiT-Tiny
-// forward 0.190 vs 0.202 ms, DeiT-Tiny-64 0.597 vs 0.602 - where the idle-start timing of
-// session 5 had mma.sync ahead. Only where K and V encode as TMA maps: the non-ws wgmma kernel
-// it would fall back to is slower than mma.sync on short shapes.
-static bool fwd_ws_short(const moda_attn_params *p, int flags, int64_t seq_keys) {
-  CUtensorMap tm_k, tm_v;
-  return use_ws(p, flags) && (flags & FWD_WS_3WG) && p->L > 0 && seq_keys < 256 && seq_keys < 16 * p->L &&
-         ws_maps(p, &tm_k, &tm_v);
+  return mean_seq_keys(p) >= 16 * p->L || fwd_ws_short(p, flags);
 }
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
@@ -624,8 +623,7 @@ bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   // keys, L = 126), equal at DeiT-64 (session 5); the warp-specialised one (d = 64) a further
   // 1.45-1.69x on the paper shapes, 1.08x at LM-64 (session 6), so it takes over from 256 keys;
   // below that only on depth-heavy shapes (fwd_ws_short, session 12's GPU-only timing).
-  const int64_t seq_keys = p->causal ? p->S - p->T / 2 : p->S;  // mean visible keys per query
-  return seq_keys >= (use_ws(p, flags) ? 256 : 1024) || fwd_ws_short(p, flags, seq_keys);
+  return mean_seq_keys(p) >= (use_ws(p, flags) ? 256 : 1024) || fwd_ws_short(p, flags);
 }
 
 // cuTensorMapEncodeTiled from the driver, fetched once through the runtime (no -lcuda at link time).
@@ -663,17 +661,25 @@ static const char *tma_strides(const int64_t *n, const int64_t *st_el, int nd, i
   return nullptr;
 }
 
+// The layout checks of encode_rows_map, without the driver: base alignment, d, box rows, the
+// byte strides of (H, S, B) into strides (TMA's rules: multiples of 16 below 2^40, dims below 2^32).
+static const char *rows_map_layout(const void *base, int64_t B, int64_t S, int64_t H, int d, const int64_t xs[3],
+                                   int box_rows, cuuint64_t strides[3]) {
+  if (((uintptr_t)base & 15) || d % 64 || box_rows < 1 || box_rows > 256 || B < 1 || S < 1 || H < 1)
+    return "rows not TMA-encodable (base alignment, d a multiple of 64, 1..256 box rows, non-empty)";
+  if (B >= (int64_t(1) << 32) || S >= (int64_t(1) << 32) || H >= (int64_t(1) << 32))
+    return "rows not TMA-encodable (a dimension of 2^32 or more)";
+  const int64_t n[3] = {H, S, B};
+  const int64_t st_el[3] = {xs[2], xs[1], xs[0]};
+  return tma_strides(n, st_el, 3, (int64_t)d * 2, strides);
+}
+
 const char *encode_rows_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,
                                const int64_t xs[3], int box_rows) {
   EncodeTiledFn enc = encode_tiled_fn();
   if (!enc) return "cuTensorMapEncodeTiled not available from the driver";
-  if (((uintptr_t)base & 15) || d % 64 || box_rows < 1 || box_rows > 256 || B < 1 || S < 1 || H < 1)
-    return "rows not TMA-encodable (base alignment, d a multiple of 64, 1..256 box rows, non-empty)";
-  // byte strides of (H, S, B)
-  const int64_t n[3] = {H, S, B};
-  const int64_t st_el[3] = {xs[2], xs[1], xs[0]};
   cuuint64_t strides[3];
-  if (const char *why = tma_strides(n, st_el, 3, (int64_t)d * 2, strides)) return why;
+  if (const char *why = rows_map_layout(base, B, S, H, d, xs, box_rows, strides)) return why;
   const cuuint64_t dims[4] = {(cuuint64_t)d, (cuuint64_t)H, (cuuint64_t)S, (cuuint64_t)B};
   const cuuint32_t box[4] = {64, 1, (cuuint32_t)box_rows, 1}, estride[4] = {1, 1, 1, 1};
   // 2-byte elements: the map's dtype only sets the element size and the OOB fill (zero bits), so
@@ -717,6 +723,13 @@ int make_packed_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, i
 }
 
 // K and V as TMA maps for the warp-specialised kernel; false where either is not encodable.
+// ws_layout_ok: the same test without encoding (the shape rules ask it on every forward call);
+// where the driver still refuses an encoding it passed, the launcher runs fwd_wgmma_kernel.
+static bool ws_layout_ok(const moda_attn_params *p) {
+  cuuint64_t strides[3];
+  return encode_tiled_fn() && !rows_map_layout(p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsFwdConfig<2>::BN, strides) &&
+         !rows_map_layout(p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsFwdConfig<2>::BN, strides);
+}
 static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v) {
   return !encode_rows_map(tm_k, p->k, p->B, p->S, p->Hk, 64, p->k_stride, WsFwdConfig<2>::BN) &&
          !encode_rows_map(tm_v, p->v, p->B, p->S, p->Hk, 64, p->v_stride, WsFwdConfig<2>::BN);

@@ -65,6 +65,10 @@ __device__ __forceinline__ T *packed_row(T *base, const int64_t *st, int64_t b, 
 // 256-byte aligned bulk copy (the warp-specialised dK/dV kernel's TMA loads).
 __host__ __device__ __forceinline__ int64_t stat_rows(int64_t TG) { return (TG + 63) / 64 * 64; }
 
+// Mean visible sequence keys per query: the measure the kernel-choice rules use (a causal query
+// sees S - T + t + 1 keys, T/2 fewer on average than a full one).
+__host__ __forceinline__ int64_t mean_seq_keys(const moda_attn_params *p) { return p->causal ? p->S - p->T / 2 : p->S; }
+
 // The library-owned grow-only workspace (backend.cu).
 int workspace_get(void **ptr, int64_t bytes);
 
