@@ -68,10 +68,16 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        flags since session 13: H100, GPU time, two rounds, forward ms without / with: DeiT-Tiny
 //        0.195 0.196 / 0.185 0.186, LM-64 0.435 0.433 / 0.429 0.429, T=4096 0.496 0.498 / 0.492
 //        0.487, DeiT-Tiny-64 0.604 0.603 / 0.600 0.602.
+// bit 8: in the three-warpgroup ws kernel, where the CTA's keys fit the two K/V stages (at most
+//        256: DeiT), the phases are staggered by warpgroup inside the CTA instead: warpgroups 0
+//        and 2 run their depth phase first, in two ring slots beside the K/V stages, while
+//        warpgroup 1 runs its sequence phase, then its depth phase in warpgroup 0's slot. So one
+//        CTA streams depth rows and does tensor-core work at the same time (session 14).
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
-              FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128;
+              FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128,
+              FWD_WS_STAGGER = 256;
 constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA |
-                               FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES;
+                               FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES | FWD_WS_STAGGER;
 constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----

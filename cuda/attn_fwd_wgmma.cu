@@ -385,6 +385,10 @@ struct WsFwdConfig {
   static_assert(NCWG == 2 || NCWG == 3, "two or three consumer warpgroups");
   static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "TMA / wgmma tiles stay 1024-byte aligned");
   static_assert(SMEM_BYTES <= 232448, "within the sm_90 opt-in shared memory");
+  // flag bit 8 (three warpgroups, at most 2 key blocks): both K/V stages and two ring slots of
+  // one warpgroup each, in the same smem
+  static constexpr int SLOT_BYTES = 4 * RING_WARP_BYTES;
+  static_assert(NCWG == 2 || (KV0_OWN && KV_BYTES - KV0_BYTES + 2 * SLOT_BYTES <= UNION_BYTES), "stagger layout");
   // the registers the launch gets (ptxas: 65536 / NTHREADS rounded down to a multiple of 8 per
   // thread) must cover the split, or setmaxnreg.inc would wait forever
   static_assert(128 * PRODUCER_REGS + 128 * NCWG * CONSUMER_REGS <= NTHREADS * ((65536 / NTHREADS) & ~7),
@@ -435,9 +439,13 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   unmasked_end = __shfl_sync(0xffffffffu, unmasked_end, 0);
   // Phase order (flag bit 7): every other CTA runs its sequence phase first. Equal-length CTAs
   // (non-causal) otherwise stay in step, every SM streaming depth rows at the same time.
+  // Staggered by warpgroup instead (flag bit 8, three warpgroups, keys in at most the two K/V
+  // stages, so no stage is reused): no ping-pong, no depth_done; see the consumers below.
+  const bool stagger = NCWG == 3 && (flags & FWD_WS_STAGGER) && L > 0 && n_blocks > 0 && n_blocks <= Cfg::KV_STAGES;
   const bool depth_first =
-      L > 0 && !((flags & FWD_WS_ALT_PHASES) && n_blocks > 0 &&
-                 ((blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z)) & 1));
+      L > 0 && !stagger &&
+      !((flags & FWD_WS_ALT_PHASES) && n_blocks > 0 &&
+        ((blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z)) & 1));
 
   if (tid == 0) {
     mbar_init(&full[0], 1); mbar_init(&full[1], 1);
@@ -467,7 +475,17 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
 
   // ---------------- consumer warpgroups ----------------
   setmaxnreg_inc<Cfg::CONSUMER_REGS>();
+  using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
+  static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES &&
+                Ring::WARP_SCRATCH_FLOATS * 4 == Cfg::SCRATCH_WARP_BYTES, "ring layout");
   const int ctid = tid - 128, cwarp = warp - 4, cwg = cwarp / 4;
+  // this warpgroup's phase order and ring: staggered, warpgroups 0 and 2 run depth first in slots
+  // 0 and 1 after both K/V stages, warpgroup 1 runs it last in slot 0 (named barrier 5: warpgroup
+  // 0 is done with it); else the CTA's order, the rings over the K/V stages
+  const bool wg_depth_first = stagger ? cwg != 1 : depth_first;
+  T *ring_mem = stagger ? reinterpret_cast<T *>(sKV + Cfg::KV_BYTES + (cwg == 2 ? Cfg::SLOT_BYTES : 0)) +
+                              (cwarp % 4) * Ring::WARP_RING_ELEMS
+                        : sRing + cwarp * Ring::WARP_RING_ELEMS;
   const int qc = lane % 4;
   const float scale_log2 = (float)p.scale * 1.4426950408889634f;
   const T *q = static_cast<const T *>(p.q);
@@ -476,12 +494,9 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
     return R < TG ? packed_row(q, p.q_stride, b, g, G, R) : nullptr;
   });
   cp_async_commit();
-  using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
-  static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES &&
-                Ring::WARP_SCRATCH_FLOATS * 4 == Cfg::SCRATCH_WARP_BYTES, "ring layout");
   Ring ring;
-  if (depth_first) {
-    ring.init(p, flags, sRing + cwarp * Ring::WARP_RING_ELEMS, Rw, b, g, lane);
+  if (wg_depth_first) {
+    ring.init(p, flags, ring_mem, Rw, b, g, lane);
     ring.prologue(p);
     cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
   } else {
@@ -499,13 +514,18 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   float *scr = Cfg::KV0_OWN ? nullptr  // in the ring's stages
                              : reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) +
                                    cwarp * Ring::WARP_SCRATCH_FLOATS;
-  if (depth_first) {  // depth phase, in the smem of the K/V stages: the producer waits for depth_done
+  if (wg_depth_first) {  // depth phase, in the smem of the K/V stages (the producer waits for depth_done) or a slot
     ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
-    // this warp's ring and scratch accesses (cp.async, ldmatrix, st.shared: the generic proxy)
-    // before the TMA writes (the async proxy) that will reuse the bytes
-    fence_proxy_async_smem();
-    __syncwarp();
-    if (lane == 0) mbar_arrive(depth_done);
+    if (stagger) {
+      // warpgroup 0 hands slot 0 to warpgroup 1 (generic-proxy accesses only: the barrier orders them)
+      if (cwg == 0) named_bar_arrive(5, 256);
+    } else {
+      // this warp's ring and scratch accesses (cp.async, ldmatrix, st.shared: the generic proxy)
+      // before the TMA writes (the async proxy) that will reuse the bytes
+      fence_proxy_async_smem();
+      __syncwarp();
+      if (lane == 0) mbar_arrive(depth_done);
+    }
   }
 
   if (n_blocks > 0) {
@@ -517,17 +537,17 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
     const uint32_t kv_u32 = __shfl_sync(0xffffffffu, smem_u32(sKV), 0);
     // ping-pong (round robin with three): consumer warpgroup 0 issues first; each hands the turn
     // to the next after its S issue (the last skips its final hand-over, which nobody would wait for)
-    if (cwg == NCWG - 1) named_bar_arrive(2, 256);
+    if (!stagger && cwg == NCWG - 1) named_bar_arrive(2, 256);
     for (int blk = 0; blk < n_blocks; ++blk) {
       const int st = blk & 1;
       mbar_wait(&full[st], (blk >> 1) & 1);
       load_q_frags<KSTEPS, LDS>(q_a, sQ, cwarp, lane);
-      named_bar_sync(2 + cwg, 256);
+      if (!stagger) named_bar_sync(2 + cwg, 256);
       wgmma_fence_operand(s);
       wgmma_fence();
       wgmma_rs_kmajor<T, BN, KSTEPS>(s, q_a, kv_u32 + st * 2 * Cfg::TILE_BYTES, BN, 0);
       wgmma_commit();
-      if (cwg != NCWG - 1 || blk + 1 < n_blocks) named_bar_arrive(2 + (cwg + 1) % NCWG, 256);
+      if (!stagger && (cwg != NCWG - 1 || blk + 1 < n_blocks)) named_bar_arrive(2 + (cwg + 1) % NCWG, 256);
       wgmma_wait<0>();
       wgmma_fence_operand(s);
       wgmma_softmax_block_any<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
@@ -543,10 +563,14 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       if (lane == 0) mbar_arrive(&empty[st]);  // this warp is done with the stage's K and V
     }
   }
-  if (L > 0 && !depth_first) {  // depth phase last (flag bit 7), merged into the rows' state
-    fence_proxy_async_smem();      // this warp's wgmma reads (async proxy) before the ring's writes
-    named_bar_sync(1, NCTHREADS);  // every consumer warp is done with the K/V stages
-    ring.init(p, flags, sRing + cwarp * Ring::WARP_RING_ELEMS, Rw, b, g, lane);
+  if (L > 0 && !wg_depth_first) {  // depth phase last (flag bits 7, 8), merged into the rows' state
+    if (stagger) {
+      named_bar_sync(5, 256);        // warpgroup 0 is done with slot 0
+    } else {
+      fence_proxy_async_smem();      // this warp's wgmma reads (async proxy) before the ring's writes
+      named_bar_sync(1, NCTHREADS);  // every consumer warp is done with the K/V stages
+    }
+    ring.init(p, flags, ring_mem, Rw, b, g, lane);
     ring.prologue(p);
     ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o, true);
   }
