@@ -72,7 +72,10 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        256: DeiT), the phases are staggered by warpgroup inside the CTA instead: warpgroups 0
 //        and 2 run their depth phase first, in two ring slots beside the K/V stages, while
 //        warpgroup 1 runs its sequence phase, then its depth phase in warpgroup 0's slot. So one
-//        CTA streams depth rows and does tensor-core work at the same time (session 14).
+//        CTA streams depth rows and does tensor-core work at the same time. Correct (checker,
+//        sanitizer, spec on the H100) but slower, so not in the default flags: forward, two
+//        rounds, without / with: DeiT-Tiny 0.176 0.177 / 0.195 0.193 ms, DeiT-Tiny-64 0.618
+//        0.618 / 0.641 0.640 (session 14). For A/B (MODA_CUDA_FWD_FLAGS=425).
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
               FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128,
               FWD_WS_STAGGER = 256;
