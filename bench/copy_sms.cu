@@ -14,7 +14,13 @@
 // 4 warps x 7 stages 3.02 / 2.86 / 1.93 TB/s at 0 / 700 / 1500 cycles per chunk, 8 x 5 3.03 /
 // 2.97 / 2.85, 12 x 3 2.98 / 2.89 / 2.75 (2.52 at 3000). The forward's depth phase alone reads
 // at ~2.65 TB/s: as if its warps lost ~1500-3000 cycles per chunk (docs/CUDA_NOTES.md, session 12).
+// And the pattern a TMA-fed depth backward would have (docs/CUDA_NOTES.md, session 15): per
+// (token, KV head), the token's L depth rows of kd and of vd by two TMA tensor loads (a box of L
+// rows of 128 bytes, rows 256 bytes apart at Hk = 2) into a ring of stages, a fixed delay per
+// token standing in for its math, and two TMA tensor stores of the stage into dkd, dvd; one
+// thread per CTA, one CTA per SM, on 54 and 132 SMs.
 // Build and run (sm_90a): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/copy_sms.cu -o /tmp/copy_sms && /tmp/copy_sms
+#include <cuda.h>  // CUtensorMap (the encoder comes from the driver at run time)
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -192,6 +198,100 @@ static float run_ring(const char *src, int64_t bytes, int spin, uint32_t *sink, 
   return ms;
 }
 
+// TMA token ring: item i = (token, head) = (i / HK, i % HK), every gridDim.x-th; a stage holds
+// one item's kd and vd rows (2 x L x 128 bytes). Thread 0 issues the loads NST items ahead, waits
+// for each, spins `spin` cycles, stores it back by TMA and refills the previous item's stage once
+// that store has read it (as copy_bulk_kernel, with tensor maps).
+template <int NST, int L, int HK>
+__global__ void __launch_bounds__(32) tma_token_ring_kernel(const __grid_constant__ CUtensorMap kd,
+                                                            const __grid_constant__ CUtensorMap vd,
+                                                            const __grid_constant__ CUtensorMap dkd,
+                                                            const __grid_constant__ CUtensorMap dvd, int64_t items,
+                                                            int spin) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int HALF = L * 128, STAGE = 2 * HALF;
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // 128 bytes more than the stages
+  __shared__ uint64_t bars[NST];
+  if (threadIdx.x != 0) return;
+  unsigned char *smem = smem_raw + ((128u - (smem_addr(smem_raw) & 127u)) & 127u);  // TMA: 128-byte aligned
+  for (int s = 0; s < NST; ++s)
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bars[s])) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  const int64_t first = blockIdx.x, step = gridDim.x;
+  const int64_t mine = first < items ? (items - first + step - 1) / step : 0;
+  auto coords = [&](int64_t j, int &h, int &row) {
+    const int64_t it = first + j * step;
+    h = (int)(it % HK);
+    row = (int)(it / HK * L);
+  };
+  auto issue_load = [&](int64_t j) {
+    const int s = (int)(j % NST);
+    int h, row;
+    coords(j, h, row);
+    const uint32_t bar = smem_addr(&bars[s]), dst = smem_addr(smem + s * STAGE);
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(STAGE) : "memory");
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
+                 ::"r"(dst), "l"(&kd), "r"(0), "r"(h), "r"(row), "r"(bar) : "memory");
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
+                 ::"r"(dst + HALF), "l"(&vd), "r"(0), "r"(h), "r"(row), "r"(bar) : "memory");
+  };
+  for (int64_t j = 0; j < NST && j < mine; ++j) issue_load(j);
+  for (int64_t j = 0; j < mine; ++j) {
+    const int s = (int)(j % NST);
+    const uint32_t parity = (uint32_t)((j / NST) & 1);
+    uint32_t done = 0;
+    do {
+      asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                   : "=r"(done)
+                   : "r"(smem_addr(&bars[s])), "r"(parity)
+                   : "memory");
+    } while (!done);
+    if (spin > 0) {
+      const long long t0 = clock64();
+      while (clock64() - t0 < spin) {}
+    }
+    int h, row;
+    coords(j, h, row);
+    const uint32_t src = smem_addr(smem + s * STAGE);
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%1, %2, %3}], [%4];"
+                 ::"l"(&dkd), "r"(0), "r"(h), "r"(row), "r"(src) : "memory");
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%1, %2, %3}], [%4];"
+                 ::"l"(&dvd), "r"(0), "r"(h), "r"(row), "r"(src + HALF) : "memory");
+    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    if (j >= 1 && j - 1 + NST < mine) {  // the previous item's stores have read their stage
+      asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
+      issue_load(j - 1 + NST);
+    }
+  }
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+#endif
+}
+
+// A depth tensor [rows = B*T*L, HK, 64] of bf16 as a 3-d TMA map, box (64, 1, L): one token's rows
+// of one KV head. The encoder from the driver through the runtime (no -lcuda).
+typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static CUtensorMap depth_map(void *base, int64_t rows, int hk, int L) {
+  static EncodeTiledFn enc = nullptr;
+  if (!enc) {
+    void *f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess) { fprintf(stderr, "cuTensorMapEncodeTiled not found\n"); exit(1); }
+    enc = reinterpret_cast<EncodeTiledFn>(f);
+  }
+  CUtensorMap m;
+  const cuuint64_t dims[3] = {64, (cuuint64_t)hk, (cuuint64_t)rows}, strides[2] = {128, (cuuint64_t)hk * 128};
+  const cuuint32_t box[3] = {64, 1, (cuuint32_t)L}, es[3] = {1, 1, 1};
+  if (enc(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, base, dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
+          CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+    fprintf(stderr, "cuTensorMapEncodeTiled refused the depth map\n");
+    exit(1);
+  }
+  return m;
+}
+
 template <typename F>
 static float time_ms(F launch) {
   cudaEvent_t a, b;
@@ -221,6 +321,21 @@ static float run_bulk(const char *src, char *dst, int64_t bytes, int sms) {
   const int smem = CHUNK * NST > 120 * 1024 ? CHUNK * NST : 120 * 1024;  // one CTA per SM
   CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const float ms = time_ms([&] { k<<<sms, 32, smem>>>(src, dst, bytes / CHUNK); });
+  CK(cudaGetLastError());
+  return ms;
+}
+
+// kd, vd = the two halves of src, dkd, dvd of dst; rate = bytes read + written per second
+template <int NST>
+static float run_tma_ring(char *src, char *dst, int64_t bytes, int sms, int spin) {
+  constexpr int L = 126, HK = 2, STAGE = 2 * L * 128;
+  auto k = tma_token_ring_kernel<NST, L, HK>;
+  const int smem = NST * STAGE + 128 > 120 * 1024 ? NST * STAGE + 128 : 120 * 1024;  // one CTA per SM
+  CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const int64_t rows = bytes / 2 / (HK * 128), items = rows / L * HK;
+  const CUtensorMap kd = depth_map(src, rows, HK, L), vd = depth_map(src + bytes / 2, rows, HK, L);
+  const CUtensorMap dkd = depth_map(dst, rows, HK, L), dvd = depth_map(dst + bytes / 2, rows, HK, L);
+  const float ms = time_ms([&] { k<<<sms, 32, smem>>>(kd, vd, dkd, dvd, items, spin); });
   CK(cudaGetLastError());
   return ms;
 }
@@ -283,6 +398,27 @@ int main() {
   ring_row("12 x 3", [&](int sp) { return run_ring<12, 3>(src, bytes, sp, sink, nsm); });
   ring_row("4 x 12", [&](int sp) { return run_ring<4, 12>(src, bytes, sp, sink, nsm); });
   ring_row("16 x 3", [&](int sp) { return run_ring<16, 3>(src, bytes, sp, sink, nsm); });
+  // the TMA token ring (the sketch of a TMA-fed depth backward): TB/s of bytes read + written
+  printf("\nTMA token ring (kd, vd of one token and KV head per stage, stored back by TMA), TB/s:\n");
+  printf("%-24s %8s %8s %8s %8s %8s\n", "SMs x stages (KB)", "spin 0", "1000", "2000", "4000", "8000");
+  auto tma_row = [&](const char *name, auto fn) {
+    printf("%-24s", name);
+    for (int spin : {0, 1000, 2000, 4000, 8000}) printf(" %8.2f", 2.0 * bytes / (fn(spin) * 1e-3) / 1e12);
+    printf("\n");
+  };
+  tma_row("54 x 4 (126)", [&](int sp) { return run_tma_ring<4>(src, dst, bytes, 54, sp); });
+  tma_row("54 x 6 (189)", [&](int sp) { return run_tma_ring<6>(src, dst, bytes, 54, sp); });
+  tma_row("132 x 4 (126)", [&](int sp) { return run_tma_ring<4>(src, dst, bytes, nsm, sp); });
+  {  // the TMA ring moves the bytes: a pattern through it, compared
+    std::vector<unsigned char> h(1 << 20);
+    for (size_t i = 0; i < h.size(); ++i) h[i] = (unsigned char)(i * 37 + 11);
+    CK(cudaMemcpy(src, h.data(), h.size(), cudaMemcpyHostToDevice));
+    CK(cudaMemset(dst, 0, bytes));
+    run_tma_ring<4>(src, dst, bytes, 54, 0);
+    std::vector<unsigned char> g(h.size());
+    CK(cudaMemcpy(g.data(), dst, g.size(), cudaMemcpyDeviceToHost));
+    printf("TMA ring check: %s\n", g == h ? "ok" : "MISMATCH");
+  }
   // a check that the bulk copy moved the bytes: copy a pattern and compare
   std::vector<unsigned char> h(1 << 20);
   for (size_t i = 0; i < h.size(); ++i) h[i] = (unsigned char)(i * 131 + 7);
