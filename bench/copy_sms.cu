@@ -18,7 +18,8 @@
 // (token, KV head), the token's L depth rows of kd and of vd by two TMA tensor loads (a box of L
 // rows of 128 bytes, rows 256 bytes apart at Hk = 2) into a ring of stages, a fixed delay per
 // token standing in for its math, and two TMA tensor stores of the stage into dkd, dvd; one
-// thread per CTA, one CTA per SM, on 54 and 132 SMs.
+// thread per CTA, one CTA per SM, on 54 and 132 SMs. (Written in session 15 without device time:
+// compiled, not yet run; its "TMA ring check" line says whether it moves the bytes.)
 // Build and run (sm_90a): nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/copy_sms.cu -o /tmp/copy_sms && /tmp/copy_sms
 #include <cuda.h>  // CUtensorMap (the encoder comes from the driver at run time)
 #include <cuda_runtime.h>
