@@ -86,6 +86,16 @@ __global__ void __launch_bounds__(kThreads) read_vec_kernel(const uint4 *__restr
 __device__ __forceinline__ uint32_t smem_addr(const void *p) {
   return (uint32_t)__cvta_generic_to_shared(p);
 }
+// Waits until the mbarrier's phase of this parity has completed (the stage's bytes have landed).
+__device__ __forceinline__ void mbar_wait_parity(uint64_t *bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(done)
+                 : "r"(smem_addr(bar)), "r"(parity)
+                 : "memory");
+  } while (!done);
+}
 
 // Bulk copy: thread 0 streams chunks of CHUNK bytes (every gridDim.x-th) through a ring of NST
 // stages: bulk load (completion on the stage's mbarrier), then bulk store; a stage is reloaded
@@ -116,13 +126,7 @@ __global__ void __launch_bounds__(32) copy_bulk_kernel(const char *__restrict__ 
   for (int64_t j = 0; j < mine; ++j) {
     const int s = (int)(j % NST);
     const uint32_t parity = (uint32_t)((j / NST) & 1);
-    uint32_t done = 0;
-    do {
-      asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                   : "=r"(done)
-                   : "r"(smem_addr(&bars[s])), "r"(parity)
-                   : "memory");
-    } while (!done);
+    mbar_wait_parity(&bars[s], parity);
     if (READ_ONLY) {  // read-only: the stage is free again at once (nothing reads it)
       if (j + NST < mine) issue_load(j + NST);
       continue;
@@ -240,13 +244,7 @@ __global__ void __launch_bounds__(32) tma_token_ring_kernel(const __grid_constan
   for (int64_t j = 0; j < mine; ++j) {
     const int s = (int)(j % NST);
     const uint32_t parity = (uint32_t)((j / NST) & 1);
-    uint32_t done = 0;
-    do {
-      asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                   : "=r"(done)
-                   : "r"(smem_addr(&bars[s])), "r"(parity)
-                   : "memory");
-    } while (!done);
+    mbar_wait_parity(&bars[s], parity);
     if (spin > 0) {
       const long long t0 = clock64();
       while (clock64() - t0 < spin) {}
@@ -410,24 +408,18 @@ int main() {
   tma_row("54 x 4 (126)", [&](int sp) { return run_tma_ring<4>(src, dst, bytes, 54, sp); });
   tma_row("54 x 6 (189)", [&](int sp) { return run_tma_ring<6>(src, dst, bytes, 54, sp); });
   tma_row("132 x 4 (126)", [&](int sp) { return run_tma_ring<4>(src, dst, bytes, nsm, sp); });
-  {  // the TMA ring moves the bytes: a pattern through it, compared
+  // checks that the copies moved the bytes: a pattern through each, compared
+  auto copy_check = [&](const char *name, auto copy) {
     std::vector<unsigned char> h(1 << 20);
-    for (size_t i = 0; i < h.size(); ++i) h[i] = (unsigned char)(i * 37 + 11);
+    for (size_t i = 0; i < h.size(); ++i) h[i] = (unsigned char)(i * 131 + 7);
     CK(cudaMemcpy(src, h.data(), h.size(), cudaMemcpyHostToDevice));
     CK(cudaMemset(dst, 0, bytes));
-    run_tma_ring<4>(src, dst, bytes, 54, 0);
+    copy();
     std::vector<unsigned char> g(h.size());
     CK(cudaMemcpy(g.data(), dst, g.size(), cudaMemcpyDeviceToHost));
-    printf("TMA ring check: %s\n", g == h ? "ok" : "MISMATCH");
-  }
-  // a check that the bulk copy moved the bytes: copy a pattern and compare
-  std::vector<unsigned char> h(1 << 20);
-  for (size_t i = 0; i < h.size(); ++i) h[i] = (unsigned char)(i * 131 + 7);
-  CK(cudaMemcpy(src, h.data(), h.size(), cudaMemcpyHostToDevice));
-  CK(cudaMemset(dst, 0, bytes));
-  run_bulk<16384, 8>(src, dst, bytes, 54);
-  std::vector<unsigned char> g(h.size());
-  CK(cudaMemcpy(g.data(), dst, g.size(), cudaMemcpyDeviceToHost));
-  printf("bulk copy check: %s\n", g == h ? "ok" : "MISMATCH");
+    printf("%s check: %s\n", name, g == h ? "ok" : "MISMATCH");
+  };
+  copy_check("TMA ring", [&] { run_tma_ring<4>(src, dst, bytes, 54, 0); });
+  copy_check("bulk copy", [&] { run_bulk<16384, 8>(src, dst, bytes, 54); });
   return 0;
 }
