@@ -624,15 +624,16 @@ static bool fwd_ws_short(const moda_attn_params *p, int flags) {
          ws_layout_ok(p);
 }
 
-// Three consumer warpgroups (flag bit 3) where the mean visible sequence keys per query are at
-// least 16x the depth rows: measured on the H100 (session 9) 1.27x two warpgroups at T=16384,
-// 1.22x at G=16, 1.17x at T=4096 (L = 64), but 0.96x at LM-64 (1024 keys, L = 126), where the
-// depth phase - 2 ring stages instead of 3 - and fewer, larger causal tiles weigh more.
-// Also on the short depth-heavy shapes of fwd_ws_short.
+// Three consumer warpgroups (flag bit 3) wherever the ws kernel runs. Measured on the H100: in
+// session 9 1.27x two warpgroups at T=16384, 1.22x at G=16, 1.17x at T=4096 (L = 64), but 0.96x
+// at LM-64 (1024 keys, L = 126; 2 depth ring stages instead of 3), so it was kept to shapes with
+// at least 16 sequence keys per depth row; since its K/V stage 0 has smem of its own (session
+// 14) it wins at LM-64 too: forward 0.409 0.415 vs 0.428 0.426 ms, f+b 1.412 1.407 vs 1.423
+// 1.425 (session 15, GPU time, two rounds, one process); session 16, another build, the same
+// way: forward 0.415 0.416 vs 0.419 0.420, f+b 1.409 1.420 vs 1.429 1.439.
 static bool fwd_ws_three_wg(const moda_attn_params *p, int flags) {
-  if (!(flags & FWD_WS_3WG)) return false;
-  if (wgmma_mode() == 2) return true;
-  return mean_seq_keys(p) >= 16 * p->L || fwd_ws_short(p, flags);
+  (void)p;
+  return (flags & FWD_WS_3WG) != 0;
 }
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
@@ -738,6 +739,27 @@ const char *encode_packed_rows_map(CUtensorMap *map, const void *base, int64_t B
                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? nullptr : "cuTensorMapEncodeTiled refused the packed rows";
+}
+
+const char *encode_depth_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t L, int64_t Hk,
+                             const int64_t xs[4], int box_slots, int box_tokens) {
+  EncodeTiledFn enc = encode_tiled_fn();
+  if (!enc) return "cuTensorMapEncodeTiled not available from the driver";
+  if (((uintptr_t)base & 15) || B < 1 || T < 1 || L < 1 || Hk < 1 || box_slots < 1 || box_slots > 256 ||
+      box_tokens < 1 || box_tokens > 256)
+    return "depth rows not TMA-encodable (base alignment, 1..256 box slots and tokens, non-empty)";
+  if (B >= (int64_t(1) << 32) || T >= (int64_t(1) << 32) || L >= (int64_t(1) << 32) || Hk >= (int64_t(1) << 32))
+    return "depth rows not TMA-encodable (a dimension of 2^32 or more)";
+  const int64_t n[4] = {Hk, L, T, B};
+  const int64_t st_el[4] = {xs[3], xs[2], xs[1], xs[0]};
+  cuuint64_t strides[4];
+  if (const char *why = tma_strides(n, st_el, 4, 128, strides)) return why;
+  const cuuint64_t dims[5] = {64, (cuuint64_t)Hk, (cuuint64_t)L, (cuuint64_t)T, (cuuint64_t)B};
+  const cuuint32_t box[5] = {64, 1, (cuuint32_t)box_slots, (cuuint32_t)box_tokens, 1}, estride[5] = {1, 1, 1, 1, 1};
+  const CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5, const_cast<void *>(base), dims, strides, box, estride,
+                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? nullptr : "cuTensorMapEncodeTiled refused the depth rows";
 }
 
 int make_packed_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t Hk, int64_t G, int d,

@@ -82,6 +82,15 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *
                : "r"(smem_u32(smem_row)));
 #endif
 }
+// Stores four 8x8 b16 matrices (register i: matrix i in the C-fragment-like layout, each lane row
+// lane/4, columns 2*(lane%4)..+1); lane l gives the address of row l%8 of matrix l/8 (sm_90+).
+__device__ __forceinline__ void stmatrix_x4(uint32_t smem_addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+#endif
+}
 // Transposes an 8x8 b16 matrix held in the C-fragment-like layout (each lane: row lane/4,
 // columns 2*(lane%4)..+1) into the same layout of its transpose.
 __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {

@@ -124,6 +124,13 @@ int bwd_depth_concurrent_fork(const moda_attn_params *p, cudaStream_t stream, co
 int bwd_depth_concurrent_join(const moda_attn_params *p, cudaStream_t stream, const float *dq_seq,
                               const float *dq_part);
 
+// The same depth backward as a TMA stream (attn_bwd_depth_tma.cu; sm_90a, d = 64, G dividing 8):
+// _selected where it runs instead (concurrent: in the concurrent backward); _launch with dq_part
+// (the concurrent backward, at most max_ctas CTAs) or dq_seq (writes dq), as the kernel it replaces.
+bool bwd_depth_tma_selected(const moda_attn_params *p, bool concurrent);
+int bwd_depth_tma_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
+                         const float *dq_seq, float *dq_part, int max_ctas);
+
 // Decode path (attn_decode.cu): T <= 16 queries against a long cache, split-K + combine.
 bool fwd_decode_selected(const moda_attn_params *p);
 int64_t fwd_decode_workspace_bytes(const moda_attn_params *p);

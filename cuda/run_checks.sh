@@ -150,6 +150,15 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_depth_conc_nd MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_conc_dqk MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
     step bwd_depth_nosw_nd MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    # the TMA depth backward (attn_bwd_depth_tma.cu): forced everywhere it can run (=1: also in
+    # the concurrent backward), 4 and 8 consumer warps, deterministic or not; off (=0)
+    step bwd_depth_tma      MODA_CUDA_BWD_DEPTH_TMA=1 -- bwd
+    step bwd_depth_tma_nd   MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step bwd_depth_tma8     MODA_CUDA_BWD_DEPTH_TMA=8 -- bwd
+    step bwd_depth_tma_conc MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step bwd_depth_tma8_conc MODA_CUDA_BWD_DEPTH_TMA=8 MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    step bwd_depth_tma_off  MODA_CUDA_BWD_DEPTH_TMA=0 -- bwd
+    step quick_depth_tma    MODA_CUDA_BWD_DEPTH_TMA=1 -- quick
     step bwd_no_depth_k    MODA_CUDA_BWD_DEPTH_KERNEL=0 -- bwd
     step bwd_no_depth_k_nd MODA_CUDA_BWD_DEPTH_KERNEL=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_k_mma   MODA_CUDA_WGMMA=0 -- bwd
@@ -183,6 +192,8 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_default_det $tool san MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_depth_nosw $tool san MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_depth_conc $tool san MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_depth_tma $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_ATOMIC_DQ=0
+      san bwd_depth_tma_conc $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
     done
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"

@@ -71,6 +71,29 @@ __device__ __forceinline__ void tma_load_5d(void *dst, const CUtensorMap *map, u
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(smem_u32(bar))
       : "memory");)
 }
+// The reverse: a 5-d box of shared memory at `src` (the layout tma_load_5d writes) to `map` at
+// the coordinates; parts of the box outside the tensor are not written. Completion by bulk groups:
+// bulk_commit() closes this thread's group, bulk_wait_read<N>() waits until all but the newest N
+// groups have read their shared memory (the source may then be overwritten).
+__device__ __forceinline__ void tma_store_5d(const CUtensorMap *map, const void *src, int c0, int c1, int c2, int c3,
+                                             int c4) {
+  MODA_SM90A_BODY(asm volatile(
+      "cp.async.bulk.tensor.5d.global.shared::cta.bulk_group [%0, {%1, %2, %3, %4, %5}], [%6];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(smem_u32(src))
+      : "memory");)
+}
+__device__ __forceinline__ void bulk_commit() {
+  MODA_SM90A_BODY(asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");)
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  MODA_SM90A_BODY(asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");)
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {  // ... and written to global memory
+  MODA_SM90A_BODY(asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");)
+}
 // A 1-d bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) from global `src`
 // to shared `dst`, completion (bytes) signalled on `bar`.
 __device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
@@ -120,6 +143,14 @@ int make_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t 
 // Returns 0 or MODA_ERR_UNSUPPORTED with a message. (The warp-specialised dK/dV kernel, attn_bwd_wgmma.cu.)
 int make_packed_rows_tensor_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t Hk, int64_t G, int d,
                                 const int64_t xs[3], int box_rows);
+// A depth tensor x = [B, T, L_max, Hk, d] (element strides xs = {batch, token, slot, head}, d = 64
+// contiguous) read for its first L slots, as a 5-d map over (d, Hk, L, T, B) with box {64, 1,
+// box_slots, box_tokens, 1} and the 128-byte swizzle: one box is box_tokens tokens' box_slots
+// consecutive slots of one KV head, box_tokens * box_slots rows of 128 bytes (token-major); slots
+// past L and tokens past T are zero-filled on loads and skipped on stores. nullptr or why not.
+// (The TMA depth backward, attn_bwd_depth_tma.cu.)
+const char *encode_depth_map(CUtensorMap *map, const void *base, int64_t B, int64_t T, int64_t L, int64_t Hk,
+                             const int64_t xs[4], int box_slots, int box_tokens);
 // The same encodings without the error channel: nullptr, or why the tensor cannot be a TMA map
 // (for launchers that only probe: a refusal there means the non-TMA kernel runs, not an error).
 const char *encode_rows_map(CUtensorMap *map, const void *base, int64_t B, int64_t S, int64_t H, int d,

@@ -7,6 +7,7 @@
 #   v6 v6san v6bench quick full                 (cuda/run_checks.sh modes, prebuilt checker)
 #   spec     busted CUDA spec, default kernels  (MODA_CUDA_SPEC_TABLE=1; under SPEC_LIMIT seconds, default 300)
 #   specall  busted CUDA spec with every experimental switch on
+#   specenv  busted CUDA spec with the words of $SPEC_ENV set (A=1 B=2)
 #   bench    bench/cuda_attention.py $BENCH_ARGS (env MODA_CUDA_* passes through; no spaces in it)
 #   benchnd  the same with --nondet (deterministic = 0, the library's rules: dQ by atomics or not)
 #   benchidle benchnd with --idle-start (calls start on an idle GPU, host latency included: the
@@ -52,6 +53,8 @@ for st in "$@"; do
     tma) OUT=$LOGS/tma stage tma 120 bash cuda/run_checks.sh tma ;;
     v6|v6san|v6bench|quick|full) OUT=$LOGS/$st stage $st 420 bash cuda/run_checks.sh $st ;;
     spec) MODA_CUDA_SPEC_TABLE=1 stage spec ${SPEC_LIMIT:-300} $BUSTED --lua=luajit spec/cuda_attention_spec.lua ;;
+    specenv) # the spec again with the words of $SPEC_ENV set (e.g. "MODA_CUDA_BWD_DEPTH_TMA=1")
+             MODA_CUDA_SPEC_TABLE=1 stage specenv ${SPEC_LIMIT:-300} env ${SPEC_ENV:-} $BUSTED --lua=luajit spec/cuda_attention_spec.lua ;;
     specall) MODA_CUDA_SPEC_TABLE=1 MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 \
                stage specall 300 $BUSTED --lua=luajit spec/cuda_attention_spec.lua ;;
     bench) PYTHONUNBUFFERED=1 TAIL=40 stage bench 540 python3 bench/cuda_attention.py ${BENCH_ARGS:-} ;;
