@@ -24,8 +24,9 @@ const char *moda_attn_fwd_cuda_kernel_name(const moda_attn_params *p);
    dK/dV kernel), "simt"; "_atomic_dq" appended where dQ is summed by atomics (deterministic = 0),
    "_ordered_dq" where it is summed in a fixed order by the warp-specialised kernel (deterministic),
    "_fdepth" where the dQ kernel computes dkd and dvd, "_dtok" where the depth kernel
-   (attn_bwd_depth.cu) computes dkd, dvd and dq's depth part, "_dtok_conc" where it runs on its
-   own SMs beside the sequence kernels (a side stream, joined before the call's work ends). */
+   (attn_bwd_depth.cu) computes dkd, dvd and dq's depth part, "_dtma" where its TMA variant
+   (attn_bwd_depth_tma.cu, sm_90) does, "_conc" appended where it runs on its own SMs beside the
+   sequence kernels (a side stream, joined before the call's work ends). */
 const char *moda_attn_bwd_cuda_kernel_name(const moda_attn_params *p);
 
 /* Bytes of float32 workspace moda_attn_fwd_cuda needs for these params: 0 for the tiled
