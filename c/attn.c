@@ -246,6 +246,25 @@ int moda_attn_kernel_names(const char **fwd_name, const char **bwd_name, const m
   if (!be || !be->attn_kernel_name)
     return moda_set_error(MODA_ERR_DEVICE, "%s: no backend for %s%s", fn, moda_device_name(device),
                           be ? " names its attention kernels" : " (is libmoda_cuda loaded?)");
+  /* The kernels' choice depends on the outputs' and gradients' layouts too (TMA-encodable,
+   * aligned), which this call does not see: name them for outputs laid out like their inputs, as
+   * moda.attention and moda.attention_backward allocate them (o, dout, dq like q; dk, dv like k,
+   * v; dkd, dvd like kd, vd). Until session 16 they were left NULL here, and the warp-specialised
+   * and TMA backward kernels were named as not running where they did. */
+  p.o = (void *)p.q;
+  p.dout = p.q;
+  p.dq = (void *)p.q;
+  memcpy(p.o_stride, p.q_stride, sizeof p.q_stride);
+  memcpy(p.dout_stride, p.q_stride, sizeof p.q_stride);
+  memcpy(p.dq_stride, p.q_stride, sizeof p.q_stride);
+  p.dk = (void *)p.k;
+  p.dv = (void *)p.v;
+  memcpy(p.dk_stride, p.k_stride, sizeof p.k_stride);
+  memcpy(p.dv_stride, p.v_stride, sizeof p.v_stride);
+  p.dkd = (void *)p.kd;
+  p.dvd = (void *)p.vd;
+  memcpy(p.dkd_stride, p.kd_stride, sizeof p.kd_stride);
+  memcpy(p.dvd_stride, p.vd_stride, sizeof p.vd_stride);
   *fwd_name = be->attn_kernel_name(&p, 0);
   *bwd_name = be->attn_kernel_name(&p, 1);
   return MODA_OK;
