@@ -45,10 +45,21 @@ struct DepthTmaShape {
   int tpu, bs, parts, rows_pad, nst, stage_bytes;
 };
 constexpr int kTmaQBytes = 8 * 128;     // q or dO tile: 8 rows of 64 elements (the MMA's N = 8)
-constexpr int kTmaMaxRows = 64;          // depth rows per stage (target; 18 KB stages at most)
+// Depth rows per stage (target): 64 (18 KB stages at most), or MODA_CUDA_BWD_DEPTH_TMA_ROWS (a
+// multiple of 16 up to 256, for A/B: fewer, larger stages - LM-64's tokens in one stage at 128).
+int tma_max_rows() {
+  static int rows = 0;
+  if (!rows) {
+    const char *e = getenv("MODA_CUDA_BWD_DEPTH_TMA_ROWS");
+    const int r = e ? atoi(e) : 0;
+    rows = r >= 16 && r <= 256 && r % 16 == 0 ? r : 64;
+  }
+  return rows;
+}
 constexpr int kTmaSmemCap = 227 * 1024;  // H100 / H200 opt-in maximum per block
 
 DepthTmaShape depth_tma_shape(int64_t L, int64_t G) {
+  const int kTmaMaxRows = tma_max_rows();
   DepthTmaShape s;
   if (L <= kTmaMaxRows) {
     s.parts = 1;
@@ -213,8 +224,9 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
 
     for (int part = 0; part < parts; ++part) {
       const int k = k_next + part, s = k % nst;
-      while (*reinterpret_cast<volatile int *>(&stage_item[s]) != k) {
-      }
+      // (a back-off: 32 lanes polling shared memory slow the producer and, under
+      // compute-sanitizer's racecheck, every access is instrumented)
+      while (*reinterpret_cast<volatile int *>(&stage_item[s]) != k) __nanosleep(64);
       mbar_wait(&full_bar[s], (uint32_t)((k / nst) & 1));
       unsigned char *kd_s = sKd(s), *vd_s = sVd(s);
       if (part == 0) {
