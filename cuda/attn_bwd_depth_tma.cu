@@ -401,8 +401,12 @@ int launch_tma(const moda_attn_params *p, cudaStream_t stream, const DepthTmaSha
                const float *lse2, const float *delta, const float *dq_seq, float *dq_part, int max_ctas) {
   auto kern = bwd_depth_tma_kernel<T, NW, SPLIT>;
   const int smem = s.nst * s.stage_bytes + 1024;
-  MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-                  "cudaFuncSetAttribute(bwd_depth_tma)");
+  static int smem_set = 0;  // per instantiation: the largest dynamic smem allowed so far
+  if (smem > smem_set) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                    "cudaFuncSetAttribute(bwd_depth_tma)");
+    smem_set = smem;
+  }
   int dev = 0, sms = 0;
   MODA_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
   MODA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
