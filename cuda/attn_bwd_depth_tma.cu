@@ -45,6 +45,7 @@ namespace {
 // The item geometry (host and device): units of tpu tokens, each in `parts` stages of bs slots.
 struct DepthTmaShape {
   int tpu, bs, parts, rows_pad, nst, stage_bytes;
+  int l2;  // MODA_CUDA_BWD_DEPTH_TMA_L2: bit 0 kd / vd loaded, bit 1 dkd / dvd stored with L2 evict_first
 };
 constexpr int kTmaQBytes = 8 * 128;     // q or dO tile: 8 rows of 64 elements (the MMA's N = 8)
 // Depth rows per stage (target): 64 (18 KB stages at most), or MODA_CUDA_BWD_DEPTH_TMA_ROWS (a
@@ -79,6 +80,15 @@ DepthTmaShape depth_tma_shape(int64_t L, int64_t G) {
   s.stage_bytes = 2 * s.rows_pad * 128 + 2 * kTmaQBytes;
   s.nst = (kTmaSmemCap - 2048) / s.stage_bytes;  // + 1024 bytes of alignment slack, the static barriers
   if (s.nst > 16) s.nst = 16;
+  // The depth rows are read once and their gradients written once; in the concurrent backward the
+  // dQ and dK/dV kernels beside this one re-read q, k, v, dO from L2. For A/B: do these streams
+  // push those out? (unset: no hints)
+  static int l2 = -1;
+  if (l2 < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_DEPTH_TMA_L2");
+    l2 = e ? (atoi(e) & 3) : 0;
+  }
+  s.l2 = l2;
   return s;
 }
 
@@ -144,6 +154,8 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
       tma_prefetch_map(&tm_q);
       tma_prefetch_map(&tm_do);
       const uint32_t kv_bytes = 2u * tpu * bs * 128, q_bytes = 2u * tpu * G * 128;
+      const bool hint = (shp.l2 & 1) != 0;
+      const uint64_t pol = hint ? l2_policy_evict_first() : 0;
       for (int j = 0; j < n_units; ++j) {
         const Unit u = decode(j);
         // unit j is warp j % NW's (j / NW)-th: its items i go to stage (j % NW) * spw + i % spw
@@ -152,8 +164,13 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
           const int it = i0 + part, s = s_base + it % spw, use = it / spw;
           if (use > 0) mbar_wait(&empty_bar[s], (uint32_t)((use - 1) & 1));
           mbar_arrive_expect_tx(&full_bar[s], kv_bytes + (part == 0 ? q_bytes : 0u));
-          tma_load_5d(sKd(s), &tm_kd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b);
-          tma_load_5d(sVd(s), &tm_vd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b);
+          if (hint) {
+            tma_load_5d_hint(sKd(s), &tm_kd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b, pol);
+            tma_load_5d_hint(sVd(s), &tm_vd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b, pol);
+          } else {
+            tma_load_5d(sKd(s), &tm_kd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b);
+            tma_load_5d(sVd(s), &tm_vd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b);
+          }
           if (part == 0) {
             tma_load_5d(sQ(s), &tm_q, &full_bar[s], 0, 0, u.unit * tpu, u.g, u.b);
             tma_load_5d(sDo(s), &tm_do, &full_bar[s], 0, 0, u.unit * tpu, u.g, u.b);
@@ -318,8 +335,14 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
       fence_proxy_async_smem();
       __syncwarp();
       if (lane == 0) {
-        tma_store_5d(&tm_dkd, kd_s, 0, u.g, part * bs, (int)t_lo, u.b);
-        tma_store_5d(&tm_dvd, vd_s, 0, u.g, part * bs, (int)t_lo, u.b);
+        if (shp.l2 & 2) {
+          const uint64_t pol = l2_policy_evict_first();
+          tma_store_5d_hint(&tm_dkd, kd_s, 0, u.g, part * bs, (int)t_lo, u.b, pol);
+          tma_store_5d_hint(&tm_dvd, vd_s, 0, u.g, part * bs, (int)t_lo, u.b, pol);
+        } else {
+          tma_store_5d(&tm_dkd, kd_s, 0, u.g, part * bs, (int)t_lo, u.b);
+          tma_store_5d(&tm_dvd, vd_s, 0, u.g, part * bs, (int)t_lo, u.b);
+        }
         bulk_commit();
       }
       if (part + 1 < parts && lane == 0) {
