@@ -202,21 +202,27 @@ struct FwdDepthRing {
     }
   }
 
-  // Chunks 0 .. RST-2 (they go out together with the caller's Q tile). issued: an identical init()
-  // + prologue() issued them earlier (their cp.async groups still pending, so run()'s group counts
-  // hold) and only the cursor is rebuilt, so the ring's registers need not live across what ran
-  // in between.
-  __device__ __forceinline__ void prologue(const moda_attn_params &p, bool issued = false) {
+  // Chunks 0 .. RST-2 (they go out together with the caller's Q tile).
+  __device__ __forceinline__ void prologue(const moda_attn_params &p) {
     if (r_hint) r_pol = l2_policy_evict_first();
     fL.init((uint32_t)Li);
     ld_grp = 0;
     group_range(0, ld_ulo, ld_nk);
     if (ld_nk == 0) ld_grp = NGRP;
 #pragma unroll
-    for (int st = 0; st < RST - 1; ++st) {
-      if (issued) advance();
-      else issue(p, st);
-    }
+    for (int st = 0; st < RST - 1; ++st) issue(p, st);
+  }
+  // The state prologue() leaves, where an identical init() + prologue() issued the chunks earlier
+  // (their cp.async groups still pending, so run()'s group counts hold): the ring's registers need
+  // not live across what ran in between.
+  __device__ __forceinline__ void prologue_issued(const moda_attn_params &p) {
+    if (r_hint) r_pol = l2_policy_evict_first();
+    fL.init((uint32_t)Li);
+    ld_grp = 0;
+    group_range(0, ld_ulo, ld_nk);
+    if (ld_nk == 0) ld_grp = NGRP;
+#pragma unroll
+    for (int st = 0; st < RST - 1; ++st) advance();
   }
 
   // The depth phase proper. sQ: the CTA's Q tile (row stride LDS elements), R0 its first packed

@@ -575,7 +575,8 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       named_bar_sync(1, NCTHREADS);  // every consumer warp is done with the K/V stages
     }
     ring.init(p, flags, ring_mem, Rw, b, g, lane);
-    ring.prologue(p, early_ring);
+    if (early_ring) ring.prologue_issued(p);
+    else ring.prologue(p);
     ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o, true);
   }
   wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g, G, TG);
