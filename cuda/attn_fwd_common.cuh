@@ -76,17 +76,11 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        sanitizer, spec on the H100) but slower, so not in the default flags: forward, two
 //        rounds, without / with: DeiT-Tiny 0.176 0.177 / 0.195 0.193 ms, DeiT-Tiny-64 0.618
 //        0.618 / 0.641 0.640 (session 14). For A/B (MODA_CUDA_FWD_FLAGS=425).
-// bit 10: in the warp-specialised kernel's sequence-first CTAs (bit 7), the warps whose depth ring
-//        lies past the K/V stages' smem (ws3: 9 of 12) issue their first depth chunks with the Q
-//        tile, so the depth phase after the sequence phase starts with them in smem. Opt-in, for
-//        A/B (MODA_CUDA_FWD_FLAGS=1193 = the default + 1024). (Bit 9, batch-spanning tiles, was
-//        measured without gain in session 16 and lives on the branch s15-span only.)
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
               FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128,
-              FWD_WS_STAGGER = 256, FWD_WS_EARLY_RING = 1024;
+              FWD_WS_STAGGER = 256;
 constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA |
-                               FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES | FWD_WS_STAGGER |
-                               FWD_WS_EARLY_RING;
+                               FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES | FWD_WS_STAGGER;
 constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----
@@ -185,21 +179,16 @@ struct FwdDepthRing {
           *reinterpret_cast<uint4 *>(sv) = make_uint4(0, 0, 0, 0);
         }
       }
-      advance();
-    }
-    cp_async_commit();
-  }
-  // The loader cursor to the next chunk (issue's bookkeeping).
-  __device__ __forceinline__ void advance() {
-    if (ld_grp >= NGRP) return;
-    ld_kc += RDL;
-    if (ld_kc >= ld_nk) {
-      ld_kc = 0;
-      if (++ld_grp < NGRP) {
-        group_range(ld_grp, ld_ulo, ld_nk);
-        if (ld_nk == 0) ld_grp = NGRP;
+      ld_kc += RDL;
+      if (ld_kc >= ld_nk) {
+        ld_kc = 0;
+        if (++ld_grp < NGRP) {
+          group_range(ld_grp, ld_ulo, ld_nk);
+          if (ld_nk == 0) ld_grp = NGRP;
+        }
       }
     }
+    cp_async_commit();
   }
 
   // Chunks 0 .. RST-2 (they go out together with the caller's Q tile).
@@ -211,18 +200,6 @@ struct FwdDepthRing {
     if (ld_nk == 0) ld_grp = NGRP;
 #pragma unroll
     for (int st = 0; st < RST - 1; ++st) issue(p, st);
-  }
-  // The state prologue() leaves, where an identical init() + prologue() issued the chunks earlier
-  // (their cp.async groups still pending, so run()'s group counts hold): the ring's registers need
-  // not live across what ran in between.
-  __device__ __forceinline__ void prologue_issued(const moda_attn_params &p) {
-    if (r_hint) r_pol = l2_policy_evict_first();
-    fL.init((uint32_t)Li);
-    ld_grp = 0;
-    group_range(0, ld_ulo, ld_nk);
-    if (ld_nk == 0) ld_grp = NGRP;
-#pragma unroll
-    for (int st = 0; st < RST - 1; ++st) advance();
   }
 
   // The depth phase proper. sQ: the CTA's Q tile (row stride LDS elements), R0 its first packed

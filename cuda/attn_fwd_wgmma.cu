@@ -483,10 +483,6 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   // 0 and 1 after both K/V stages, warpgroup 1 runs it last in slot 0 (named barrier 5: warpgroup
   // 0 is done with it); else the CTA's order, the rings over the K/V stages
   const bool wg_depth_first = stagger ? cwg != 1 : depth_first;
-  // flag bit 10: a sequence-first warp whose ring lies past the K/V stages' smem issues its first
-  // depth chunks with the Q tile, so they land during the sequence phase
-  const bool early_ring = (flags & FWD_WS_EARLY_RING) && L > 0 && !stagger && !wg_depth_first &&
-                          cwarp * Cfg::RING_WARP_BYTES >= (Cfg::KV0_OWN ? 1 : 2) * 2 * Cfg::TILE_BYTES;
   T *ring_mem = stagger ? reinterpret_cast<T *>(sKV + Cfg::KV_BYTES + (cwg == 2 ? Cfg::SLOT_BYTES : 0)) +
                               (cwarp % 4) * Ring::WARP_RING_ELEMS
                         : sRing + cwarp * Ring::WARP_RING_ELEMS;
@@ -499,7 +495,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   });
   cp_async_commit();
   Ring ring;
-  if (wg_depth_first || early_ring) {
+  if (wg_depth_first) {
     ring.init(p, flags, ring_mem, Rw, b, g, lane);
     ring.prologue(p);
     cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
@@ -575,8 +571,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       named_bar_sync(1, NCTHREADS);  // every consumer warp is done with the K/V stages
     }
     ring.init(p, flags, ring_mem, Rw, b, g, lane);
-    if (early_ring) ring.prologue_issued(p);
-    else ring.prologue(p);
+    ring.prologue(p);
     ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o, true);
   }
   wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g, G, TG);

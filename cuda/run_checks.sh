@@ -134,10 +134,6 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step quick_wgmma_ws3_stagger MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=425 -- quick
     step depth_wgmma_ws3_stagger MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=425 -- depth
     step quick_stagger MODA_CUDA_FWD_FLAGS=425 -- quick
-    # flag bit 10: sequence-first warps issue their first depth chunks with the Q tile (ws3 / ws2)
-    step depth_wgmma_ws3_early    MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=1193 -- depth
-    step quick_wgmma_ws3_early    MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=1193 -- quick
-    step depth_wgmma_ws_early     MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=1185 -- depth
     step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
     step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
     step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -192,7 +188,6 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san fwd_wgmma_ws_alt $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=161
       san fwd_wgmma_ws3_alt $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=169
       san fwd_wgmma_ws3_stagger $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=425
-      san fwd_wgmma_ws3_early $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=1193
       for mt in 1 2; do san fwd_mma_mt$mt $tool depthsan MODA_CUDA_WGMMA=0 MODA_CUDA_FWD_MT=$mt; done
       san bwd_all $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_ws_v8_atomic $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1
