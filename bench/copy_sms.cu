@@ -407,6 +407,9 @@ int main() {
   };
   tma_row("54 x 4 (126)", [&](int sp) { return run_tma_ring<4>(src, dst, bytes, 54, sp); });
   tma_row("54 x 6 (189)", [&](int sp) { return run_tma_ring<6>(src, dst, bytes, 54, sp); });
+  tma_row("40 x 6 (189)", [&](int sp) { return run_tma_ring<6>(src, dst, bytes, 40, sp); });
+  tma_row("46 x 6 (189)", [&](int sp) { return run_tma_ring<6>(src, dst, bytes, 46, sp); });
+  tma_row("66 x 6 (189)", [&](int sp) { return run_tma_ring<6>(src, dst, bytes, 66, sp); });
   tma_row("132 x 4 (126)", [&](int sp) { return run_tma_ring<4>(src, dst, bytes, nsm, sp); });
   // checks that the copies moved the bytes: a pattern through each, compared
   auto copy_check = [&](const char *name, auto copy) {

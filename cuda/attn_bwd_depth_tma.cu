@@ -21,14 +21,16 @@
 //   tile's vd rows and dkd over its kd rows (stmatrix; this warp alone reads those rows);
 // - the stage goes back to global memory by two TMA stores, and is released to the producer once
 //   the stores have read it; dq (float32 part, or the finished dq) by plain stores per unit.
-// The consumers share one ring but skip the items of the others, so a warp may reach stage s for
-// its use u while the stage's use u - 1 (another warp's item) has not even been issued: a parity
-// wait would then see use u - 2's completed phase as its own (same parity) and read stale rows.
-// (The first device run did exactly that where a CTA's units have more items than the ring holds
-// per round of warps: wrong gradients at L = 300 on 8 SMs, a hang at DeiT-Tiny-64 with 8 warps.)
-// So the producer tags each stage with the item it issues into it (after the stage's previous
-// item was released), and a consumer first waits for its item's tag: then use u - 1 has
-// completed, and the parity wait is unambiguous.
+// The ring is split into one sub-ring of spw = nst / NW stages per consumer warp: a stage only
+// ever holds the items of one warp, in that warp's order, so when a warp waits for its use u of a
+// stage it has itself consumed use u - 1, and the parity wait is unambiguous. (Session 16's first
+// version shared the whole ring among the warps: a warp could reach its use u of a stage before
+// another warp's use u - 1 had even been issued, and take use u - 2's completed phase, of the
+// same parity, for its own - wrong gradients at L = 300 on 8 SMs, a hang at DeiT-Tiny-64 with 8
+// warps. Stage tags fixed that, but a consumer spinning on a tag is a race to compute-sanitizer's
+// racecheck, and slow under it.) The producer issues units in order, so it may wait for one
+// warp's stage while another warp's is free: it did so with the shared ring too (its stages came
+// round in order).
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -43,12 +45,25 @@ namespace {
 // The item geometry (host and device): units of tpu tokens, each in `parts` stages of bs slots.
 struct DepthTmaShape {
   int tpu, bs, parts, rows_pad, nst, stage_bytes;
+  int l2;  // MODA_CUDA_BWD_DEPTH_TMA_L2: bit 0 kd / vd loaded, bit 1 dkd / dvd stored with L2 evict_first
 };
 constexpr int kTmaQBytes = 8 * 128;     // q or dO tile: 8 rows of 64 elements (the MMA's N = 8)
-constexpr int kTmaMaxRows = 64;          // depth rows per stage (target; 18 KB stages at most)
+// Depth rows per stage (target): 64 (18 KB stages at most), or MODA_CUDA_BWD_DEPTH_TMA_ROWS (a
+// multiple of 16 up to 256, for A/B: fewer, larger stages - LM-64's tokens in one stage at 128;
+// where that leaves fewer stages than consumer warps, the older kernel runs).
+int tma_max_rows() {
+  static int rows = 0;
+  if (!rows) {
+    const char *e = getenv("MODA_CUDA_BWD_DEPTH_TMA_ROWS");
+    const int r = e ? atoi(e) : 0;
+    rows = r >= 16 && r <= 256 && r % 16 == 0 ? r : 64;
+  }
+  return rows;
+}
 constexpr int kTmaSmemCap = 227 * 1024;  // H100 / H200 opt-in maximum per block
 
 DepthTmaShape depth_tma_shape(int64_t L, int64_t G) {
+  const int kTmaMaxRows = tma_max_rows();
   DepthTmaShape s;
   if (L <= kTmaMaxRows) {
     s.parts = 1;
@@ -65,6 +80,15 @@ DepthTmaShape depth_tma_shape(int64_t L, int64_t G) {
   s.stage_bytes = 2 * s.rows_pad * 128 + 2 * kTmaQBytes;
   s.nst = (kTmaSmemCap - 2048) / s.stage_bytes;  // + 1024 bytes of alignment slack, the static barriers
   if (s.nst > 16) s.nst = 16;
+  // The depth rows are read once and their gradients written once; in the concurrent backward the
+  // dQ and dK/dV kernels beside this one re-read q, k, v, dO from L2. For A/B: do these streams
+  // push those out? (unset: no hints)
+  static int l2 = -1;
+  if (l2 < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_DEPTH_TMA_L2");
+    l2 = e ? (atoi(e) & 3) : 0;
+  }
+  s.l2 = l2;
   return s;
 }
 
@@ -82,10 +106,9 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
   constexpr int D = 64;
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full_bar[16], empty_bar[16];
-  __shared__ int stage_item[16];  // the item last issued into each stage (see the header)
   unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);  // sw128: 1024-aligned
   const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32, qr = lane / 4, qc = lane % 4;
-  const int tpu = shp.tpu, bs = shp.bs, parts = shp.parts, nst = shp.nst;
+  const int tpu = shp.tpu, bs = shp.bs, parts = shp.parts, spw = shp.nst / NW;  // spw >= 1 (the launcher)
   const int KV_BYTES = shp.rows_pad * 128, STAGE = shp.stage_bytes;
   const int G = (int)p.G, L = (int)p.L, Hk = (int)p.Hk;
   const int64_t TG = p.T * p.G;
@@ -98,11 +121,10 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
   // are never written by the copy engine and must not hold NaN bits (0 * NaN in the MMAs).
   {
     uint4 *z = reinterpret_cast<uint4 *>(smem);
-    for (int i = (int)threadIdx.x; i < nst * STAGE / 16; i += 32 * (NW + 1)) z[i] = make_uint4(0, 0, 0, 0);
+    for (int i = (int)threadIdx.x; i < spw * NW * STAGE / 16; i += 32 * (NW + 1)) z[i] = make_uint4(0, 0, 0, 0);
   }
   if (threadIdx.x == 0) {
-    for (int s = 0; s < nst; ++s) {
-      stage_item[s] = -1;
+    for (int s = 0; s < spw * NW; ++s) {
       mbar_init(&full_bar[s], 1);
       mbar_init(&empty_bar[s], 1);
     }
@@ -132,22 +154,26 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
       tma_prefetch_map(&tm_q);
       tma_prefetch_map(&tm_do);
       const uint32_t kv_bytes = 2u * tpu * bs * 128, q_bytes = 2u * tpu * G * 128;
-      int s = 0, use = 0;  // stage of item k = j * parts + part, and how often it was filled before
+      const bool hint = (shp.l2 & 1) != 0;
+      const uint64_t pol = hint ? l2_policy_evict_first() : 0;
       for (int j = 0; j < n_units; ++j) {
         const Unit u = decode(j);
+        // unit j is warp j % NW's (j / NW)-th: its items i go to stage (j % NW) * spw + i % spw
+        const int i0 = (j / NW) * parts, s_base = (j % NW) * spw;
         for (int part = 0; part < parts; ++part) {
+          const int it = i0 + part, s = s_base + it % spw, use = it / spw;
           if (use > 0) mbar_wait(&empty_bar[s], (uint32_t)((use - 1) & 1));
-          *reinterpret_cast<volatile int *>(&stage_item[s]) = j * parts + part;
           mbar_arrive_expect_tx(&full_bar[s], kv_bytes + (part == 0 ? q_bytes : 0u));
-          tma_load_5d(sKd(s), &tm_kd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b);
-          tma_load_5d(sVd(s), &tm_vd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b);
+          if (hint) {
+            tma_load_5d_hint(sKd(s), &tm_kd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b, pol);
+            tma_load_5d_hint(sVd(s), &tm_vd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b, pol);
+          } else {
+            tma_load_5d(sKd(s), &tm_kd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b);
+            tma_load_5d(sVd(s), &tm_vd, &full_bar[s], 0, u.g, part * bs, u.unit * tpu, u.b);
+          }
           if (part == 0) {
             tma_load_5d(sQ(s), &tm_q, &full_bar[s], 0, 0, u.unit * tpu, u.g, u.b);
             tma_load_5d(sDo(s), &tm_do, &full_bar[s], 0, 0, u.unit * tpu, u.g, u.b);
-          }
-          if (++s == nst) {
-            s = 0;
-            ++use;
           }
         }
       }
@@ -183,8 +209,8 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
     stats_of(u0, nl2, ndl);
   }
 
-  int k_next = warp * parts;  // item index of this warp's next unit's first part
-  for (int j = warp; j < n_units; j += NW, k_next += NW * parts) {
+  int i_next = 0;  // this warp's item index of its next unit's first part
+  for (int j = warp; j < n_units; j += NW, i_next += parts) {
     const Unit u = decode(j);
     const float l2[2] = {nl2[0], nl2[1]}, dl[2] = {ndl[0], ndl[1]};
     if (j + NW < n_units) stats_of(decode(j + NW), nl2, ndl);
@@ -212,10 +238,8 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
     uint32_t qt[8], ot[8];        // B of dkd / dvd per n-tile of 8 head dims (k = the 8 query rows)
 
     for (int part = 0; part < parts; ++part) {
-      const int k = k_next + part, s = k % nst;
-      while (*reinterpret_cast<volatile int *>(&stage_item[s]) != k) {
-      }
-      mbar_wait(&full_bar[s], (uint32_t)((k / nst) & 1));
+      const int it = i_next + part, s = warp * spw + it % spw;
+      mbar_wait(&full_bar[s], (uint32_t)((it / spw) & 1));
       unsigned char *kd_s = sKd(s), *vd_s = sVd(s);
       if (part == 0) {
         const unsigned char *q_s = sQ(s), *do_s = sDo(s);
@@ -311,8 +335,14 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
       fence_proxy_async_smem();
       __syncwarp();
       if (lane == 0) {
-        tma_store_5d(&tm_dkd, kd_s, 0, u.g, part * bs, (int)t_lo, u.b);
-        tma_store_5d(&tm_dvd, vd_s, 0, u.g, part * bs, (int)t_lo, u.b);
+        if (shp.l2 & 2) {
+          const uint64_t pol = l2_policy_evict_first();
+          tma_store_5d_hint(&tm_dkd, kd_s, 0, u.g, part * bs, (int)t_lo, u.b, pol);
+          tma_store_5d_hint(&tm_dvd, vd_s, 0, u.g, part * bs, (int)t_lo, u.b, pol);
+        } else {
+          tma_store_5d(&tm_dkd, kd_s, 0, u.g, part * bs, (int)t_lo, u.b);
+          tma_store_5d(&tm_dvd, vd_s, 0, u.g, part * bs, (int)t_lo, u.b);
+        }
         bulk_commit();
       }
       if (part + 1 < parts && lane == 0) {
@@ -349,7 +379,7 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
     }
     if (lane == 0) {  // the last part's stage: its stores have had the dq stores' time to read it
       bulk_wait_read<0>();
-      mbar_arrive(&empty_bar[(k_next + parts - 1) % nst]);
+      mbar_arrive(&empty_bar[warp * spw + (i_next + parts - 1) % spw]);
     }
   }
   if (lane == 0) bulk_wait<0>();  // the stores are complete before the kernel ends
@@ -388,9 +418,14 @@ template <typename T, int NW, bool SPLIT>
 int launch_tma(const moda_attn_params *p, cudaStream_t stream, const DepthTmaShape &s, const DepthTmaMaps &m,
                const float *lse2, const float *delta, const float *dq_seq, float *dq_part, int max_ctas) {
   auto kern = bwd_depth_tma_kernel<T, NW, SPLIT>;
-  const int smem = s.nst * s.stage_bytes + 1024;
-  MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-                  "cudaFuncSetAttribute(bwd_depth_tma)");
+  if (s.nst < NW) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: depth TMA stages %d < warps %d", s.nst, NW);
+  const int smem = (s.nst / NW) * NW * s.stage_bytes + 1024;
+  static int smem_set = 0;  // per instantiation: the largest dynamic smem allowed so far
+  if (smem > smem_set) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                    "cudaFuncSetAttribute(bwd_depth_tma)");
+    smem_set = smem;
+  }
   int dev = 0, sms = 0;
   MODA_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
   MODA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
@@ -419,7 +454,7 @@ bool bwd_depth_tma_selected(const moda_attn_params *p, bool concurrent) {
   if (mode == 0 || (mode < 0 && concurrent) || current_cc() != 90 || p->d != 64 || p->L <= 0 || p->chunk > 0 || 8 % p->G != 0) return false;
   if (p->dtype != MODA_BF16 && p->dtype != MODA_F16) return false;
   const DepthTmaShape s = depth_tma_shape(p->L, p->G);
-  if (s.nst < 2 || p->B * p->Hk * ((p->T + s.tpu - 1) / s.tpu) >= (1ll << 31)) return false;
+  if (s.nst < (mode == 8 ? 8 : 4) || p->B * p->Hk * ((p->T + s.tpu - 1) / s.tpu) >= (1ll << 31)) return false;
   DepthTmaMaps m;
   return depth_tma_maps(p, s, &m) == nullptr;
 }

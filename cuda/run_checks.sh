@@ -158,6 +158,11 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_depth_tma_conc MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_tma8_conc MODA_CUDA_BWD_DEPTH_TMA=8 MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
     step bwd_depth_tma_off  MODA_CUDA_BWD_DEPTH_TMA=0 -- bwd
+    # stages of 128 rows (LM-64's tokens whole) and of 16 (many parts per unit, laps on 8 SMs)
+    step bwd_depth_tma_rows128 MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_TMA_ROWS=128 -- bwd
+    step bwd_depth_tma_rows16_conc MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_TMA_ROWS=16 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    # its loads and stores with L2 evict_first, in the concurrent backward
+    step bwd_depth_tma_l2_conc MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_TMA_L2=3 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_depth_tma    MODA_CUDA_BWD_DEPTH_TMA=1 -- quick
     step bwd_no_depth_k    MODA_CUDA_BWD_DEPTH_KERNEL=0 -- bwd
     step bwd_no_depth_k_nd MODA_CUDA_BWD_DEPTH_KERNEL=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd

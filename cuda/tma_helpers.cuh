@@ -71,6 +71,15 @@ __device__ __forceinline__ void tma_load_5d(void *dst, const CUtensorMap *map, u
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(smem_u32(bar))
       : "memory");)
 }
+// tma_load_5d with an L2 cache policy (l2_policy_evict_first / _last of mma_helpers.cuh).
+__device__ __forceinline__ void tma_load_5d_hint(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1,
+                                                 int c2, int c3, int c4, uint64_t policy) {
+  MODA_SM90A_BODY(asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3, %4, %5, %6}], [%7], %8;\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(smem_u32(bar)), "l"(policy)
+      : "memory");)
+}
 // The reverse: a 5-d box of shared memory at `src` (the layout tma_load_5d writes) to `map` at
 // the coordinates; parts of the box outside the tensor are not written. Completion by bulk groups:
 // bulk_commit() closes this thread's group, bulk_wait_read<N>() waits until all but the newest N
@@ -81,6 +90,15 @@ __device__ __forceinline__ void tma_store_5d(const CUtensorMap *map, const void 
       "cp.async.bulk.tensor.5d.global.shared::cta.bulk_group [%0, {%1, %2, %3, %4, %5}], [%6];\n" ::"l"(
           reinterpret_cast<uint64_t>(map)),
       "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(smem_u32(src))
+      : "memory");)
+}
+// tma_store_5d with an L2 cache policy.
+__device__ __forceinline__ void tma_store_5d_hint(const CUtensorMap *map, const void *src, int c0, int c1, int c2,
+                                                  int c3, int c4, uint64_t policy) {
+  MODA_SM90A_BODY(asm volatile(
+      "cp.async.bulk.tensor.5d.global.shared::cta.bulk_group.L2::cache_hint [%0, {%1, %2, %3, %4, %5}], [%6], %7;\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(smem_u32(src)), "l"(policy)
       : "memory");)
 }
 __device__ __forceinline__ void bulk_commit() {
