@@ -73,7 +73,8 @@ template <typename T, bool DQ, bool PIPE, bool ORDERED = false>
 __global__ void __launch_bounds__(WsBwdConfig<PIPE>::NTHREADS, 1)
 bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum, int *dq_sem,
                         const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
-                        const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
+                        const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do,
+                        int q_evict_last) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = WsBwdConfig<PIPE>;
   using Mma = MmaOp<T>;
@@ -139,8 +140,14 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
       if (blk >= NST) mbar_wait(&empty[st], ((blk / NST) - 1) & 1);  // the consumers released its last use
       const int64_t Rq = R_begin + (int64_t)blk * BQ;
       mbar_arrive_expect_tx(&full[st], 2 * TILE + Cfg::STAT_BYTES);
-      tma_load_5d(sQ(st), &tm_q, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b);
-      tma_load_5d(sdO(st), &tm_do, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b);
+      if (q_evict_last) {  // MODA_CUDA_BWD_SEQ_L2 (A/B): every key block's CTA re-reads these rows
+        const uint64_t pol = l2_policy_evict_last();
+        tma_load_5d_hint(sQ(st), &tm_q, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b, pol);
+        tma_load_5d_hint(sdO(st), &tm_do, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b, pol);
+      } else {
+        tma_load_5d(sQ(st), &tm_q, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b);
+        tma_load_5d(sdO(st), &tm_do, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b);
+      }
       // 64 rows from a multiple of 64: inside the padded stat_rows(T*G) (+inf / 0 past T*G)
       bulk_load(sLse(st), lse2_bg + Rq, BQ * 4, &full[st]);
       bulk_load(sDelta(st), delta_bg + Rq, BQ * 4, &full[st]);
@@ -407,8 +414,15 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
   }
   const int64_t kblocks = (p->S + Cfg::BN - 1) / Cfg::BN;
   dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
+  // MODA_CUDA_BWD_SEQ_L2 (bit 0, for A/B): q and dO loaded with L2 evict_last, so that the depth
+  // kernel's stream beside this one (the concurrent backward) does not push them out of L2
+  static int q_evict_last = -1;
+  if (q_evict_last < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_SEQ_L2");
+    q_evict_last = e && (atoi(e) & 1) ? 1 : 0;
+  }
   bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE, ORDERED>
-      <<<grid, Cfg::NTHREADS, smem, stream>>>(*p, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do);
+      <<<grid, Cfg::NTHREADS, smem, stream>>>(*p, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do, q_evict_last);
   MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_ws_kernel");
   return MODA_OK;
 }
