@@ -190,14 +190,14 @@ __device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base
         else red_add_f32x4(acc_bg + row * 64 + j * 8 + col, acc_dq[j][0], acc_dq[j][1], x, y);
       }
     }
-    return;
-  }
+  } else {
 #pragma unroll
-  for (int h2 = 0; h2 < 2; ++h2) {
-    if (R + 8 * h2 < R_end) {
+    for (int h2 = 0; h2 < 2; ++h2) {
+      if (R + 8 * h2 < R_end) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-        red_add_f32x2(acc_bg + (R + 8 * h2) * 64 + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+        for (int j = 0; j < 8; ++j)
+          red_add_f32x2(acc_bg + (R + 8 * h2) * 64 + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+      }
     }
   }
 }
