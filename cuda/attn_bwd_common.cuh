@@ -168,7 +168,7 @@ __device__ __forceinline__ void dq_step(uint32_t ds_base, uint32_t k_base, float
 
 // dq_step, then this warp's rows R and R + 8 (R = its first row + qr) added to the float32
 // accumulator acc_bg [rows][64] by vector reductions; rows >= R_end are skipped.
-// RED4 (MODA_CUDA_BWD_DQ_RED4, A/B): half as many reductions, 4 floats each: lanes qc and qc ^ 1
+// RED4 (the default, MODA_CUDA_BWD_DQ_RED4): half as many reductions, 4 floats each: lanes qc and qc ^ 1
 // swap halves (one shuffle pair per 8 columns), so the even lane holds 4 adjacent columns of row
 // R and the odd lane the same columns of row R + 8 (acc_bg 16-byte aligned: rows of 64 floats).
 template <typename T, int NKEYS, bool RED4 = false>

@@ -588,8 +588,7 @@ constexpr int kDkvWgmmaSmemAtomic = kDkvWgmmaSmem + 2 * 64 * 64 * 2;  // + K cop
 // session 7; its loop's PTX equals this kernel's, whose L = 0 runs pass), this one is verified.
 template <typename T, int D, bool WG = false, bool FUSE = false, bool ACCUM = false>
 __global__ void __launch_bounds__(BwdConfig<D>::NTHREADS)
-bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_buf,
-                  int kv_evict_last) {
+bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_buf) {
   using Cfg = BwdConfig<D>;
   using Mma = MmaOp<T>;
   constexpr int BM = Cfg::BM, BK = Cfg::BK, DL = Cfg::DL, LDS = Cfg::LDS, NTHREADS = Cfg::NTHREADS;
@@ -832,9 +831,6 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
   }
   // WG: stage s holds the swizzled K tile at s * 2 * TILE_WG bytes, the V tile after it
   constexpr int TILE_WG = BK * D * 2;
-  // MODA_CUDA_BWD_SEQ_L2 bit 1: every query block's CTA re-reads K and V; keep them in L2
-  const bool kv_hint = !ACCUM && kv_evict_last != 0;  // (ACCUM: no sequence part)
-  const uint64_t kv_pol = kv_hint ? l2_policy_evict_last() : 0;
   auto load_kv = [&](int blk, int stage) {
     const int64_t j0 = (int64_t)blk * BK;
     if constexpr (WG) {  // swizzled tiles; rows past S zero (dS is 0 there, but 0 * stale NaN would not be)
@@ -842,19 +838,19 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
       load_rows_sw128_async<D, T>(dk, BK, tid, NTHREADS, [&](int r) -> const T * {
         const int64_t j = j0 + r;
         return j < S ? k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] : nullptr;
-      }, kv_hint, kv_pol);
+      });
       load_rows_sw128_async<D, T>(dv, BK, tid, NTHREADS, [&](int r) -> const T * {
         const int64_t j = j0 + r;
         return j < S ? v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] : nullptr;
-      }, kv_hint, kv_pol);
+      });
       cp_async_commit();
       return;
     }
-    load_rows_async_hint<D, LDS>(sK(stage), BK, tid, NTHREADS, kv_hint, kv_pol, [&](int r) -> const T * {
+    load_rows_async<D, LDS>(sK(stage), BK, tid, NTHREADS, [&](int r) -> const T * {
       int64_t j = j0 + r;
       return j < S ? k + b * p.k_stride[0] + j * p.k_stride[1] + g * p.k_stride[2] : nullptr;
     });
-    load_rows_async_hint<D, LDS>(sV(stage), BK, tid, NTHREADS, kv_hint, kv_pol, [&](int r) -> const T * {
+    load_rows_async<D, LDS>(sV(stage), BK, tid, NTHREADS, [&](int r) -> const T * {
       int64_t j = j0 + r;
       return j < S ? v + b * p.v_stride[0] + j * p.v_stride[1] + g * p.v_stride[2] : nullptr;
     });
@@ -1210,27 +1206,26 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
         MODA_CUDA_CHECK(cudaMemsetAsync(dq_sem, 0, (size_t)(rows_p / 64) * sizeof(int), stream), "cudaMemsetAsync(dq_sem)");
     } else {
       bool launched = false;
-      const int kv_l2 = bwd_seq_l2_mode() & BWD_SEQ_L2_DQ_KV;
       if constexpr (D == 64) {
         const bool wg = bwd_wgmma_selected(p, 2);
         if (depth_k) {
           if (wg)
-            bwd_dq_mma_kernel<T, D, true><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_WG_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum, kv_l2);
+            bwd_dq_mma_kernel<T, D, true><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_WG_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
           else
-            bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum, kv_l2);
+            bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
         } else {
           const int smem = wg ? Cfg::DQ_SMEM_WG : Cfg::DQ_SMEM;
           auto kern = wg ? (fuse ? bwd_dq_mma_kernel<T, D, true, true> : bwd_dq_mma_kernel<T, D, true, false>)
                          : (fuse ? bwd_dq_mma_kernel<T, D, false, true> : bwd_dq_mma_kernel<T, D, false, false>);
-          kern<<<dq_grid, Cfg::NTHREADS, smem, stream>>>(*p, ws_lse2, ws_delta, nullptr, kv_l2);
+          kern<<<dq_grid, Cfg::NTHREADS, smem, stream>>>(*p, ws_lse2, ws_delta, nullptr);
         }
         launched = true;
       }
       if (!launched) {
         if (depth_k)
-          bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum, kv_l2);
+          bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
         else
-          bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, nullptr, kv_l2);
+          bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, nullptr);
       }
       MODA_CUDA_CHECK_LAUNCH("bwd_dq_mma_kernel");
     }
@@ -1277,7 +1272,7 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   if constexpr (D == 64) {
     if (accum && rows > 0 && !depth_k) {  // after the dK/dV kernel (same stream): depth part + the accumulator
       auto kern = fuse ? bwd_dq_mma_kernel<T, D, false, true, true> : bwd_dq_mma_kernel<T, D, false, false, true>;
-      kern<<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, dq_accum, 0);  // (no sequence part: no K/V loads)
+      kern<<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
       MODA_CUDA_CHECK_LAUNCH("bwd_dq_accum_kernel");
     }
   }

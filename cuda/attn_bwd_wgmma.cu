@@ -423,11 +423,12 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
   const int64_t kblocks = (p->S + Cfg::BN - 1) / Cfg::BN;
   dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
   const int q_evict_last = bwd_seq_l2_mode() & BWD_SEQ_L2_DKV_Q;
-  // MODA_CUDA_BWD_DQ_RED4=1 (A/B): dQ's float32 reductions 4 floats wide instead of 2
+  // MODA_CUDA_BWD_DQ_RED4: unset or 1 (default) dQ's float32 reductions 4 floats wide, 0: 2 wide
+  // (session 18, H100: this kernel at DeiT-Tiny 0.119 vs 0.125 ms, DeiT-Tiny-64 0.119 vs 0.123)
   static int dq_red4 = -1;
   if (dq_red4 < 0) {
     const char *e = getenv("MODA_CUDA_BWD_DQ_RED4");
-    dq_red4 = e && e[0] == '1' ? 1 : 0;
+    dq_red4 = e && e[0] == '0' ? 0 : 1;
   }
   bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE, ORDERED><<<grid, Cfg::NTHREADS, smem, stream>>>(
       *p, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do, q_evict_last, dq_red4);
@@ -437,17 +438,17 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
 
 }  // namespace
 
-// MODA_CUDA_BWD_SEQ_L2: L2 policies of the sequence backward's re-read operands, bits (unset: 1):
-// BWD_SEQ_L2_DKV_Q (1) the ws dK/dV kernel loads q and dO (re-read by every key block's CTA) with
-// evict_last; BWD_SEQ_L2_DQ_KV (2) the dQ kernel loads K and V (re-read by every query block's CTA)
-// with evict_last. Beside the concurrent depth kernel's stream they otherwise leave L2 (session 18,
-// H100: bit 0 took LM-64's f+b from 1.406-1.420 to 1.386-1.400 ms and DeiT-Tiny's from 0.581 to
-// 0.575-0.576).
+// MODA_CUDA_BWD_SEQ_L2: unset or 1 (default): the ws dK/dV kernel loads q and dO (re-read by every
+// key block's CTA) with L2 evict_last, so that beside the concurrent depth kernel's stream they stay
+// in L2 (session 18, H100: LM-64 f+b 1.386-1.402 ms vs 1.406-1.432 without, DeiT-Tiny 0.574-0.576
+// vs 0.578-0.581); 0: no hint. (The same hint on the dQ kernel's K, V cp.async loads made ptxas
+// emit an LDGSTS with an odd uniform descriptor register, an illegal instruction on the H100, in
+// the wgmma dQ kernel: not kept.)
 int bwd_seq_l2_mode() {
   static int mode = -1;
   if (mode < 0) {
     const char *e = getenv("MODA_CUDA_BWD_SEQ_L2");
-    mode = e && e[0] ? atoi(e) & (BWD_SEQ_L2_DKV_Q | BWD_SEQ_L2_DQ_KV) : BWD_SEQ_L2_DKV_Q;
+    mode = e && e[0] ? atoi(e) & BWD_SEQ_L2_DKV_Q : BWD_SEQ_L2_DKV_Q;
   }
   return mode;
 }
