@@ -168,17 +168,36 @@ __device__ __forceinline__ void dq_step(uint32_t ds_base, uint32_t k_base, float
 
 // dq_step, then this warp's rows R and R + 8 (R = its first row + qr) added to the float32
 // accumulator acc_bg [rows][64] by vector reductions; rows >= R_end are skipped.
-template <typename T, int NKEYS>
+// RED4 (the default, MODA_CUDA_BWD_DQ_RED4): half as many reductions, 4 floats each: lanes qc and qc ^ 1
+// swap halves (one shuffle pair per 8 columns), so the even lane holds 4 adjacent columns of row
+// R and the odd lane the same columns of row R + 8 (acc_bg 16-byte aligned: rows of 64 floats).
+template <typename T, int NKEYS, bool RED4 = false>
 __device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base, float *acc_bg, int64_t R, int64_t R_end,
                                                int qc) {
   float acc_dq[8][4];
   dq_step<T, NKEYS>(ds_base, k_base, acc_dq);
+  if constexpr (RED4) {
+    const bool odd = qc & 1;
+    const int64_t row = R + (odd ? 8 : 0);
+    const int col = 2 * (qc & ~1);
 #pragma unroll
-  for (int h2 = 0; h2 < 2; ++h2) {
-    if (R + 8 * h2 < R_end) {
+    for (int j = 0; j < 8; ++j) {
+      // the even lane gives away row R + 8's pair, the odd lane row R's
+      const float x = __shfl_xor_sync(0xffffffffu, odd ? acc_dq[j][0] : acc_dq[j][2], 1);
+      const float y = __shfl_xor_sync(0xffffffffu, odd ? acc_dq[j][1] : acc_dq[j][3], 1);
+      if (row < R_end) {
+        if (odd) red_add_f32x4(acc_bg + row * 64 + j * 8 + col, x, y, acc_dq[j][2], acc_dq[j][3]);
+        else red_add_f32x4(acc_bg + row * 64 + j * 8 + col, acc_dq[j][0], acc_dq[j][1], x, y);
+      }
+    }
+  } else {
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-        red_add_f32x2(acc_bg + (R + 8 * h2) * 64 + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+    for (int h2 = 0; h2 < 2; ++h2) {
+      if (R + 8 * h2 < R_end) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          red_add_f32x2(acc_bg + (R + 8 * h2) * 64 + j * 8 + 2 * qc, acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+      }
     }
   }
 }

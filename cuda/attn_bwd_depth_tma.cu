@@ -60,6 +60,17 @@ int tma_max_rows() {
   }
   return rows;
 }
+// MODA_CUDA_BWD_DEPTH_TMA_L2 (A/B; unset: no hints): the depth rows are read once and their
+// gradients written once, while in the concurrent backward the dQ and dK/dV kernels beside this
+// one re-read q, k, v, dO from L2 - do these streams push those out? Measured no faster (session 17).
+int tma_l2_mode() {
+  static int l2 = -1;
+  if (l2 < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_DEPTH_TMA_L2");
+    l2 = e ? (atoi(e) & 3) : 0;
+  }
+  return l2;
+}
 constexpr int kTmaSmemCap = 227 * 1024;  // H100 / H200 opt-in maximum per block
 
 DepthTmaShape depth_tma_shape(int64_t L, int64_t G) {
@@ -80,15 +91,7 @@ DepthTmaShape depth_tma_shape(int64_t L, int64_t G) {
   s.stage_bytes = 2 * s.rows_pad * 128 + 2 * kTmaQBytes;
   s.nst = (kTmaSmemCap - 2048) / s.stage_bytes;  // + 1024 bytes of alignment slack, the static barriers
   if (s.nst > 16) s.nst = 16;
-  // The depth rows are read once and their gradients written once; in the concurrent backward the
-  // dQ and dK/dV kernels beside this one re-read q, k, v, dO from L2. For A/B: do these streams
-  // push those out? (unset: no hints)
-  static int l2 = -1;
-  if (l2 < 0) {
-    const char *e = getenv("MODA_CUDA_BWD_DEPTH_TMA_L2");
-    l2 = e ? (atoi(e) & 3) : 0;
-  }
-  s.l2 = l2;
+  s.l2 = tma_l2_mode();
   return s;
 }
 

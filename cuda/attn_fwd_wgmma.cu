@@ -631,10 +631,7 @@ static bool fwd_ws_short(const moda_attn_params *p, int flags) {
 // 14) it wins at LM-64 too: forward 0.409 0.415 vs 0.428 0.426 ms, f+b 1.412 1.407 vs 1.423
 // 1.425 (session 15, GPU time, two rounds, one process); session 16, another build, the same
 // way: forward 0.415 0.416 vs 0.419 0.420, f+b 1.409 1.420 vs 1.429 1.439.
-static bool fwd_ws_three_wg(const moda_attn_params *p, int flags) {
-  (void)p;
-  return (flags & FWD_WS_3WG) != 0;
-}
+static bool fwd_ws_three_wg(int flags) { return (flags & FWD_WS_3WG) != 0; }
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   const int mode = wgmma_mode();
@@ -783,7 +780,7 @@ static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *t
 
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
   CUtensorMap tm_k, tm_v;
-  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) return fwd_ws_three_wg(p, flags) ? "wgmma_d64_ws3" : "wgmma_d64_ws";
+  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) return fwd_ws_three_wg(flags) ? "wgmma_d64_ws3" : "wgmma_d64_ws";
   return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
 }
 
@@ -840,7 +837,7 @@ int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) 
   const bool bf16 = p->dtype == MODA_BF16;
   if (use_ws(p, flags)) {
     bool launched = false;
-    const bool three = fwd_ws_three_wg(p, flags);
+    const bool three = fwd_ws_three_wg(flags);
     const int st = bf16 ? (three ? launch_fwd_wgmma_ws<__nv_bfloat16, 3>(p, stream, flags, &launched)
                                  : launch_fwd_wgmma_ws<__nv_bfloat16, 2>(p, stream, flags, &launched))
                         : (three ? launch_fwd_wgmma_ws<__half, 3>(p, stream, flags, &launched)

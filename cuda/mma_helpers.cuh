@@ -275,6 +275,17 @@ __device__ __forceinline__ void red_add_f32x2(float *dst, float a, float b) {
   atomicAdd(dst + 1, b);
 #endif
 }
+// dst[0..3] += v in global memory (one vector reduction on sm_90; dst 16-byte aligned).
+__device__ __forceinline__ void red_add_f32x4(float *dst, float a, float b, float c, float d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.add.global.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+#elif defined(__CUDA_ARCH__)
+  atomicAdd(dst, a);
+  atomicAdd(dst + 1, b);
+  atomicAdd(dst + 2, c);
+  atomicAdd(dst + 3, d);
+#endif
+}
 // Shared-memory access by 32-bit shared address (smem_u32): one register per address instead of a
 // 64-bit generic pointer, for loops where registers are the limit.
 __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {

@@ -163,6 +163,14 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_depth_tma_rows16_conc MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_TMA_ROWS=16 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     # its loads and stores with L2 evict_first, in the concurrent backward
     step bwd_depth_tma_l2_conc MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_TMA_L2=3 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    # the dK/dV kernel's q, dO loads with L2 evict_last (the default), in the concurrent backward;
+    # no hints
+    step bwd_seq_l2_conc MODA_CUDA_BWD_SEQ_L2=1 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step bwd_seq_l2_off  MODA_CUDA_BWD_SEQ_L2=0 -- bwd
+    # dQ's reductions 4 floats wide (the default; the ws dK/dV kernel, atomic dQ), and 2 wide
+    step bwd_dq_red4     MODA_CUDA_BWD_DQ_RED4=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step bwd_dq_red4_v8  MODA_CUDA_BWD_DQ_RED4=1 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step bwd_dq_red2     MODA_CUDA_BWD_DQ_RED4=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_depth_tma    MODA_CUDA_BWD_DEPTH_TMA=1 -- quick
     step bwd_no_depth_k    MODA_CUDA_BWD_DEPTH_KERNEL=0 -- bwd
     step bwd_no_depth_k_nd MODA_CUDA_BWD_DEPTH_KERNEL=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -199,6 +207,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_depth_conc $tool san MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_depth_tma $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_depth_tma_conc $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_dq_red4 $tool san MODA_CUDA_BWD_DQ_RED4=1 MODA_CUDA_BWD_ATOMIC_DQ=1
     done
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
