@@ -140,7 +140,7 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
       if (blk >= NST) mbar_wait(&empty[st], ((blk / NST) - 1) & 1);  // the consumers released its last use
       const int64_t Rq = R_begin + (int64_t)blk * BQ;
       mbar_arrive_expect_tx(&full[st], 2 * TILE + Cfg::STAT_BYTES);
-      if (q_evict_last) {  // MODA_CUDA_BWD_SEQ_L2 bit 0 (default): every key block's CTA re-reads these rows
+      if (q_evict_last) {  // MODA_CUDA_BWD_SEQ_L2 (default): every key block's CTA re-reads these rows
         const uint64_t pol = l2_policy_evict_last();
         tma_load_5d_hint(sQ(st), &tm_q, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b, pol);
         tma_load_5d_hint(sdO(st), &tm_do, &full[st], 0, 0, (int)(Rq / G), (int)g, (int)b, pol);
@@ -407,6 +407,31 @@ bool ws_bwd_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v
          !encode_packed_rows_map(tm_do, p->dout, p->B, p->T, p->Hk, p->G, 64, p->dout_stride, WsBwdConfig<>::BQ);
 }
 
+// MODA_CUDA_BWD_SEQ_L2: unset or 1 (default): the ws dK/dV kernel loads q and dO (re-read by every
+// key block's CTA) with L2 evict_last, so that beside the concurrent depth kernel's stream they stay
+// in L2 (session 18, H100: LM-64 f+b 1.386-1.402 ms vs 1.406-1.432 without, DeiT-Tiny 0.574-0.576
+// vs 0.578-0.581); 0: no hint. (The same hint on the dQ kernel's K, V cp.async loads made ptxas
+// emit an LDGSTS with an odd uniform descriptor register, an illegal instruction on the H100, in
+// the wgmma dQ kernel: not kept.)
+int seq_q_evict_last() {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_SEQ_L2");
+    on = e && e[0] == '0' ? 0 : 1;
+  }
+  return on;
+}
+// MODA_CUDA_BWD_DQ_RED4: unset or 1 (default): dQ's float32 reductions 4 floats wide; 0: 2 wide
+// (session 18, H100: the ws dK/dV kernel at DeiT-Tiny 0.119 vs 0.125 ms, DeiT-Tiny-64 0.119 vs 0.123)
+int dq_red4_mode() {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_DQ_RED4");
+    on = e && e[0] == '0' ? 0 : 1;
+  }
+  return on;
+}
+
 template <typename T, bool DQ, bool PIPE, bool ORDERED = false>
 int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, float *dq_accum,
               int *dq_sem, const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q,
@@ -422,36 +447,13 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
   }
   const int64_t kblocks = (p->S + Cfg::BN - 1) / Cfg::BN;
   dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
-  const int q_evict_last = bwd_seq_l2_mode() & BWD_SEQ_L2_DKV_Q;
-  // MODA_CUDA_BWD_DQ_RED4: unset or 1 (default) dQ's float32 reductions 4 floats wide, 0: 2 wide
-  // (session 18, H100: this kernel at DeiT-Tiny 0.119 vs 0.125 ms, DeiT-Tiny-64 0.119 vs 0.123)
-  static int dq_red4 = -1;
-  if (dq_red4 < 0) {
-    const char *e = getenv("MODA_CUDA_BWD_DQ_RED4");
-    dq_red4 = e && e[0] == '0' ? 0 : 1;
-  }
   bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE, ORDERED><<<grid, Cfg::NTHREADS, smem, stream>>>(
-      *p, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do, q_evict_last, dq_red4);
+      *p, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do, seq_q_evict_last(), dq_red4_mode());
   MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_ws_kernel");
   return MODA_OK;
 }
 
 }  // namespace
-
-// MODA_CUDA_BWD_SEQ_L2: unset or 1 (default): the ws dK/dV kernel loads q and dO (re-read by every
-// key block's CTA) with L2 evict_last, so that beside the concurrent depth kernel's stream they stay
-// in L2 (session 18, H100: LM-64 f+b 1.386-1.402 ms vs 1.406-1.432 without, DeiT-Tiny 0.574-0.576
-// vs 0.578-0.581); 0: no hint. (The same hint on the dQ kernel's K, V cp.async loads made ptxas
-// emit an LDGSTS with an odd uniform descriptor register, an illegal instruction on the H100, in
-// the wgmma dQ kernel: not kept.)
-int bwd_seq_l2_mode() {
-  static int mode = -1;
-  if (mode < 0) {
-    const char *e = getenv("MODA_CUDA_BWD_SEQ_L2");
-    mode = e && e[0] ? atoi(e) & BWD_SEQ_L2_DKV_Q : BWD_SEQ_L2_DKV_Q;
-  }
-  return mode;
-}
 
 // MODA_CUDA_BWD_WS=0 turns the kernel off (bwd_dkv_wgmma_kernel runs instead); 1: its v8 loop
 // (session 6, H100: 0.95x the time of bwd_dkv_wgmma_kernel at the paper's T=4096, 0.92x at

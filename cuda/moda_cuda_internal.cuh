@@ -101,10 +101,6 @@ int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *worksp
 // caller then runs bwd_dkv_wgmma_kernel). dq_accum != nullptr: dQ by float32 reductions.
 bool bwd_ws_selected(const moda_attn_params *p);
 bool bwd_ws_launchable(const moda_attn_params *p);
-// MODA_CUDA_BWD_SEQ_L2's bit (attn_bwd_wgmma.cu): the ws dK/dV kernel loads q and dO with L2
-// evict_last
-constexpr int BWD_SEQ_L2_DKV_Q = 1;
-int bwd_seq_l2_mode();
 // dq_sem != nullptr: dQ by ordered adds (deterministic; dq_accum and dq_sem zeroed by the caller).
 int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                       float *dq_accum, int *dq_sem, bool *launched);

@@ -163,8 +163,8 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_depth_tma_rows16_conc MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_TMA_ROWS=16 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     # its loads and stores with L2 evict_first, in the concurrent backward
     step bwd_depth_tma_l2_conc MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_TMA_L2=3 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
-    # the dK/dV kernel's q, dO loads with L2 evict_last (the default), in the concurrent backward;
-    # no hints
+    # the ws dK/dV kernel's q, dO loads with L2 evict_last (the default) in the concurrent
+    # backward, and without the hint
     step bwd_seq_l2_conc MODA_CUDA_BWD_SEQ_L2=1 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_seq_l2_off  MODA_CUDA_BWD_SEQ_L2=0 -- bwd
     # dQ's reductions 4 floats wide (the default; the ws dK/dV kernel, atomic dQ), and 2 wide
