@@ -75,8 +75,9 @@ cuda: $(CUDA_LIB) $(CUDA_CDEF)
 cuda-check: $(CUDA_LIB)
 	bash cuda/run_checks.sh full
 
-# A static check of the built sm_90a code (no GPU needed): no RS-wgmma A fragment may be reached
-# by two kinds of writer (the ptxas 13.0 register fault of session 9; tools/sass_rs_check.py).
+# A static check of the built code (no GPU needed; tools/sass_rs_check.py): no RS-wgmma A fragment
+# may be reached by two kinds of writer (the ptxas 13.0 register fault of session 9), and no memory
+# descriptor may sit in an odd uniform register (its cache-hint fault of session 18).
 # Needs cuobjdump (CUDA toolkit, or `pip download nvidia-cuda-cuobjdump`); skips, saying so, without it.
 CUOBJDUMP ?= $(shell command -v cuobjdump 2>/dev/null || ls $(dir $(shell command -v $(NVCC) 2>/dev/null))cuobjdump 2>/dev/null)
 cuda-sass-check: $(CUDA_LIB)
@@ -84,6 +85,7 @@ cuda-sass-check: $(CUDA_LIB)
 	else $(CUOBJDUMP) -sass $(CUDA_LIB) > $(BUILD)/libmoda_cuda.sass && \
 	  python3 tools/sass_rs_check.py $(BUILD)/libmoda_cuda.sass > $(BUILD)/sass_rs_check.txt; rc=$$?; \
 	  grep -c '^OK' $(BUILD)/sass_rs_check.txt | sed 's/^/cuda-sass-check: RS-wgmma kernels OK: /'; \
+	  grep '^desc:' $(BUILD)/sass_rs_check.txt | sed 's/^/cuda-sass-check: /'; \
 	  grep -A6 SUSPECT $(BUILD)/sass_rs_check.txt; exit $$rc; fi
 
 $(CUDA_LIB): $(CUDA_SRCS) $(CUDA_HDRS) $(LIB)

@@ -6,7 +6,11 @@ HGMMA is the signature of the ptxas 13.0 fault found in session 9: a loop-invari
 (Q of S = Q K^T, loaded once by LDSM before the loop) given the same physical registers as the P
 fragments packed inside the loop (F2FP), so the back edge brings P where Q should be and every
 block after the first multiplies garbage. Input: `cuobjdump -sass` output (see tools/sass_hist.sh
-for cuobjdump). Prints OK or SUSPECT per kernel with an RS HGMMA; exit status 1 on any SUSPECT."""
+for cuobjdump). Prints OK or SUSPECT per kernel with an RS HGMMA; exit status 1 on any SUSPECT.
+Also, for every kernel: a memory descriptor (`desc[URn]`, 64 bits) in an odd uniform register,
+the signature of the ptxas 13.0 fault found in session 18 (a cp.async with an L2 cache-policy
+hint in the wgmma dQ kernel became `LDGSTS ... desc[UR1]`: an illegal instruction on the H100);
+SUSPECT-DESC per such kernel, and one line `desc: N descriptors, M odd`."""
 import re
 import sys
 
@@ -43,10 +47,19 @@ def defs(op, operands):
 
 
 bad = False
+n_desc = n_odd = 0
 for part in re.split(r"\n\s*Function : ", text)[1:]:
     name = part.split("\n")[0].strip()
     if name_re and not name_re.search(name):
         continue
+    descs = [int(r) for r in re.findall(r"desc\[UR(\d+)\]", part)]
+    odd = sorted({r for r in descs if r % 2})
+    n_desc += len(descs)
+    n_odd += sum(1 for r in descs if r % 2)
+    if odd:
+        bad = True
+        print(f"SUSPECT-DESC {name[:110]}\n    memory descriptor in odd uniform register(s) " +
+              ", ".join(f"UR{r}" for r in odd))
     ins = parse(part)
     if not any(op.startswith("HGMMA") and re.match(r"R\d+,\s+R\d+,", o) for _, _, op, o in ins):
         continue
@@ -101,4 +114,5 @@ for part in re.split(r"\n\s*Function : ", text)[1:]:
         print(f"SUSPECT {name[:110]}\n    " + "\n    ".join(sus[:6]))
     else:
         print(f"OK      {name[:110]}")
+print(f"desc: {n_desc} descriptors, {n_odd} odd")
 sys.exit(1 if bad else 0)
