@@ -53,12 +53,12 @@ local odd_desc = [[
 describe("tools/sass_rs_check.py", function()
   local python = have_python()
 
-  it("passes clean code and counts its descriptors", function()
+  it("passes clean code and counts its descriptors (desc[] and gdesc[])", function()
     if not python then pending("python3 not found") return end
     local out, rc = check(clean)
     assert.are.equal(0, rc, out)
     assert.truthy(out:find("OK      k_clean", 1, true), out)
-    assert.truthy(out:find("desc: 1 descriptors, 0 odd", 1, true), out)
+    assert.truthy(out:find("desc: 2 descriptors, 0 odd", 1, true), out)
   end)
 
   it("flags an RS-wgmma A fragment reached by two kinds of writer", function()
@@ -76,6 +76,6 @@ describe("tools/sass_rs_check.py", function()
     assert.are.equal(1, rc, out)
     assert.truthy(out:find("SUSPECT-DESC k_odd_desc", 1, true), out)
     assert.truthy(out:find("UR1", 1, true), out)
-    assert.truthy(out:find("desc: 2 descriptors, 1 odd", 1, true), out)
+    assert.truthy(out:find("desc: 3 descriptors, 1 odd", 1, true), out)
   end)
 end)

@@ -7,7 +7,8 @@ HGMMA is the signature of the ptxas 13.0 fault found in session 9: a loop-invari
 fragments packed inside the loop (F2FP), so the back edge brings P where Q should be and every
 block after the first multiplies garbage. Input: `cuobjdump -sass` output (see tools/sass_hist.sh
 for cuobjdump). Prints OK or SUSPECT per kernel with an RS HGMMA; exit status 1 on any SUSPECT.
-Also, for every kernel: a memory descriptor (`desc[URn]`, 64 bits) in an odd uniform register,
+Also, for every kernel: a descriptor (memory `desc[URn]`, 64 bits, or wgmma `gdesc[URn]`, wider;
+both start at an even uniform register) in an odd uniform register,
 the signature of the ptxas 13.0 fault found in session 18 (a cp.async with an L2 cache-policy
 hint in the wgmma dQ kernel became `LDGSTS ... desc[UR1]`: an illegal instruction on the H100);
 SUSPECT-DESC per such kernel, and one line `desc: N descriptors, M odd`."""
