@@ -407,6 +407,12 @@ bool ws_bwd_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v
          !encode_packed_rows_map(tm_do, p->dout, p->B, p->T, p->Hk, p->G, 64, p->dout_stride, WsBwdConfig<>::BQ);
 }
 
+// A default-on switch: 1 unless the variable is set and starts with '0'.
+int env_on_unless_zero(const char *name) {
+  const char *e = getenv(name);
+  return e && e[0] == '0' ? 0 : 1;
+}
+
 // MODA_CUDA_BWD_SEQ_L2: unset or 1 (default): the ws dK/dV kernel loads q and dO (re-read by every
 // key block's CTA) with L2 evict_last, so that beside the concurrent depth kernel's stream they stay
 // in L2 (session 18, H100: LM-64 f+b 1.386-1.402 ms vs 1.406-1.432 without, DeiT-Tiny 0.574-0.576
@@ -414,21 +420,13 @@ bool ws_bwd_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v
 // emit an LDGSTS with an odd uniform descriptor register, an illegal instruction on the H100, in
 // the wgmma dQ kernel: not kept.)
 int seq_q_evict_last() {
-  static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("MODA_CUDA_BWD_SEQ_L2");
-    on = e && e[0] == '0' ? 0 : 1;
-  }
+  static const int on = env_on_unless_zero("MODA_CUDA_BWD_SEQ_L2");
   return on;
 }
 // MODA_CUDA_BWD_DQ_RED4: unset or 1 (default): dQ's float32 reductions 4 floats wide; 0: 2 wide
 // (session 18, H100: the ws dK/dV kernel at DeiT-Tiny 0.119 vs 0.125 ms, DeiT-Tiny-64 0.119 vs 0.123)
 int dq_red4_mode() {
-  static int on = -1;
-  if (on < 0) {
-    const char *e = getenv("MODA_CUDA_BWD_DQ_RED4");
-    on = e && e[0] == '0' ? 0 : 1;
-  }
+  static const int on = env_on_unless_zero("MODA_CUDA_BWD_DQ_RED4");
   return on;
 }
 
