@@ -673,7 +673,7 @@ double bwd_seq_depth_ratio(const moda_attn_params *p) {
 // kernel, at d = 64 with G dividing 8 and the swizzled variant (the one SUB = 4 configuration).
 // The rule (MODA_CUDA_BWD_DEPTH_SMS unset): it pays where the two parts take comparable times:
 // r = bwd_seq_depth_ratio, doubled with the dQ kernel, between 0.6 and 1.2, T >= 1024 (at T=197
-// the dK/dV kernel's tiles are too few to share the GPU), 41% of the SMs. With deterministic = 0
+// the dK/dV kernel's tiles are too few to share the GPU), 44% of the SMs. With deterministic = 0
 // and r in 0.3..0.6 the dQ kernel runs instead of the atomic dQ (bwd_atomic_dq_selected), for the
 // balance. Measured (H100, session 10, fwd+bwd ms, two rounds each):
 //   nd, atomic dQ, SMs off / 60 / 72 / 84:
@@ -693,6 +693,11 @@ double bwd_seq_depth_ratio(const moda_attn_params *p) {
 //   1.525 1.517; LM-64 at T=4096 1.803 1.816 / 1.767 1.749 / 1.866 1.884 / 1.914 1.906; LM-32
 //   1.068 1.093 / 1.062 1.051 / 1.125 1.121 / 1.114 1.113: 54 of 132 (41%).
 // Every measured win sits near 0.8 of the balance; the window's ends are not measured.
+// Session 19: since the sequence kernels got faster (q, dO kept in L2; 4-float dQ reductions:
+// dK/dV and dQ ~0.38 ms each at LM-64 against the depth kernel's ~0.92), the balance moved to
+// more depth SMs. LM-64 f+b ms, --nondet, two rounds in one process: H100 54 (the 41% rule)
+// 1.409 1.375 / 58 1.376 1.355 / 62 1.388 1.389 / 66 1.410 1.440; H200 54 1.310 1.311 / 58
+// 1.254 1.247 / 62 1.235 1.238: 58 of 132 (44%), the H100's best.
 int concurrent_forced() {  // MODA_CUDA_BWD_DEPTH_SMS: -1 unset (the rule), else that many SMs (0: off)
   static int forced = -2;
   if (forced == -2) {
@@ -717,7 +722,7 @@ int bwd_depth_concurrent_sms(const moda_attn_params *p, bool dq_kernel) {
   if (p->T < 1024) return 0;
   const double r = bwd_seq_depth_ratio(p) * (dq_kernel ? 2.0 : 1.0);
   if (r < 0.6 || r > 1.2) return 0;
-  const int n = (int)(sms * 0.41 + 0.5);
+  const int n = (int)(sms * 0.44 + 0.5);
   return n < 1 ? 1 : n < sms ? n : sms - 1;
 }
 
