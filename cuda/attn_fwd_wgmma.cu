@@ -585,34 +585,42 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
 // (tensor-bound) one after the other, so an SM (one CTA) does one kind of work at a time, and the
 // DeiT-Tiny forward takes about the sum of a sequence-only forward and the depth stream alone
 // (session 18). Here the softmax is split, as a split-K combine: per CTA of BM = 128 packed rows
-//   warpgroup 0 = producer (TMA K/V blocks, 2 stages), as in the ws kernel;
-//   warpgroups 1, 2 = sequence consumers: S = Q K^T, softmax, O += P V over the sequence keys
-//     only (ping-pong as in the ws kernel), their rows' (m, l, O) in registers;
-//   warpgroup 3 = depth: its 4 warps each stream the depth rows of 32 packed rows through a
-//     7-stage FwdDepthRing (beside the K/V stages, not over them) into their own (m, l, O),
-//     then leave that state in their ring's smem, in the lanes' register layout;
-// and each sequence warp merges its 16 rows' depth state in by log-sum-exp before it writes O.
-// The depth stream then runs the CTA's whole length beside the tensor-core work, with 4 warps x
-// 6 chunks in flight (the ws3 depth phase: 12 warps x 2).
+//   warpgroups 0, 1 = sequence: S = Q K^T, softmax, O += P V over the sequence keys only
+//     (ping-pong as in the ws kernel), their rows' (m, l, O) in registers; thread 0 issues the
+//     TMA loads of the first two K/V blocks, warp 4's lane 0 each later one into the stage both
+//     warpgroups have released (no producer warpgroup: its registers go to the depth warps);
+//   warpgroups 2, 3 = depth: warp 8 + w streams the depth rows of the sequence warp w's 16 rows
+//     through a 4-stage FwdDepthRing (beside the K/V stages, not over them) into its own
+//     (m, l, O), then leaves that state in its ring's smem, in the lanes' register layout;
+// and each sequence warp merges its rows' depth state in by log-sum-exp before it writes O.
+// Session 19's first version (one depth warpgroup, 32 rows and a 7-stage ring per warp, beside
+// a producer warpgroup) was correct but slower: H100 forward 0.240 vs 0.174 ms at DeiT-Tiny,
+// 0.709 vs 0.618 at DeiT-Tiny-64, 0.474-0.481 vs 0.428 at LM-64 - four warps' dependent chunk
+// chains cannot stream the rows (2.2-2.3 TB/s where the depth stream dominates, against the ws3
+// depth phase's 2.6 with twelve warps and the same rows in flight).
 struct SplitFwdConfig {
-  static constexpr int D = 64, NSWARPS = 8, NDWARPS = 4, NTHREADS = 128 * 4;
-  static constexpr int BM = 16 * NSWARPS;        // packed rows per CTA (32 per depth warp)
+  static constexpr int D = 64, NSWARPS = 8, NDWARPS = 8, NTHREADS = 32 * (NSWARPS + NDWARPS);
+  static constexpr int BM = 16 * NSWARPS;        // packed rows per CTA (16 per sequence and per depth warp)
   static constexpr int BN = 128;
   static constexpr int LDS = D + 8;
   static constexpr int Q_BYTES = BM * LDS * 2;
   static constexpr int TILE_BYTES = BN * D * 2;
   static constexpr int KV_BYTES = 2 * 2 * TILE_BYTES;
-  static constexpr int RST = 7, RSD = D + 4;
+  static constexpr int RST = 4, RSD = D + 4;
   static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2;
-  static constexpr int BAR_BYTES = 64;
-  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + KV_BYTES + NDWARPS * RING_WARP_BYTES + BAR_BYTES;
-  // a depth warp's state per 16-row tile, left in its ring: row_m[2], row_l[2], acc_o[8][4] per lane
+  // no room for a barrier block: full[2] and empty[2] live in the padding of sQ's rows 0 and 1
+  // (bytes 2 D .. 2 LDS of a row, which the Q loads and ldmatrix never touch)
+  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + KV_BYTES + NDWARPS * RING_WARP_BYTES;
+  // a depth warp's state, left in its ring: row_m[2], row_l[2], acc_o[8][4] per lane
   static constexpr int STATE_FLOATS = 4 + D / 2;
-  static constexpr int PRODUCER_REGS = 24, CONSUMER_REGS = 160;
+  // registers after setmaxnreg (ptxas 13.0): 144 / 112 leaves one 8-byte spill in the sequence
+  // warps; 152 / 104 spilled 80 bytes, 160 / 96 152 (the depth ring does not fit 104)
+  static constexpr int SEQ_REGS = 144, DEPTH_REGS = 112;
   static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "TMA / wgmma tiles stay 1024-byte aligned");
   static_assert(SMEM_BYTES <= 232448, "within the sm_90 opt-in shared memory");
-  static_assert(2 * STATE_FLOATS * 32 * 4 <= RING_WARP_BYTES, "two tiles' depth state fit a ring");
-  static_assert(128 * PRODUCER_REGS + 384 * CONSUMER_REGS <= NTHREADS * ((65536 / NTHREADS) & ~7),
+  static_assert(2 * (LDS - D) >= 16, "two 8-byte barriers in a row's padding");
+  static_assert(STATE_FLOATS * 32 * 4 <= RING_WARP_BYTES, "the depth state fits a ring");
+  static_assert(32 * NSWARPS * SEQ_REGS + 32 * NDWARPS * DEPTH_REGS <= NTHREADS * ((65536 / NTHREADS) & ~7),
                 "register split of the warpgroups");
 };
 
@@ -623,16 +631,16 @@ fwd_wgmma_split_kernel(const moda_attn_params p, const int flags, const __grid_c
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = SplitFwdConfig;
   using Mma = MmaOp<T>;
-  constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, KSTEPS = D / 16, SF = Cfg::STATE_FLOATS;
-  constexpr int NCTHREADS = 384;  // the sequence and depth warpgroups
+  constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, KSTEPS = D / 16;
+  constexpr int NT = Cfg::NTHREADS;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
   unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   T *sQ = reinterpret_cast<T *>(smem);
   unsigned char *sKV = smem + Cfg::Q_BYTES;
   unsigned char *sRings = sKV + Cfg::KV_BYTES;
-  uint64_t *full = reinterpret_cast<uint64_t *>(sRings + Cfg::NDWARPS * Cfg::RING_WARP_BYTES);
-  uint64_t *empty = full + 2;
+  uint64_t *full = reinterpret_cast<uint64_t *>(smem + 2 * D);             // row 0's padding
+  uint64_t *empty = reinterpret_cast<uint64_t *>(smem + 2 * LDS + 2 * D);  // row 1's
   auto sK = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES; };
   auto sV = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
 
@@ -642,7 +650,7 @@ fwd_wgmma_split_kernel(const moda_attn_params p, const int flags, const __grid_c
   const int64_t g = blockIdx.y, b = blockIdx.z;
   const int64_t G = p.G, TG = p.T * G;
   const int64_t R0 = tile * BM;
-  const int64_t Rw = R0 + (warp - 4) * 16;  // a sequence warp's first row (meaningless for the others)
+  const int64_t Rw = R0 + (warp % Cfg::NSWARPS) * 16;  // this warp's 16 rows (sequence or depth)
   int n_blocks, unmasked_end, row_lim[2];
   wgmma_seq_range<BM, BN>(p, R0, Rw, lane, n_blocks, unmasked_end, row_lim);
   n_blocks = __shfl_sync(0xffffffffu, n_blocks, 0);  // warp-uniform (uniform registers, see the ws kernel)
@@ -653,73 +661,58 @@ fwd_wgmma_split_kernel(const moda_attn_params p, const int flags, const __grid_c
     mbar_init(&empty[0], Cfg::NSWARPS); mbar_init(&empty[1], Cfg::NSWARPS);
     mbar_fence_init();
   }
-  __syncthreads();  // the last CTA-wide barrier: the producer's idle warps exit below
-
-  if (warp < 4) {  // ---------------- producer warpgroup ----------------
-    setmaxnreg_dec<Cfg::PRODUCER_REGS>();
-    if (tid == 0 && n_blocks > 0) {
-      tma_prefetch_map(&tm_k);
-      tma_prefetch_map(&tm_v);
-      for (int blk = 0; blk < n_blocks; ++blk) {
-        const int st = blk & 1;
-        if (blk >= 2) mbar_wait(&empty[st], ((blk >> 1) - 1) & 1);  // the sequence warps released its last use
-        mbar_arrive_expect_tx(&full[st], 2 * Cfg::TILE_BYTES);      // rows past S count too (zero-filled)
-        tma_load_4d(sK(st), &tm_k, &full[st], 0, (int)g, blk * BN, (int)b);
-        tma_load_4d(sV(st), &tm_v, &full[st], 0, (int)g, blk * BN, (int)b);
-      }
-    }
-    return;
+  __syncthreads();
+  auto load_kv = [&](int blk) {  // one thread: K/V block blk into stage blk & 1
+    const int st = blk & 1;
+    mbar_arrive_expect_tx(&full[st], 2 * Cfg::TILE_BYTES);  // rows past S count too (zero-filled)
+    tma_load_4d(sK(st), &tm_k, &full[st], 0, (int)g, blk * BN, (int)b);
+    tma_load_4d(sV(st), &tm_v, &full[st], 0, (int)g, blk * BN, (int)b);
+  };
+  if (tid == 0) {
+    tma_prefetch_map(&tm_k);
+    tma_prefetch_map(&tm_v);
+    for (int blk = 0; blk < n_blocks && blk < 2; ++blk) load_kv(blk);
   }
 
-  setmaxnreg_inc<Cfg::CONSUMER_REGS>();
-  const int ctid = tid - 128;
   const float scale_log2 = (float)p.scale * 1.4426950408889634f;
   const T *q = static_cast<const T *>(p.q);
-  load_rows_async<D, LDS>(sQ, BM, ctid, NCTHREADS, [&](int r) -> const T * {
+  load_rows_async<D, LDS>(sQ, BM, tid, NT, [&](int r) -> const T * {
     const int64_t R = R0 + r;
     return R < TG ? packed_row(q, p.q_stride, b, g, G, R) : nullptr;
   });
   cp_async_commit();
 
-  using Ring = FwdDepthRing<T, D, 4, Cfg::RST, LDS, Cfg::RSD>;
+  using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
   static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES, "ring layout");
-  if (warp >= 12) {  // ---------------- depth warpgroup ----------------
-    const int dw = warp - 12;
-    T *ring_w = reinterpret_cast<T *>(sRings + dw * Cfg::RING_WARP_BYTES);
+  if (warp >= Cfg::NSWARPS) {  // ---------------- depth warpgroups ----------------
+    setmaxnreg_dec<Cfg::DEPTH_REGS>();
+    T *ring_w = reinterpret_cast<T *>(sRings + (warp - Cfg::NSWARPS) * Cfg::RING_WARP_BYTES);
     Ring ring;
-    ring.init(p, flags, ring_w, R0 + dw * 32, b, g, lane);
+    ring.init(p, flags, ring_w, Rw, b, g, lane);
     ring.prologue(p);
     cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
-    named_bar_sync(1, NCTHREADS);   // every consumer thread's Q rows are in smem
-    float row_m[4], row_l[4], acc_o[2][D / 8][4];
+    named_bar_sync(1, NT);          // every thread's Q rows are in smem
+    float row_m[2] = {-INFINITY, -INFINITY}, row_l[2] = {0.f, 0.f}, acc_o[1][D / 8][4];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) { row_m[r] = -INFINITY; row_l[r] = 0.f; }
+    for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
+    ring.template run<Mma, 1>(p, sQ, R0, nullptr, scale_log2, row_m, row_l, acc_o);
+    __syncwarp();  // every cp.async of the ring retired (run's end), every lane's reads of it done
+    float *s = reinterpret_cast<float *>(ring_w) + lane;
+    s[0] = row_m[0]; s[32] = row_m[1];
+    s[64] = row_l[0]; s[96] = row_l[1];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int j = 0; j < D / 8; ++j)
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) acc_o[mt][j][0] = acc_o[mt][j][1] = acc_o[mt][j][2] = acc_o[mt][j][3] = 0.f;
-    ring.template run<Mma, 2>(p, sQ, R0, nullptr, scale_log2, row_m, row_l, acc_o);
-    // every cp.async of the ring retired (run's end); every lane's reads of its stages done
-    __syncwarp();
-    float *st = reinterpret_cast<float *>(ring_w);
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      float *s = st + mt * SF * 32 + lane;
-      s[0] = row_m[2 * mt]; s[32] = row_m[2 * mt + 1];
-      s[64] = row_l[2 * mt]; s[96] = row_l[2 * mt + 1];
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[(4 + 4 * j + e) * 32] = acc_o[mt][j][e];
-    }
-    named_bar_arrive(4, NCTHREADS);  // the depth state is in smem (the barrier orders the stores)
+      for (int e = 0; e < 4; ++e) s[(4 + 4 * j + e) * 32] = acc_o[0][j][e];
+    named_bar_arrive(4, NT);  // the depth state is in smem (the barrier orders the stores)
     return;
   }
 
   // ---------------- sequence warpgroups ----------------
-  const int cwarp = warp - 4, cwg = cwarp / 4, qc = lane % 4;
+  setmaxnreg_inc<Cfg::SEQ_REGS>();
+  const int cwarp = warp, cwg = cwarp / 4, qc = lane % 4;
   cp_async_wait<0>();
-  named_bar_sync(1, NCTHREADS);
+  named_bar_sync(1, NT);
   float row_m[2], row_l[2], acc_o[D / 8][4];
   row_m[0] = row_m[1] = -INFINITY;
   row_l[0] = row_l[1] = 0.f;
@@ -753,13 +746,21 @@ fwd_wgmma_split_kernel(const moda_attn_params p, const int flags, const __grid_c
       wgmma_wait<0>();
       wgmma_fence_operand(acc_o);
       __syncwarp();
-      if (lane == 0) mbar_arrive(&empty[st]);
+      if (lane == 0) {
+        mbar_arrive(&empty[st]);  // this warp is done with the stage's K and V
+        // warp 4 (warpgroup 1, the later of the ping-pong) refills the stage once all 8 warps released it
+        if (cwarp == 4 && blk + 2 < n_blocks) {
+          mbar_wait(&empty[st], (blk >> 1) & 1);
+          load_kv(blk + 2);
+        }
+      }
+      __syncwarp();
     }
   }
-  // the depth state of these 16 rows (depth warp cwarp / 2, its tile cwarp % 2), merged as the
-  // ring merges: m = max of both sides, each scaled by exp2(its m - m) (0 for an empty side)
-  named_bar_sync(4, NCTHREADS);
-  const float *ds = reinterpret_cast<const float *>(sRings + (cwarp / 2) * Cfg::RING_WARP_BYTES) + (cwarp % 2) * SF * 32 + lane;
+  // the depth state of these 16 rows (depth warp 8 + cwarp), merged as the ring merges: m = max
+  // of both sides, each scaled by exp2(its m - m) (0 for an empty side)
+  named_bar_sync(4, NT);
+  const float *ds = reinterpret_cast<const float *>(sRings + cwarp * Cfg::RING_WARP_BYTES) + lane;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const float md = ds[h * 32], ld = ds[(2 + h) * 32], mo = row_m[h];
