@@ -580,6 +580,206 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
 #endif
 }
 
+// ---- the split forward (flag bit 12, A/B): sequence and depth parts at the same time ----
+// In the ws kernel each consumer warp runs its rows' depth phase (memory-bound) and sequence phase
+// (tensor-bound) one after the other, so an SM (one CTA) does one kind of work at a time, and the
+// DeiT-Tiny forward takes about the sum of a sequence-only forward and the depth stream alone
+// (session 18). Here the softmax is split, as a split-K combine: per CTA of BM = 128 packed rows
+//   warpgroups 0, 1 = sequence: S = Q K^T, softmax, O += P V over the sequence keys only
+//     (ping-pong as in the ws kernel), their rows' (m, l, O) in registers; thread 0 issues the
+//     TMA loads of the first two K/V blocks, warp 4's lane 0 each later one into the stage both
+//     warpgroups have released (no producer warpgroup: its registers go to the depth warps);
+//   warpgroups 2, 3 = depth: warp 8 + w streams the depth rows of the sequence warp w's 16 rows
+//     through a 4-stage FwdDepthRing (beside the K/V stages, not over them) into its own
+//     (m, l, O), then leaves that state in its ring's smem, in the lanes' register layout;
+// and each sequence warp merges its rows' depth state in by log-sum-exp before it writes O.
+// Session 19's first version (one depth warpgroup, 32 rows and a 7-stage ring per warp, beside
+// a producer warpgroup) was correct but slower: H100 forward 0.240 vs 0.174 ms at DeiT-Tiny,
+// 0.709 vs 0.618 at DeiT-Tiny-64, 0.474-0.481 vs 0.428 at LM-64 - four warps' dependent chunk
+// chains cannot stream the rows (2.2-2.3 TB/s where the depth stream dominates, against the ws3
+// depth phase's 2.6 with twelve warps and the same rows in flight).
+struct SplitFwdConfig {
+  static constexpr int D = 64, NSWARPS = 8, NDWARPS = 8, NTHREADS = 32 * (NSWARPS + NDWARPS);
+  static constexpr int BM = 16 * NSWARPS;        // packed rows per CTA (16 per sequence and per depth warp)
+  static constexpr int BN = 128;
+  static constexpr int LDS = D + 8;
+  static constexpr int Q_BYTES = BM * LDS * 2;
+  static constexpr int TILE_BYTES = BN * D * 2;
+  static constexpr int KV_BYTES = 2 * 2 * TILE_BYTES;
+  static constexpr int RST = 4, RSD = D + 4;
+  static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2;
+  // no room for a barrier block: full[2] and empty[2] live in the padding of sQ's rows 0 and 1
+  // (bytes 2 D .. 2 LDS of a row, which the Q loads and ldmatrix never touch)
+  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + KV_BYTES + NDWARPS * RING_WARP_BYTES;
+  // a depth warp's state, left in its ring: row_m[2], row_l[2], acc_o[8][4] per lane
+  static constexpr int STATE_FLOATS = 4 + D / 2;
+  // registers after setmaxnreg (ptxas 13.0): 144 / 112 leaves one 8-byte spill in the sequence
+  // warps; 152 / 104 spilled 80 bytes, 160 / 96 152 (the depth ring does not fit 104)
+  static constexpr int SEQ_REGS = 144, DEPTH_REGS = 112;
+  static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "TMA / wgmma tiles stay 1024-byte aligned");
+  static_assert(SMEM_BYTES <= 232448, "within the sm_90 opt-in shared memory");
+  static_assert(2 * (LDS - D) >= 16, "two 8-byte barriers in a row's padding");
+  static_assert(STATE_FLOATS * 32 * 4 <= RING_WARP_BYTES, "the depth state fits a ring");
+  static_assert(32 * NSWARPS * SEQ_REGS + 32 * NDWARPS * DEPTH_REGS <= NTHREADS * ((65536 / NTHREADS) & ~7),
+                "register split of the warpgroups");
+};
+
+template <typename T>
+__global__ void __launch_bounds__(SplitFwdConfig::NTHREADS, 1)
+fwd_wgmma_split_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
+                       const __grid_constant__ CUtensorMap tm_v) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Cfg = SplitFwdConfig;
+  using Mma = MmaOp<T>;
+  constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, KSTEPS = D / 16;
+  constexpr int NT = Cfg::NTHREADS;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  T *sQ = reinterpret_cast<T *>(smem);
+  unsigned char *sKV = smem + Cfg::Q_BYTES;
+  unsigned char *sRings = sKV + Cfg::KV_BYTES;
+  uint64_t *full = reinterpret_cast<uint64_t *>(smem + 2 * D);             // row 0's padding
+  uint64_t *empty = reinterpret_cast<uint64_t *>(smem + 2 * LDS + 2 * D);  // row 1's
+  auto sK = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES; };
+  auto sV = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t bx = blockIdx.x, n_tiles = gridDim.x;  // heavy and light causal tiles alternate (ws kernel)
+  const int64_t tile = (flags & FWD_TILES_HEAVY_FIRST) ? n_tiles - 1 - bx : (bx & 1) ? bx / 2 : n_tiles - 1 - bx / 2;
+  const int64_t g = blockIdx.y, b = blockIdx.z;
+  const int64_t G = p.G, TG = p.T * G;
+  const int64_t R0 = tile * BM;
+  const int64_t Rw = R0 + (warp % Cfg::NSWARPS) * 16;  // this warp's 16 rows (sequence or depth)
+  int n_blocks, unmasked_end, row_lim[2];
+  wgmma_seq_range<BM, BN>(p, R0, Rw, lane, n_blocks, unmasked_end, row_lim);
+  n_blocks = __shfl_sync(0xffffffffu, n_blocks, 0);  // warp-uniform (uniform registers, see the ws kernel)
+  unmasked_end = __shfl_sync(0xffffffffu, unmasked_end, 0);
+
+  if (tid == 0) {
+    mbar_init(&full[0], 1); mbar_init(&full[1], 1);
+    mbar_init(&empty[0], Cfg::NSWARPS); mbar_init(&empty[1], Cfg::NSWARPS);
+    mbar_fence_init();
+  }
+  __syncthreads();
+  auto load_kv = [&](int blk) {  // one thread: K/V block blk into stage blk & 1
+    const int st = blk & 1;
+    mbar_arrive_expect_tx(&full[st], 2 * Cfg::TILE_BYTES);  // rows past S count too (zero-filled)
+    tma_load_4d(sK(st), &tm_k, &full[st], 0, (int)g, blk * BN, (int)b);
+    tma_load_4d(sV(st), &tm_v, &full[st], 0, (int)g, blk * BN, (int)b);
+  };
+  if (tid == 0) {
+    tma_prefetch_map(&tm_k);
+    tma_prefetch_map(&tm_v);
+    for (int blk = 0; blk < n_blocks && blk < 2; ++blk) load_kv(blk);
+  }
+
+  const float scale_log2 = (float)p.scale * 1.4426950408889634f;
+  const T *q = static_cast<const T *>(p.q);
+  load_rows_async<D, LDS>(sQ, BM, tid, NT, [&](int r) -> const T * {
+    const int64_t R = R0 + r;
+    return R < TG ? packed_row(q, p.q_stride, b, g, G, R) : nullptr;
+  });
+  cp_async_commit();
+
+  using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
+  static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES, "ring layout");
+  if (warp >= Cfg::NSWARPS) {  // ---------------- depth warpgroups ----------------
+    setmaxnreg_dec<Cfg::DEPTH_REGS>();
+    T *ring_w = reinterpret_cast<T *>(sRings + (warp - Cfg::NSWARPS) * Cfg::RING_WARP_BYTES);
+    Ring ring;
+    ring.init(p, flags, ring_w, Rw, b, g, lane);
+    ring.prologue(p);
+    cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
+    named_bar_sync(1, NT);          // every thread's Q rows are in smem
+    float row_m[2] = {-INFINITY, -INFINITY}, row_l[2] = {0.f, 0.f}, acc_o[1][D / 8][4];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
+    ring.template run<Mma, 1>(p, sQ, R0, nullptr, scale_log2, row_m, row_l, acc_o);
+    __syncwarp();  // every cp.async of the ring retired (run's end), every lane's reads of it done
+    float *s = reinterpret_cast<float *>(ring_w) + lane;
+    s[0] = row_m[0]; s[32] = row_m[1];
+    s[64] = row_l[0]; s[96] = row_l[1];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[(4 + 4 * j + e) * 32] = acc_o[0][j][e];
+    named_bar_arrive(4, NT);  // the depth state is in smem (the barrier orders the stores)
+    return;
+  }
+
+  // ---------------- sequence warpgroups ----------------
+  setmaxnreg_inc<Cfg::SEQ_REGS>();
+  const int cwarp = warp, cwg = cwarp / 4, qc = lane % 4;
+  cp_async_wait<0>();
+  named_bar_sync(1, NT);
+  float row_m[2], row_l[2], acc_o[D / 8][4];
+  row_m[0] = row_m[1] = -INFINITY;
+  row_l[0] = row_l[1] = 0.f;
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) acc_o[j][0] = acc_o[j][1] = acc_o[j][2] = acc_o[j][3] = 0.f;
+  if (n_blocks > 0) {
+    uint32_t q_a[KSTEPS][4];
+    float s[BN / 8][4], corr[2];
+    uint32_t pa[BN / 16][4];
+    const uint32_t kv_u32 = __shfl_sync(0xffffffffu, smem_u32(sKV), 0);
+    if (cwg == 1) named_bar_arrive(2, 256);  // ping-pong: warpgroup 0 issues first
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int st = blk & 1;
+      mbar_wait(&full[st], (blk >> 1) & 1);
+      load_q_frags<KSTEPS, LDS>(q_a, sQ, cwarp, lane);
+      named_bar_sync(2 + cwg, 256);
+      wgmma_fence_operand(s);
+      wgmma_fence();
+      wgmma_rs_kmajor<T, BN, KSTEPS>(s, q_a, kv_u32 + st * 2 * Cfg::TILE_BYTES, BN, 0);
+      wgmma_commit();
+      if (cwg == 0 || blk + 1 < n_blocks) named_bar_arrive(2 + (cwg + 1) % 2, 256);
+      wgmma_wait<0>();
+      wgmma_fence_operand(s);
+      wgmma_softmax_block_any<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
+      wgmma_rescale_rows<D>(acc_o, corr);
+      pack_acc_as_a<T, BN / 16>(s, pa);
+      wgmma_fence_operand(acc_o);
+      wgmma_fence();
+      wgmma_rs_mnmajor<T, D, BN / 16>(acc_o, pa, kv_u32 + st * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES, BN, 1);
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operand(acc_o);
+      __syncwarp();
+      if (lane == 0) {
+        mbar_arrive(&empty[st]);  // this warp is done with the stage's K and V
+        // warp 4 (warpgroup 1, the later of the ping-pong) refills the stage once all 8 warps released it
+        if (cwarp == 4 && blk + 2 < n_blocks) {
+          mbar_wait(&empty[st], (blk >> 1) & 1);
+          load_kv(blk + 2);
+        }
+      }
+      __syncwarp();
+    }
+  }
+  // the depth state of these 16 rows (depth warp 8 + cwarp), merged as the ring merges: m = max
+  // of both sides, each scaled by exp2(its m - m) (0 for an empty side)
+  named_bar_sync(4, NT);
+  const float *ds = reinterpret_cast<const float *>(sRings + cwarp * Cfg::RING_WARP_BYTES) + lane;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float md = ds[h * 32], ld = ds[(2 + h) * 32], mo = row_m[h];
+    const float m_new = fmaxf(mo, md), m_use = m_new == -INFINITY ? 0.f : m_new;
+    const float a = exp2_ftz(mo - m_use), bd = exp2_ftz(md - m_use);
+    row_m[h] = m_new;
+    row_l[h] = row_l[h] * a + ld * bd;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      acc_o[j][2 * h] = fmaf(acc_o[j][2 * h], a, ds[(4 + 4 * j + 2 * h) * 32] * bd);
+      acc_o[j][2 * h + 1] = fmaf(acc_o[j][2 * h + 1], a, ds[(4 + 4 * j + 2 * h + 1) * 32] * bd);
+    }
+  }
+  wgmma_write_o_lse<T, D>(p, acc_o, row_m, row_l, Rw, lane, b, g, G, TG);
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
 // ---- host side ----
 
 // MODA_CUDA_WGMMA=1 or unset (the default since it passed the checker and the spec on the H100,
@@ -632,6 +832,8 @@ static bool fwd_ws_short(const moda_attn_params *p, int flags) {
 // 1.425 (session 15, GPU time, two rounds, one process); session 16, another build, the same
 // way: forward 0.415 0.416 vs 0.419 0.420, f+b 1.409 1.420 vs 1.429 1.439.
 static bool fwd_ws_three_wg(int flags) { return (flags & FWD_WS_3WG) != 0; }
+// The split forward (flag bit 12) where the ws kernel runs and there are depth rows.
+static bool fwd_ws_split(const moda_attn_params *p, int flags) { return (flags & FWD_WS_SPLIT) && p->L > 0; }
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   const int mode = wgmma_mode();
@@ -780,7 +982,8 @@ static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *t
 
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
   CUtensorMap tm_k, tm_v;
-  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) return fwd_ws_three_wg(flags) ? "wgmma_d64_ws3" : "wgmma_d64_ws";
+  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v))
+    return fwd_ws_split(p, flags) ? "wgmma_d64_split" : fwd_ws_three_wg(flags) ? "wgmma_d64_ws3" : "wgmma_d64_ws";
   return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
 }
 
@@ -806,6 +1009,30 @@ static int launch_fwd_wgmma_ws(const moda_attn_params *p, cudaStream_t stream, i
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
   fwd_wgmma_ws_kernel<T, NCWG><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, flags, tm_k, tm_v);
   MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_ws_kernel");
+  return MODA_OK;
+}
+
+template <typename T>
+static int launch_fwd_wgmma_split(const moda_attn_params *p, cudaStream_t stream, int flags, bool *launched) {
+  using Cfg = SplitFwdConfig;
+  static_assert(Cfg::BN == WsFwdConfig<2>::BN, "ws_maps' box rows");
+  *launched = false;
+  CUtensorMap tm_k, tm_v;
+  if (!ws_maps(p, &tm_k, &tm_v)) return MODA_OK;  // not encodable: the caller runs fwd_wgmma_kernel
+  static bool attr_set = false;  // per instantiation
+  if (!attr_set) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_split_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         Cfg::SMEM_BYTES),
+                    "cudaFuncSetAttribute(fwd_wgmma_split)");
+    attr_set = true;
+  }
+  const int64_t tiles = (p->T * p->G + Cfg::BM - 1) / Cfg::BM;
+  *launched = true;
+  if (tiles <= 0) return MODA_OK;
+  if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
+  dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
+  fwd_wgmma_split_kernel<T><<<grid, Cfg::NTHREADS, Cfg::SMEM_BYTES, stream>>>(*p, flags, tm_k, tm_v);
+  MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_split_kernel");
   return MODA_OK;
 }
 
@@ -837,6 +1064,11 @@ int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) 
   const bool bf16 = p->dtype == MODA_BF16;
   if (use_ws(p, flags)) {
     bool launched = false;
+    if (fwd_ws_split(p, flags)) {
+      const int st = bf16 ? launch_fwd_wgmma_split<__nv_bfloat16>(p, stream, flags, &launched)
+                          : launch_fwd_wgmma_split<__half>(p, stream, flags, &launched);
+      if (st || launched) return st;
+    }
     const bool three = fwd_ws_three_wg(flags);
     const int st = bf16 ? (three ? launch_fwd_wgmma_ws<__nv_bfloat16, 3>(p, stream, flags, &launched)
                                  : launch_fwd_wgmma_ws<__nv_bfloat16, 2>(p, stream, flags, &launched))
