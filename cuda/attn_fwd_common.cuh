@@ -76,9 +76,12 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        sanitizer, spec on the H100) but slower, so not in the default flags: forward, two
 //        rounds, without / with: DeiT-Tiny 0.176 0.177 / 0.195 0.193 ms, DeiT-Tiny-64 0.618
 //        0.618 / 0.641 0.640 (session 14). For A/B (MODA_CUDA_FWD_FLAGS=425).
-// bit 12: with bit 5 and L > 0, the split forward (fwd_wgmma_split_kernel): a depth warpgroup
-//        streams the depth rows while two warpgroups run the sequence part, merged by
-//        log-sum-exp at the end (session 19, A/B).
+// bit 12: with bit 5 and L > 0, the split forward (fwd_wgmma_split_kernel): two depth
+//        warpgroups stream the depth rows while two warpgroups run the sequence part, merged by
+//        log-sum-exp at the end. Correct (checker, sanitizer, spec) but slower, so not in the
+//        default flags: H200, forward ms, two rounds, ws3 / split: DeiT-Tiny 0.173 0.173 / 0.188
+//        0.187, DeiT-Tiny-64 0.463 0.464 / 0.501 0.501, LM-64 0.341 0.341 / 0.347 0.348 (session
+//        19). For A/B (MODA_CUDA_FWD_FLAGS=4265).
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
               FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128,
               FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096;
