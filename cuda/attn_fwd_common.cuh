@@ -82,14 +82,15 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        default flags: H200, forward ms, two rounds, ws3 / split: DeiT-Tiny 0.173 0.173 / 0.188
 //        0.187, DeiT-Tiny-64 0.463 0.464 / 0.501 0.501, LM-64 0.341 0.341 / 0.347 0.348 (session
 //        19). For A/B (MODA_CUDA_FWD_FLAGS=4265).
-// bit 13: with bit 12, the split kernel's depth rings fed by TMA (FwdDepthTmaRing; session 19,
-//        written without device time; MODA_CUDA_FWD_FLAGS=12457).
+// bit 13: the depth rings of the split kernel (with bit 12) or of the three-warpgroup ws kernel
+//        fed by TMA (FwdDepthTmaRing; session 19, written without device time;
+//        MODA_CUDA_FWD_FLAGS=12457 split, 8361 ws3).
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
               FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128,
-              FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096, FWD_WS_SPLIT_TMA_RING = 8192;
+              FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096, FWD_DEPTH_TMA_RING = 8192;
 constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA |
                                FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES | FWD_WS_STAGGER |
-                               FWD_WS_SPLIT | FWD_WS_SPLIT_TMA_RING;
+                               FWD_WS_SPLIT | FWD_DEPTH_TMA_RING;
 constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----

@@ -334,252 +334,6 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 #endif
 }
 
-// ---- warp-specialised variant (d = 64; FlashAttention-3's layout; experimental, flag bit 5) ----
-// Why: in fwd_wgmma_kernel both warpgroups load K/V with cp.async and meet at __syncthreads twice
-// per block, so they run in lockstep: both do their softmax at the same time and the tensor
-// cores idle meanwhile (H100: ~200 TF/s in the sequence phase where FA3 reaches ~500). Here
-//   warpgroup 0 = producer: its first thread streams K/V blocks with TMA into 2 stages (full[s]
-//     completes when the stage's bytes have landed; empty[s] when the 8 consumer warps are done
-//     with it), then drops to 24 registers;
-//   warpgroups 1..NCWG = consumers (240 registers with NCWG = 2; 160 with 3): the depth phase in
-//     per-warp rings over the K/V stages' smem (the producer starts on K/V once every consumer
-//     warp has arrived on depth_done), then per block S = Q K^T, softmax, O += P V, with the S
-//     issue handed round by named barriers ("ping-pong"): while one warpgroup runs its softmax,
-//     the others' GEMMs have the tensor cores.
-// NCWG = 3 (flag bit 3, FA3's choice at d = 64): 192 rows per CTA, 12 consumer warps to hide the
-// softmax's latency; 3 depth ring stages per warp instead of 5.
-// Named barriers: 1 = the consumers' Q tile is in smem; 2 + i = consumer warpgroup i may issue
-// its next S. The kernel uses no __syncthreads after the producer's warps have exited.
-template <int NCWG>
-struct WsFwdConfig {
-  static constexpr int D = 64, NCWARPS = 4 * NCWG, NTHREADS = 128 * (NCWG + 1);
-  static constexpr int BM = 16 * NCWARPS;      // packed rows per CTA
-  static constexpr int BN = 128;               // keys per block
-  static constexpr int LDS = D + 8;
-  static constexpr int Q_BYTES = BM * LDS * 2;
-  static constexpr int TILE_BYTES = BN * D * 2;
-  static constexpr int KV_STAGES = 2;
-  static constexpr int KV_BYTES = KV_STAGES * 2 * TILE_BYTES;
-  static constexpr int BAR_BYTES = 64;         // full[2], empty[2], depth_done (8 bytes each), padded
-  // Depth ring stages per warp and scratch stride. The ring shares its smem with the K/V stages
-  // (the producer starts streaming K/V when every consumer warp is done with its depth phase), so
-  // it can be deep: 5 stages with two consumer warpgroups, 3 with three (session 9; before, the
-  // ring sat beside the K/V stages with 3 and 2 stages). The depth phase is bound by the rows each
-  // warp has in flight (RST - 1 chunks of 16): the forward's time grew by the full memory time of
-  // the depth rows (T=16384: +0.79 ms from L = 64 to 128 for +2.15 GB, 2.7 TB/s).
-  static constexpr int RST = NCWG == 2 ? 5 : 3, RSD = D + 4;
-  static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2, SCRATCH_WARP_BYTES = (8 * RSD + 16) * 4;
-  // NCWG = 3 (KV0_OWN): K/V stage 0 has smem of its own, before the union of stage 1 and the
-  // rings (whose group scratch lives in the stage just consumed), so the producer loads block 0
-  // during the depth phase; with two warpgroups the 5-stage rings leave no room for it.
-  static constexpr bool KV0_OWN = NCWG == 3;
-  static constexpr int KV0_BYTES = KV0_OWN ? 2 * TILE_BYTES : 0;
-  static constexpr int RING_BYTES = NCWARPS * (RING_WARP_BYTES + (KV0_OWN ? 0 : SCRATCH_WARP_BYTES));
-  static constexpr int UNION_BYTES = KV_BYTES - KV0_BYTES > RING_BYTES ? KV_BYTES - KV0_BYTES : RING_BYTES;
-  // sQ | [K/V stage 0] | K/V stages or (depth phase, L > 0) the depth ring (+ scratch) | barriers,
-  // after 1024 bytes of slack
-  static constexpr int SMEM_BYTES_NODEPTH = 1024 + Q_BYTES + KV_BYTES + BAR_BYTES;
-  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + KV0_BYTES + UNION_BYTES + BAR_BYTES;
-  // registers per thread after setmaxnreg: the producer's and the consumers' (FA3's split)
-  static constexpr int PRODUCER_REGS = 24, CONSUMER_REGS = NCWG == 2 ? 240 : 160;
-  static_assert(NCWG == 2 || NCWG == 3, "two or three consumer warpgroups");
-  static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "TMA / wgmma tiles stay 1024-byte aligned");
-  static_assert(SMEM_BYTES <= 232448, "within the sm_90 opt-in shared memory");
-  // flag bit 8 (three warpgroups, at most 2 key blocks): both K/V stages and two ring slots of
-  // one warpgroup each, in the same smem
-  static constexpr int SLOT_BYTES = 4 * RING_WARP_BYTES;
-  static_assert(NCWG == 2 || (KV0_OWN && KV_BYTES - KV0_BYTES + 2 * SLOT_BYTES <= UNION_BYTES), "stagger layout");
-  // the registers the launch gets (ptxas: 65536 / NTHREADS rounded down to a multiple of 8 per
-  // thread) must cover the split, or setmaxnreg.inc would wait forever
-  static_assert(128 * PRODUCER_REGS + 128 * NCWG * CONSUMER_REGS <= NTHREADS * ((65536 / NTHREADS) & ~7),
-                "register split of the warpgroups");
-};
-
-template <typename T, int NCWG>
-__global__ void __launch_bounds__(WsFwdConfig<NCWG>::NTHREADS, 1)
-fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
-                    const __grid_constant__ CUtensorMap tm_v) {
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Cfg = WsFwdConfig<NCWG>;
-  using Mma = MmaOp<T>;
-  constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, KSTEPS = D / 16;
-  constexpr int NCTHREADS = 128 * NCWG;  // consumer threads
-
-  extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
-  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
-  T *sQ = reinterpret_cast<T *>(smem);
-  unsigned char *sKV = smem + Cfg::Q_BYTES;
-  const int64_t L = p.L;
-  uint64_t *full = reinterpret_cast<uint64_t *>(sKV + (L > 0 ? Cfg::KV0_BYTES + Cfg::UNION_BYTES : Cfg::KV_BYTES));
-  uint64_t *empty = full + 2, *depth_done = full + 4;
-  T *sRing = reinterpret_cast<T *>(sKV + Cfg::KV0_BYTES);  // the depth phase's rings, over the K/V stages (1)
-  auto sK = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES; };
-  auto sV = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
-
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  // Tiles alternate heavy (late) and light (early) causal rows: with heavy-first order alone, the
-  // 132 CTAs in flight had nearly the same length and stayed in step, so every SM ran its depth
-  // phase (memory-bound) at the same time as all others and its sequence phase (tensor-bound) at
-  // the same time too - the forward's time grew by the full memory time of the depth rows (L=64
-  // -> 256 at T=16384: +2.0 ms for +6.4 GB, 3.2 TB/s). Mixed lengths put the SMs out of step.
-  // (Flag bit 6 keeps the heavy-first order, for A/B.)
-  const int64_t bx = blockIdx.x, n_tiles = gridDim.x;
-  const int64_t tile = (flags & FWD_TILES_HEAVY_FIRST) ? n_tiles - 1 - bx : (bx & 1) ? bx / 2 : n_tiles - 1 - bx / 2;
-  const int64_t g = blockIdx.y, b = blockIdx.z;
-  const int64_t G = p.G, TG = p.T * G;
-  const int64_t R0 = tile * BM;
-  // (row_lim is only meaningful for consumer lanes: Rw below is a consumer warp's first row)
-  const int64_t Rw = R0 + (warp - 4) * 16;
-  int n_blocks, unmasked_end, row_lim[2];
-  wgmma_seq_range<BM, BN>(p, R0, Rw, lane, n_blocks, unmasked_end, row_lim);
-  // the same for every thread of the CTA; from lane 0 by __shfl_sync the compiler knows it, so
-  // the block counter, the stage and the wgmma descriptors built from them stay in uniform
-  // registers (no R2UR before every wgmma)
-  n_blocks = __shfl_sync(0xffffffffu, n_blocks, 0);
-  unmasked_end = __shfl_sync(0xffffffffu, unmasked_end, 0);
-  // Phase order (flag bit 7): every other CTA runs its sequence phase first. Equal-length CTAs
-  // (non-causal) otherwise stay in step, every SM streaming depth rows at the same time.
-  // Staggered by warpgroup instead (flag bit 8, three warpgroups, keys in at most the two K/V
-  // stages, so no stage is reused): no ping-pong, no depth_done; see the consumers below.
-  const bool stagger = NCWG == 3 && (flags & FWD_WS_STAGGER) && L > 0 && n_blocks > 0 && n_blocks <= Cfg::KV_STAGES;
-  const bool depth_first =
-      L > 0 && !stagger &&
-      !((flags & FWD_WS_ALT_PHASES) && n_blocks > 0 &&
-        ((blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z)) & 1));
-
-  if (tid == 0) {
-    mbar_init(&full[0], 1); mbar_init(&full[1], 1);
-    mbar_init(&empty[0], Cfg::NCWARPS); mbar_init(&empty[1], Cfg::NCWARPS);
-    mbar_init(depth_done, Cfg::NCWARPS);
-    mbar_fence_init();
-  }
-  __syncthreads();  // the last CTA-wide barrier: the producer's idle warps exit below
-
-  if (warp < 4) {  // ---------------- producer warpgroup ----------------
-    setmaxnreg_dec<Cfg::PRODUCER_REGS>();
-    if (tid == 0 && n_blocks > 0) {
-      tma_prefetch_map(&tm_k);
-      tma_prefetch_map(&tm_v);
-      for (int blk = 0; blk < n_blocks; ++blk) {
-        const int st = blk & 1;
-        // the depth rings over the K/V stages (stage 1 only, with KV0_OWN) are free
-        if (depth_first && blk == (Cfg::KV0_OWN ? 1 : 0)) mbar_wait(depth_done, 0);
-        if (blk >= 2) mbar_wait(&empty[st], ((blk >> 1) - 1) & 1);  // the consumers released its last use
-        mbar_arrive_expect_tx(&full[st], 2 * Cfg::TILE_BYTES);      // rows past S count too (zero-filled)
-        tma_load_4d(sK(st), &tm_k, &full[st], 0, (int)g, blk * BN, (int)b);
-        tma_load_4d(sV(st), &tm_v, &full[st], 0, (int)g, blk * BN, (int)b);
-      }
-    }
-    return;
-  }
-
-  // ---------------- consumer warpgroups ----------------
-  setmaxnreg_inc<Cfg::CONSUMER_REGS>();
-  using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
-  static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES &&
-                Ring::WARP_SCRATCH_FLOATS * 4 == Cfg::SCRATCH_WARP_BYTES, "ring layout");
-  const int ctid = tid - 128, cwarp = warp - 4, cwg = cwarp / 4;
-  // this warpgroup's phase order and ring: staggered, warpgroups 0 and 2 run depth first in slots
-  // 0 and 1 after both K/V stages, warpgroup 1 runs it last in slot 0 (named barrier 5: warpgroup
-  // 0 is done with it); else the CTA's order, the rings over the K/V stages
-  const bool wg_depth_first = stagger ? cwg != 1 : depth_first;
-  T *ring_mem = stagger ? reinterpret_cast<T *>(sKV + Cfg::KV_BYTES + (cwg == 2 ? Cfg::SLOT_BYTES : 0)) +
-                              (cwarp % 4) * Ring::WARP_RING_ELEMS
-                        : sRing + cwarp * Ring::WARP_RING_ELEMS;
-  const int qc = lane % 4;
-  const float scale_log2 = (float)p.scale * 1.4426950408889634f;
-  const T *q = static_cast<const T *>(p.q);
-  load_rows_async<D, LDS>(sQ, BM, ctid, NCTHREADS, [&](int r) -> const T * {
-    const int64_t R = R0 + r;
-    return R < TG ? packed_row(q, p.q_stride, b, g, G, R) : nullptr;
-  });
-  cp_async_commit();
-  Ring ring;
-  if (wg_depth_first) {
-    ring.init(p, flags, ring_mem, Rw, b, g, lane);
-    ring.prologue(p);
-    cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
-  } else {
-    cp_async_wait<0>();
-  }
-  named_bar_sync(1, NCTHREADS);  // every consumer thread's Q rows are in smem
-
-  float row_m[2], row_l[2];
-  float acc_o[1][D / 8][4];
-  row_m[0] = row_m[1] = -INFINITY;
-  row_l[0] = row_l[1] = 0.f;
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
-
-  float *scr = Cfg::KV0_OWN ? nullptr  // in the ring's stages
-                             : reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) +
-                                   cwarp * Ring::WARP_SCRATCH_FLOATS;
-  if (wg_depth_first) {  // depth phase, in the smem of the K/V stages (the producer waits for depth_done) or a slot
-    ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
-    if (stagger) {
-      // warpgroup 0 hands slot 0 to warpgroup 1 (generic-proxy accesses only: the barrier orders them)
-      if (cwg == 0) named_bar_arrive(5, 256);
-    } else {
-      // this warp's ring and scratch accesses (cp.async, ldmatrix, st.shared: the generic proxy)
-      // before the TMA writes (the async proxy) that will reuse the bytes
-      fence_proxy_async_smem();
-      __syncwarp();
-      if (lane == 0) mbar_arrive(depth_done);
-    }
-  }
-
-  if (n_blocks > 0) {
-    uint32_t q_a[KSTEPS][4];  // loaded for every block (load_q_frags)
-    float s[BN / 8][4], corr[2];
-    uint32_t pa[BN / 16][4];
-    // the K/V stages' shared address by __shfl_sync from lane 0: the compiler then knows it is
-    // warp-uniform and builds the wgmma descriptors in uniform registers (no R2UR per wgmma)
-    const uint32_t kv_u32 = __shfl_sync(0xffffffffu, smem_u32(sKV), 0);
-    // ping-pong (round robin with three): consumer warpgroup 0 issues first; each hands the turn
-    // to the next after its S issue (the last skips its final hand-over, which nobody would wait for)
-    if (!stagger && cwg == NCWG - 1) named_bar_arrive(2, 256);
-    for (int blk = 0; blk < n_blocks; ++blk) {
-      const int st = blk & 1;
-      mbar_wait(&full[st], (blk >> 1) & 1);
-      load_q_frags<KSTEPS, LDS>(q_a, sQ, cwarp, lane);
-      if (!stagger) named_bar_sync(2 + cwg, 256);
-      wgmma_fence_operand(s);
-      wgmma_fence();
-      wgmma_rs_kmajor<T, BN, KSTEPS>(s, q_a, kv_u32 + st * 2 * Cfg::TILE_BYTES, BN, 0);
-      wgmma_commit();
-      if (!stagger && (cwg != NCWG - 1 || blk + 1 < n_blocks)) named_bar_arrive(2 + (cwg + 1) % NCWG, 256);
-      wgmma_wait<0>();
-      wgmma_fence_operand(s);
-      wgmma_softmax_block_any<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
-      wgmma_rescale_rows<D>(acc_o[0], corr);
-      pack_acc_as_a<T, BN / 16>(s, pa);
-      wgmma_fence_operand(acc_o[0]);
-      wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
-      wgmma_rs_mnmajor<T, D, BN / 16>(acc_o[0], pa, kv_u32 + st * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES, BN, 1);
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_fence_operand(acc_o[0]);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&empty[st]);  // this warp is done with the stage's K and V
-    }
-  }
-  if (L > 0 && !wg_depth_first) {  // depth phase last (flag bits 7, 8), merged into the rows' state
-    if (stagger) {
-      named_bar_sync(5, 256);        // warpgroup 0 is done with slot 0
-    } else {
-      fence_proxy_async_smem();      // this warp's wgmma reads (async proxy) before the ring's writes
-      named_bar_sync(1, NCTHREADS);  // every consumer warp is done with the K/V stages
-    }
-    ring.init(p, flags, ring_mem, Rw, b, g, lane);
-    ring.prologue(p);
-    ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o, true);
-  }
-  wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g, G, TG);
-#elif defined(__CUDA_ARCH__)
-  __trap();  // a build without sm_90a code: fail loudly rather than leave O and lse unwritten
-#endif
-}
-
 // The split kernel's depth ring fed by TMA (flag bit 13). FwdDepthRing's lanes each issue four
 // 16-byte cp.async per chunk with their row's index and address arithmetic, and in the split
 // kernel's SASS that bookkeeping is most of its chunk loop (session 19). Here one thread loads a
@@ -655,7 +409,7 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
   // As FwdDepthRing::run (no scratch argument: a group's scratch is the stage of its last chunk).
   template <typename Mma, int MT>
   __device__ __forceinline__ void run(const T *sQ, int64_t R0, float scale_log2, float (&row_m)[2 * MT],
-                                      float (&row_l)[2 * MT], float (&acc_o)[MT][D / 8][4]) {
+                                      float (&row_l)[2 * MT], float (&acc_o)[MT][D / 8][4], bool merge = false) {
     static_assert(NGRP == 2 * MT, "two 8-row groups per 16-row m-tile");
     const int lane = this->lane, qr = lane / 4, qc = lane % 4, Li = this->Li, Gi = this->Gi, ci = this->ci;
     int n_st = 0;  // stage of the chunk computed next
@@ -775,20 +529,314 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int h2 = 0; h2 < 2; ++h2)
-          if (grp == 2 * mt + h2) {  // compile-time register indices; the depth state replaces the rows' state
-            row_m[2 * mt + h2] = sM8[qr];
-            row_l[2 * mt + h2] = qc == 0 ? sL8[qr] : 0.f;  // the quad's sum is reduced at the end
+          if (grp == 2 * mt + h2) {  // compile-time register indices; grp selects
+            // merge: m = max(m_rows, m_depth), both sides scaled by exp2(their m - m) (0 for an
+            // empty side); else the depth state is the rows' state (a = 0, b = 1)
+            const float md = sM8[qr], mo = row_m[2 * mt + h2];
+            const float m_new = merge ? fmaxf(mo, md) : md, m_use = m_new == -INFINITY ? 0.f : m_new;
+            const float a = merge ? exp2_ftz(mo - m_use) : 0.f, bd = merge ? exp2_ftz(md - m_use) : 1.f;
+            row_m[2 * mt + h2] = m_new;
+            // the quad's sum is reduced at the end: the depth sum goes to one lane of the quad
+            row_l[2 * mt + h2] = (merge ? row_l[2 * mt + h2] * a : 0.f) + (qc == 0 ? sL8[qr] * bd : 0.f);
 #pragma unroll
             for (int j = 0; j < D / 8; ++j) {
               const float2 v2 = *reinterpret_cast<const float2 *>(sO8 + qr * RSD + j * 8 + 2 * qc);
-              acc_o[mt][j][h2 * 2 + 0] = v2.x;
-              acc_o[mt][j][h2 * 2 + 1] = v2.y;
+              acc_o[mt][j][h2 * 2 + 0] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 0], a, v2.x * bd) : v2.x;
+              acc_o[mt][j][h2 * 2 + 1] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 1], a, v2.y * bd) : v2.y;
             }
           }
       __syncwarp();  // reads done before the stage is refilled
     }
   }
 };
+
+// ---- warp-specialised variant (d = 64; FlashAttention-3's layout; experimental, flag bit 5) ----
+// Why: in fwd_wgmma_kernel both warpgroups load K/V with cp.async and meet at __syncthreads twice
+// per block, so they run in lockstep: both do their softmax at the same time and the tensor
+// cores idle meanwhile (H100: ~200 TF/s in the sequence phase where FA3 reaches ~500). Here
+//   warpgroup 0 = producer: its first thread streams K/V blocks with TMA into 2 stages (full[s]
+//     completes when the stage's bytes have landed; empty[s] when the 8 consumer warps are done
+//     with it), then drops to 24 registers;
+//   warpgroups 1..NCWG = consumers (240 registers with NCWG = 2; 160 with 3): the depth phase in
+//     per-warp rings over the K/V stages' smem (the producer starts on K/V once every consumer
+//     warp has arrived on depth_done), then per block S = Q K^T, softmax, O += P V, with the S
+//     issue handed round by named barriers ("ping-pong"): while one warpgroup runs its softmax,
+//     the others' GEMMs have the tensor cores.
+// NCWG = 3 (flag bit 3, FA3's choice at d = 64): 192 rows per CTA, 12 consumer warps to hide the
+// softmax's latency; 3 depth ring stages per warp instead of 5.
+// Named barriers: 1 = the consumers' Q tile is in smem; 2 + i = consumer warpgroup i may issue
+// its next S. The kernel uses no __syncthreads after the producer's warps have exited.
+template <int NCWG>
+struct WsFwdConfig {
+  static constexpr int D = 64, NCWARPS = 4 * NCWG, NTHREADS = 128 * (NCWG + 1);
+  static constexpr int BM = 16 * NCWARPS;      // packed rows per CTA
+  static constexpr int BN = 128;               // keys per block
+  static constexpr int LDS = D + 8;
+  static constexpr int Q_BYTES = BM * LDS * 2;
+  static constexpr int TILE_BYTES = BN * D * 2;
+  static constexpr int KV_STAGES = 2;
+  static constexpr int KV_BYTES = KV_STAGES * 2 * TILE_BYTES;
+  static constexpr int BAR_BYTES = 64;         // full[2], empty[2], depth_done (8 bytes each), padded
+  // Depth ring stages per warp and scratch stride. The ring shares its smem with the K/V stages
+  // (the producer starts streaming K/V when every consumer warp is done with its depth phase), so
+  // it can be deep: 5 stages with two consumer warpgroups, 3 with three (session 9; before, the
+  // ring sat beside the K/V stages with 3 and 2 stages). The depth phase is bound by the rows each
+  // warp has in flight (RST - 1 chunks of 16): the forward's time grew by the full memory time of
+  // the depth rows (T=16384: +0.79 ms from L = 64 to 128 for +2.15 GB, 2.7 TB/s).
+  static constexpr int RST = NCWG == 2 ? 5 : 3, RSD = D + 4;
+  static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2, SCRATCH_WARP_BYTES = (8 * RSD + 16) * 4;
+  // NCWG = 3 (KV0_OWN): K/V stage 0 has smem of its own, before the union of stage 1 and the
+  // rings (whose group scratch lives in the stage just consumed), so the producer loads block 0
+  // during the depth phase; with two warpgroups the 5-stage rings leave no room for it.
+  static constexpr bool KV0_OWN = NCWG == 3;
+  static constexpr int KV0_BYTES = KV0_OWN ? 2 * TILE_BYTES : 0;
+  static constexpr int RING_BYTES = NCWARPS * (RING_WARP_BYTES + (KV0_OWN ? 0 : SCRATCH_WARP_BYTES));
+  static constexpr int UNION_BYTES = KV_BYTES - KV0_BYTES > RING_BYTES ? KV_BYTES - KV0_BYTES : RING_BYTES;
+  // sQ | [K/V stage 0] | K/V stages or (depth phase, L > 0) the depth ring (+ scratch) | barriers,
+  // after 1024 bytes of slack
+  static constexpr int SMEM_BYTES_NODEPTH = 1024 + Q_BYTES + KV_BYTES + BAR_BYTES;
+  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + KV0_BYTES + UNION_BYTES + BAR_BYTES;
+  // registers per thread after setmaxnreg: the producer's and the consumers' (FA3's split)
+  static constexpr int PRODUCER_REGS = 24, CONSUMER_REGS = NCWG == 2 ? 240 : 160;
+  static_assert(NCWG == 2 || NCWG == 3, "two or three consumer warpgroups");
+  static_assert(Q_BYTES % 1024 == 0 && TILE_BYTES % 1024 == 0, "TMA / wgmma tiles stay 1024-byte aligned");
+  static_assert(SMEM_BYTES <= 232448, "within the sm_90 opt-in shared memory");
+  // flag bit 8 (three warpgroups, at most 2 key blocks): both K/V stages and two ring slots of
+  // one warpgroup each, in the same smem
+  static constexpr int SLOT_BYTES = 4 * RING_WARP_BYTES;
+  static_assert(NCWG == 2 || (KV0_OWN && KV_BYTES - KV0_BYTES + 2 * SLOT_BYTES <= UNION_BYTES), "stagger layout");
+  // the registers the launch gets (ptxas: 65536 / NTHREADS rounded down to a multiple of 8 per
+  // thread) must cover the split, or setmaxnreg.inc would wait forever
+  static_assert(128 * PRODUCER_REGS + 128 * NCWG * CONSUMER_REGS <= NTHREADS * ((65536 / NTHREADS) & ~7),
+                "register split of the warpgroups");
+};
+
+// The kernel's body, for the two kernels below: TMA_RING (flag bit 13 with bit 3, no stagger) runs
+// the depth phase on FwdDepthTmaRing, fed by the depth maps tm_kd, tm_vd.
+template <typename T, int NCWG, bool TMA_RING>
+__device__ __forceinline__ void fwd_wgmma_ws_body(const moda_attn_params &p, const int flags, const CUtensorMap &tm_k,
+                                                  const CUtensorMap &tm_v, const CUtensorMap *tm_kd,
+                                                  const CUtensorMap *tm_vd) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Cfg = WsFwdConfig<NCWG>;
+  using Mma = MmaOp<T>;
+  constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, KSTEPS = D / 16;
+  constexpr int NCTHREADS = 128 * NCWG;  // consumer threads
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  T *sQ = reinterpret_cast<T *>(smem);
+  unsigned char *sKV = smem + Cfg::Q_BYTES;
+  const int64_t L = p.L;
+  uint64_t *full = reinterpret_cast<uint64_t *>(sKV + (L > 0 ? Cfg::KV0_BYTES + Cfg::UNION_BYTES : Cfg::KV_BYTES));
+  uint64_t *empty = full + 2, *depth_done = full + 4;
+  T *sRing = reinterpret_cast<T *>(sKV + Cfg::KV0_BYTES);  // the depth phase's rings, over the K/V stages (1)
+  auto sK = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES; };
+  auto sV = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  // Tiles alternate heavy (late) and light (early) causal rows: with heavy-first order alone, the
+  // 132 CTAs in flight had nearly the same length and stayed in step, so every SM ran its depth
+  // phase (memory-bound) at the same time as all others and its sequence phase (tensor-bound) at
+  // the same time too - the forward's time grew by the full memory time of the depth rows (L=64
+  // -> 256 at T=16384: +2.0 ms for +6.4 GB, 3.2 TB/s). Mixed lengths put the SMs out of step.
+  // (Flag bit 6 keeps the heavy-first order, for A/B.)
+  const int64_t bx = blockIdx.x, n_tiles = gridDim.x;
+  const int64_t tile = (flags & FWD_TILES_HEAVY_FIRST) ? n_tiles - 1 - bx : (bx & 1) ? bx / 2 : n_tiles - 1 - bx / 2;
+  const int64_t g = blockIdx.y, b = blockIdx.z;
+  const int64_t G = p.G, TG = p.T * G;
+  const int64_t R0 = tile * BM;
+  // (row_lim is only meaningful for consumer lanes: Rw below is a consumer warp's first row)
+  const int64_t Rw = R0 + (warp - 4) * 16;
+  int n_blocks, unmasked_end, row_lim[2];
+  wgmma_seq_range<BM, BN>(p, R0, Rw, lane, n_blocks, unmasked_end, row_lim);
+  // the same for every thread of the CTA; from lane 0 by __shfl_sync the compiler knows it, so
+  // the block counter, the stage and the wgmma descriptors built from them stay in uniform
+  // registers (no R2UR before every wgmma)
+  n_blocks = __shfl_sync(0xffffffffu, n_blocks, 0);
+  unmasked_end = __shfl_sync(0xffffffffu, unmasked_end, 0);
+  // Phase order (flag bit 7): every other CTA runs its sequence phase first. Equal-length CTAs
+  // (non-causal) otherwise stay in step, every SM streaming depth rows at the same time.
+  // Staggered by warpgroup instead (flag bit 8, three warpgroups, keys in at most the two K/V
+  // stages, so no stage is reused): no ping-pong, no depth_done; see the consumers below.
+  const bool stagger = !TMA_RING && NCWG == 3 && (flags & FWD_WS_STAGGER) && L > 0 && n_blocks > 0 &&
+                      n_blocks <= Cfg::KV_STAGES;
+  // TMA_RING: the depth rings' stage barriers, after the rings in the union (past K/V stage 1)
+  using TmaRing = FwdDepthTmaRing<T, 2, Cfg::RST, Cfg::RSD>;
+  static_assert(!TMA_RING || (Cfg::KV0_OWN && Cfg::NCWARPS * TmaRing::WARP_RING_BYTES >= Cfg::KV_BYTES - Cfg::KV0_BYTES &&
+                              Cfg::NCWARPS * (TmaRing::WARP_RING_BYTES + Cfg::RST * 8) <= Cfg::UNION_BYTES),
+                "TMA rings and their barriers in the union, the barriers clear of K/V stage 1");
+  uint64_t *tma_bars = reinterpret_cast<uint64_t *>(sKV + Cfg::KV0_BYTES + Cfg::NCWARPS * TmaRing::WARP_RING_BYTES);
+  const bool depth_first =
+      L > 0 && !stagger &&
+      !((flags & FWD_WS_ALT_PHASES) && n_blocks > 0 &&
+        ((blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z)) & 1));
+
+  if (tid == 0) {
+    mbar_init(&full[0], 1); mbar_init(&full[1], 1);
+    mbar_init(&empty[0], Cfg::NCWARPS); mbar_init(&empty[1], Cfg::NCWARPS);
+    mbar_init(depth_done, Cfg::NCWARPS);
+    if constexpr (TMA_RING)
+      for (int k = 0; k < Cfg::NCWARPS * Cfg::RST; ++k) mbar_init(&tma_bars[k], 1);
+    mbar_fence_init();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the producer's idle warps exit below
+
+  if (warp < 4) {  // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<Cfg::PRODUCER_REGS>();
+    if (tid == 0 && n_blocks > 0) {
+      tma_prefetch_map(&tm_k);
+      tma_prefetch_map(&tm_v);
+      for (int blk = 0; blk < n_blocks; ++blk) {
+        const int st = blk & 1;
+        // the depth rings over the K/V stages (stage 1 only, with KV0_OWN) are free
+        if (depth_first && blk == (Cfg::KV0_OWN ? 1 : 0)) mbar_wait(depth_done, 0);
+        if (blk >= 2) mbar_wait(&empty[st], ((blk >> 1) - 1) & 1);  // the consumers released its last use
+        mbar_arrive_expect_tx(&full[st], 2 * Cfg::TILE_BYTES);      // rows past S count too (zero-filled)
+        tma_load_4d(sK(st), &tm_k, &full[st], 0, (int)g, blk * BN, (int)b);
+        tma_load_4d(sV(st), &tm_v, &full[st], 0, (int)g, blk * BN, (int)b);
+      }
+    }
+    return;
+  }
+
+  // ---------------- consumer warpgroups ----------------
+  setmaxnreg_inc<Cfg::CONSUMER_REGS>();
+  using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
+  static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES &&
+                Ring::WARP_SCRATCH_FLOATS * 4 == Cfg::SCRATCH_WARP_BYTES, "ring layout");
+  const int ctid = tid - 128, cwarp = warp - 4, cwg = cwarp / 4;
+  // this warpgroup's phase order and ring: staggered, warpgroups 0 and 2 run depth first in slots
+  // 0 and 1 after both K/V stages, warpgroup 1 runs it last in slot 0 (named barrier 5: warpgroup
+  // 0 is done with it); else the CTA's order, the rings over the K/V stages
+  const bool wg_depth_first = stagger ? cwg != 1 : depth_first;
+  T *ring_mem = stagger ? reinterpret_cast<T *>(sKV + Cfg::KV_BYTES + (cwg == 2 ? Cfg::SLOT_BYTES : 0)) +
+                              (cwarp % 4) * Ring::WARP_RING_ELEMS
+                        : sRing + cwarp * Ring::WARP_RING_ELEMS;
+  const int qc = lane % 4;
+  const float scale_log2 = (float)p.scale * 1.4426950408889634f;
+  const T *q = static_cast<const T *>(p.q);
+  load_rows_async<D, LDS>(sQ, BM, ctid, NCTHREADS, [&](int r) -> const T * {
+    const int64_t R = R0 + r;
+    return R < TG ? packed_row(q, p.q_stride, b, g, G, R) : nullptr;
+  });
+  cp_async_commit();
+  Ring ring;
+  TmaRing tring;  // TMA_RING only
+  auto tring_start = [&]() {
+    tring.init_tma(p, flags, sKV + Cfg::KV0_BYTES + cwarp * TmaRing::WARP_RING_BYTES, tma_bars + cwarp * Cfg::RST,
+                   tm_kd, tm_vd, Rw, b, g, lane);
+    tring.prologue();
+  };
+  if (wg_depth_first) {
+    if constexpr (TMA_RING) {
+      tring_start();
+      cp_async_wait<0>();  // the Q tile has landed (the TMA ring uses no cp.async)
+    } else {
+      ring.init(p, flags, ring_mem, Rw, b, g, lane);
+      ring.prologue(p);
+      cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
+    }
+  } else {
+    cp_async_wait<0>();
+  }
+  named_bar_sync(1, NCTHREADS);  // every consumer thread's Q rows are in smem
+
+  float row_m[2], row_l[2];
+  float acc_o[1][D / 8][4];
+  row_m[0] = row_m[1] = -INFINITY;
+  row_l[0] = row_l[1] = 0.f;
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
+
+  float *scr = Cfg::KV0_OWN ? nullptr  // in the ring's stages
+                             : reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) +
+                                   cwarp * Ring::WARP_SCRATCH_FLOATS;
+  if (wg_depth_first) {  // depth phase, in the smem of the K/V stages (the producer waits for depth_done) or a slot
+    if constexpr (TMA_RING) tring.template run<Mma, 1>(sQ, R0, scale_log2, row_m, row_l, acc_o);
+    else ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
+    if (stagger) {
+      // warpgroup 0 hands slot 0 to warpgroup 1 (generic-proxy accesses only: the barrier orders them)
+      if (cwg == 0) named_bar_arrive(5, 256);
+    } else {
+      // this warp's ring and scratch accesses (cp.async, ldmatrix, st.shared: the generic proxy)
+      // before the TMA writes (the async proxy) that will reuse the bytes
+      fence_proxy_async_smem();
+      __syncwarp();
+      if (lane == 0) mbar_arrive(depth_done);
+    }
+  }
+
+  if (n_blocks > 0) {
+    uint32_t q_a[KSTEPS][4];  // loaded for every block (load_q_frags)
+    float s[BN / 8][4], corr[2];
+    uint32_t pa[BN / 16][4];
+    // the K/V stages' shared address by __shfl_sync from lane 0: the compiler then knows it is
+    // warp-uniform and builds the wgmma descriptors in uniform registers (no R2UR per wgmma)
+    const uint32_t kv_u32 = __shfl_sync(0xffffffffu, smem_u32(sKV), 0);
+    // ping-pong (round robin with three): consumer warpgroup 0 issues first; each hands the turn
+    // to the next after its S issue (the last skips its final hand-over, which nobody would wait for)
+    if (!stagger && cwg == NCWG - 1) named_bar_arrive(2, 256);
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int st = blk & 1;
+      mbar_wait(&full[st], (blk >> 1) & 1);
+      load_q_frags<KSTEPS, LDS>(q_a, sQ, cwarp, lane);
+      if (!stagger) named_bar_sync(2 + cwg, 256);
+      wgmma_fence_operand(s);
+      wgmma_fence();
+      wgmma_rs_kmajor<T, BN, KSTEPS>(s, q_a, kv_u32 + st * 2 * Cfg::TILE_BYTES, BN, 0);
+      wgmma_commit();
+      if (!stagger && (cwg != NCWG - 1 || blk + 1 < n_blocks)) named_bar_arrive(2 + (cwg + 1) % NCWG, 256);
+      wgmma_wait<0>();
+      wgmma_fence_operand(s);
+      wgmma_softmax_block_any<BN>(s, blk * BN, blk * BN + BN > unmasked_end, row_lim, qc, scale_log2, row_m, row_l, corr);
+      wgmma_rescale_rows<D>(acc_o[0], corr);
+      pack_acc_as_a<T, BN / 16>(s, pa);
+      wgmma_fence_operand(acc_o[0]);
+      wgmma_fence();  // acc_o was rescaled and pa written by ordinary instructions
+      wgmma_rs_mnmajor<T, D, BN / 16>(acc_o[0], pa, kv_u32 + st * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES, BN, 1);
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operand(acc_o[0]);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[st]);  // this warp is done with the stage's K and V
+    }
+  }
+  if (L > 0 && !wg_depth_first) {  // depth phase last (flag bits 7, 8), merged into the rows' state
+    if (stagger) {
+      named_bar_sync(5, 256);        // warpgroup 0 is done with slot 0
+    } else {
+      fence_proxy_async_smem();      // this warp's wgmma reads (async proxy) before the ring's writes
+      named_bar_sync(1, NCTHREADS);  // every consumer warp is done with the K/V stages
+    }
+    if constexpr (TMA_RING) {
+      tring_start();
+      tring.template run<Mma, 1>(sQ, R0, scale_log2, row_m, row_l, acc_o, true);
+    } else {
+      ring.init(p, flags, ring_mem, Rw, b, g, lane);
+      ring.prologue(p);
+      ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o, true);
+    }
+  }
+  wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g, G, TG);
+#elif defined(__CUDA_ARCH__)
+  __trap();  // a build without sm_90a code: fail loudly rather than leave O and lse unwritten
+#endif
+}
+template <typename T, int NCWG>
+__global__ void __launch_bounds__(WsFwdConfig<NCWG>::NTHREADS, 1)
+fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
+                    const __grid_constant__ CUtensorMap tm_v) {
+  fwd_wgmma_ws_body<T, NCWG, false>(p, flags, tm_k, tm_v, nullptr, nullptr);
+}
+// Flag bit 13 with three warpgroups: the depth phase on FwdDepthTmaRing (session 19, not yet run).
+template <typename T>
+__global__ void __launch_bounds__(WsFwdConfig<3>::NTHREADS, 1)
+fwd_wgmma_ws_tma_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
+                        const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_kd,
+                        const __grid_constant__ CUtensorMap tm_vd) {
+  fwd_wgmma_ws_body<T, 3, true>(p, flags, tm_k, tm_v, &tm_kd, &tm_vd);
+}
 
 // ---- the split forward (flag bit 12, A/B): sequence and depth parts at the same time ----
 // In the ws kernel each consumer warp runs its rows' depth phase (memory-bound) and sequence phase
@@ -1065,10 +1113,11 @@ static bool fwd_ws_short(const moda_attn_params *p, int flags) {
 static bool fwd_ws_three_wg(int flags) { return (flags & FWD_WS_3WG) != 0; }
 // The split forward (flag bit 12) where the ws kernel runs and there are depth rows.
 static bool fwd_ws_split(const moda_attn_params *p, int flags) { return (flags & FWD_WS_SPLIT) && p->L > 0; }
-// Flag bit 13 with the split forward: its depth rings fed by TMA, where kd and vd are encodable
-// as depth maps of 16-slot, one-token boxes (else the cp.async rings run).
-static bool fwd_split_tma_ring(const moda_attn_params *p, int flags, CUtensorMap *tm_kd, CUtensorMap *tm_vd) {
-  return (flags & FWD_WS_SPLIT_TMA_RING) && p->d == 64 &&
+// Flag bit 13: the depth rings of the split forward, or of the three-warpgroup ws forward, fed by
+// TMA (FwdDepthTmaRing), where kd and vd are encodable as depth maps of 16-slot, one-token boxes
+// (else the cp.async rings run).
+static bool fwd_depth_tma_maps(const moda_attn_params *p, int flags, CUtensorMap *tm_kd, CUtensorMap *tm_vd) {
+  return (flags & FWD_DEPTH_TMA_RING) && p->d == 64 &&
          !encode_depth_map(tm_kd, p->kd, p->B, p->T, p->L, p->Hk, p->kd_stride, 16, 1) &&
          !encode_depth_map(tm_vd, p->vd, p->B, p->T, p->L, p->Hk, p->vd_stride, 16, 1);
 }
@@ -1221,8 +1270,10 @@ static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *t
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
   CUtensorMap tm_k, tm_v, tm_kd, tm_vd;
   if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) {
-    if (fwd_ws_split(p, flags)) return fwd_split_tma_ring(p, flags, &tm_kd, &tm_vd) ? "wgmma_d64_split_tma" : "wgmma_d64_split";
-    return fwd_ws_three_wg(flags) ? "wgmma_d64_ws3" : "wgmma_d64_ws";
+    const bool tma_ring = p->L > 0 && fwd_depth_tma_maps(p, flags, &tm_kd, &tm_vd);
+    if (fwd_ws_split(p, flags)) return tma_ring ? "wgmma_d64_split_tma" : "wgmma_d64_split";
+    if (fwd_ws_three_wg(flags)) return tma_ring ? "wgmma_d64_ws3_tma" : "wgmma_d64_ws3";
+    return "wgmma_d64_ws";
   }
   return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
 }
@@ -1247,6 +1298,21 @@ static int launch_fwd_wgmma_ws(const moda_attn_params *p, cudaStream_t stream, i
   if (tiles <= 0) return MODA_OK;
   if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
+  if constexpr (NCWG == 3) {
+    CUtensorMap tm_kd, tm_vd;
+    if (p->L > 0 && fwd_depth_tma_maps(p, flags, &tm_kd, &tm_vd)) {
+      static bool tma_attr_set = false;
+      if (!tma_attr_set) {
+        MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_ws_tma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             Cfg::SMEM_BYTES),
+                        "cudaFuncSetAttribute(fwd_wgmma_ws_tma)");
+        tma_attr_set = true;
+      }
+      fwd_wgmma_ws_tma_kernel<T><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, flags, tm_k, tm_v, tm_kd, tm_vd);
+      MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_ws_tma_kernel");
+      return MODA_OK;
+    }
+  }
   fwd_wgmma_ws_kernel<T, NCWG><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, flags, tm_k, tm_v);
   MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_ws_kernel");
   return MODA_OK;
@@ -1308,7 +1374,7 @@ int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) 
     bool launched = false;
     if (fwd_ws_split(p, flags)) {
       CUtensorMap tm_kd, tm_vd;  // the TMA ring's depth maps (16 slots of one token), where encodable
-      const bool tma_ring = fwd_split_tma_ring(p, flags, &tm_kd, &tm_vd);
+      const bool tma_ring = fwd_depth_tma_maps(p, flags, &tm_kd, &tm_vd);
       const int st = bf16 ? (tma_ring ? launch_fwd_wgmma_split<__nv_bfloat16, true>(p, stream, flags, &launched, tm_kd, tm_vd)
                                       : launch_fwd_wgmma_split<__nv_bfloat16, false>(p, stream, flags, &launched, tm_kd, tm_vd))
                           : (tma_ring ? launch_fwd_wgmma_split<__half, true>(p, stream, flags, &launched, tm_kd, tm_vd)
