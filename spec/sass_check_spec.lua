@@ -4,24 +4,14 @@
 -- fragment reached by two kinds of writer, session 18's memory descriptor in an odd uniform
 -- register.)
 
-local function have_python()
-  local p = io.popen("python3 -c 'print(1)' 2>/dev/null")
-  local out = p and p:read("*a") or ""
-  if p then p:close() end
-  return out:match("1") ~= nil
-end
+local tools = require("support.tools")
 
 -- runs the checker on `listing`; returns its output and exit status
 local function check(listing)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write("\n\tcode for sm_90a\n", listing)  -- as cuobjdump: a header before the first function
-  f:close()
-  local p = assert(io.popen("python3 tools/sass_rs_check.py " .. path .. " 2>&1; echo \"rc=$?\""))
-  local out = p:read("*a")
-  p:close()
+  local path = tools.write_temp("\n\tcode for sm_90a\n" .. listing)  -- as cuobjdump: a header before the first function
+  local out, rc = tools.run("python3 tools/sass_rs_check.py " .. path)
   os.remove(path)
-  return out, tonumber(out:match("rc=(%d+)%s*$"))
+  return out, rc
 end
 
 -- an RS HGMMA whose A fragment (R8..R11) is loaded once by LDSM before the loop
@@ -51,7 +41,7 @@ local odd_desc = [[
 ]]
 
 describe("tools/sass_rs_check.py", function()
-  local python = have_python()
+  local python = tools.have_python()
 
   it("passes clean code and counts its descriptors (desc[] and gdesc[])", function()
     if not python then pending("python3 not found") return end

@@ -18,7 +18,7 @@
 #   ab       A/B of kernel switches: for each word of $AB_ENVS (e.g. "MODA_CUDA_BWD_WS=1
 #            MODA_CUDA_BWD_WS=2"; "-" = the defaults; "A=1,B=2" sets both), twice in alternation, one bench process
 #            with --profile --ours-only and $BENCH_ARGS (--nondet, --only=...): per-kernel lines + the
-#            table rows
+#            table rows, then tools/ab_summary.py's table of all rounds (ab_summary.txt)
 # Expects what tools/device_pack.sh packs (.devcarry: libraries and the prebuilt checkers) and
 # .deb; logs of every stage are packed into $OUT/logs.tar.xz (the tool returns 8 files at most).
 # DEADLINE (seconds from start, default 560) bounds the whole call.
@@ -83,7 +83,9 @@ for st in "$@"; do
               --profile --ours-only ${BENCH_ARGS:-}
             grep -E "^--|^paper|^DeiT|^LM" $LOGS/ab_${rep}_${env//[^A-Za-z0-9_]/_}.log | sort -u | cut -c1-300 | tee -a $LOGS/ab.txt
           done
-        done ;;
+        done
+        # the rounds as one table per shape, ratios against the first variant
+        python3 tools/ab_summary.py $LOGS/ab.txt | tee $LOGS/ab_summary.txt ;;
     *) echo "device_run: unknown stage $st" ;;
   esac
 done
