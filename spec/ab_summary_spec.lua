@@ -20,10 +20,7 @@ LM-64 L=126          wgmma_d64_split   0.520     80     1.400     93       nan  
 ]]
 
 local function summary(text)
-  local path = tools.write_temp(text)
-  local out, rc = tools.run("python3 tools/ab_summary.py " .. path)
-  os.remove(path)
-  return out, rc
+  return tools.run_on("python3 tools/ab_summary.py", text)
 end
 
 describe("tools/ab_summary.py", function()

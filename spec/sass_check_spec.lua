@@ -8,10 +8,8 @@ local tools = require("support.tools")
 
 -- runs the checker on `listing`; returns its output and exit status
 local function check(listing)
-  local path = tools.write_temp("\n\tcode for sm_90a\n" .. listing)  -- as cuobjdump: a header before the first function
-  local out, rc = tools.run("python3 tools/sass_rs_check.py " .. path)
-  os.remove(path)
-  return out, rc
+  -- as cuobjdump: a header before the first function
+  return tools.run_on("python3 tools/sass_rs_check.py", "\n\tcode for sm_90a\n" .. listing)
 end
 
 -- an RS HGMMA whose A fragment (R8..R11) is loaded once by LDSM before the loop

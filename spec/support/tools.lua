@@ -25,4 +25,12 @@ function M.run(cmd)
   return out, tonumber(out:match("rc=(%d+)%s*$"))
 end
 
+-- Runs `cmd` with the path of a temporary file holding `text` appended; returns as run does.
+function M.run_on(cmd, text)
+  local path = M.write_temp(text)
+  local out, rc = M.run(cmd .. " " .. path)
+  os.remove(path)
+  return out, rc
+end
+
 return M
