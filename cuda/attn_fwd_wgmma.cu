@@ -1242,8 +1242,14 @@ const char *encode_depth_map(CUtensorMap *map, const void *base, int64_t B, int6
   if (const char *why = tma_strides(n, st_el, 4, 128, strides)) return why;
   const cuuint64_t dims[5] = {64, (cuuint64_t)Hk, (cuuint64_t)L, (cuuint64_t)T, (cuuint64_t)B};
   const cuuint32_t box[5] = {64, 1, (cuuint32_t)box_slots, (cuuint32_t)box_tokens, 1}, estride[5] = {1, 1, 1, 1, 1};
+  // L2 promotion to 256-byte fetches only where a head's consecutive slots are adjacent rows: with
+  // Hk > 1 the other 128 bytes are another head's row, read (if at all) by another CTA much later,
+  // so 256 doubles the DRAM bytes (session 20: the TMA-fed forward ring at LM-64, Hk = 2, ran
+  // 0.528 ms against the cp.async ring's 0.414)
+  const bool adjacent = xs[2] == 64;
   const CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5, const_cast<void *>(base), dims, strides, box, estride,
-                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                         adjacent ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B : CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? nullptr : "cuTensorMapEncodeTiled refused the depth rows";
 }
