@@ -159,9 +159,11 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_depth_conc    MODA_CUDA_BWD_DEPTH_SMS=8 -- bwd
     step bwd_depth_conc_nd MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_conc_dqk MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    # the token kernel in the concurrent backward (the TMA kernel takes both flows since session 20)
+    step bwd_depth_tok_conc MODA_CUDA_BWD_DEPTH_TMA=0 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_nosw_nd MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
-    # the TMA depth backward (attn_bwd_depth_tma.cu): forced everywhere it can run (=1: also in
-    # the concurrent backward), 4 and 8 consumer warps, deterministic or not; off (=0)
+    # the TMA depth backward (attn_bwd_depth_tma.cu): everywhere it can run (=1, the default since
+    # session 20: also in the concurrent backward), 4 and 8 consumer warps, deterministic or not; off (=0)
     step bwd_depth_tma      MODA_CUDA_BWD_DEPTH_TMA=1 -- bwd
     step bwd_depth_tma_nd   MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_tma8     MODA_CUDA_BWD_DEPTH_TMA=8 -- bwd
@@ -217,7 +219,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_default_nd $tool san MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_default_det $tool san MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_depth_nosw $tool san MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1
-      san bwd_depth_conc $tool san MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_depth_conc $tool san MODA_CUDA_BWD_DEPTH_TMA=0 MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_depth_tma $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_depth_tma_conc $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_dq_red4 $tool san MODA_CUDA_BWD_DQ_RED4=1 MODA_CUDA_BWD_ATOMIC_DQ=1
