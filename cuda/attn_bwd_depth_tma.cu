@@ -1,6 +1,6 @@
 // attn_bwd_depth_tma.cu: the token-visibility depth backward of attn_bwd_depth.cu (same math, same
-// outputs) as a TMA stream for sm_90a, d = 64, G dividing 8; where the depth kernel runs alone
-// (not in the concurrent backward), see bwd_depth_tma_selected.
+// outputs) as a TMA stream for sm_90a, d = 64, G dividing 8; alone or in the concurrent backward
+// (since session 20), see bwd_depth_tma_selected.
 //
 // Why another kernel: bwd_depth_token_kernel issues ~740 instructions per warp and 64-row item at
 // LM-64, most of them integer work (every thread rebuilds row addresses for its cp.async pieces and
@@ -391,8 +391,8 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
 #endif
 }
 
-// MODA_CUDA_BWD_DEPTH_TMA: unset the rule of bwd_depth_tma_selected; 0 off; 1 on wherever it can
-// run (the concurrent backward too), 4 consumer warps; 8 the same with 8 (not measured yet).
+// MODA_CUDA_BWD_DEPTH_TMA: unset or 1 on wherever it can run (bwd_depth_tma_selected), 4 consumer
+// warps; 0 off (bwd_depth_token_kernel); 8 on with 8 consumer warps (not measured yet).
 int tma_mode() {
   static int mode = -2;
   if (mode == -2) {
@@ -445,16 +445,19 @@ int launch_tma(const moda_attn_params *p, cudaStream_t stream, const DepthTmaSha
 }  // namespace
 
 // Where the TMA kernel runs instead of bwd_depth_token_kernel: an sm_90 device, d = 64, G dividing
-// 8, fewer than 2^31 units, every tensor TMA-encodable, and - the rule - not in the concurrent
-// backward. Measured (H100, session 16, GPU time, two rounds, the depth kernel alone / f+b, ms):
-// DeiT-Tiny 0.243 0.241 vs 0.254 0.253 / 0.580 0.581 vs 0.590 0.591, DeiT-Tiny-64 1.157 1.161
-// vs 1.178 1.192 / 1.913 1.911 vs 1.935 1.937; but in the concurrent backward at LM-64, on 54
-// SMs beside the dK/dV and dQ kernels, 1.020 1.079 vs 0.946 0.947 (f+b 1.600 1.505 vs 1.415
-// 1.418; on 46 SMs 0.957, f+b 1.500): it moves the same bytes with a third of the instructions,
-// and there the bytes, shared with the sequence kernels, are the limit.
-bool bwd_depth_tma_selected(const moda_attn_params *p, bool concurrent) {
+// 8, fewer than 2^31 units, every tensor TMA-encodable; alone or in the concurrent backward.
+// Measured (H100, session 16, GPU time, two rounds, the depth kernel alone / f+b, ms): DeiT-Tiny
+// 0.243 0.241 vs 0.254 0.253 / 0.580 0.581 vs 0.590 0.591, DeiT-Tiny-64 1.157 1.161 vs 1.178
+// 1.192 / 1.913 1.911 vs 1.935 1.937. In the concurrent backward at LM-64 (Hk = 2) it lost then
+// (1.020 1.079 vs 0.946 0.947, f+b 1.600 1.505 vs 1.415 1.418), so sessions 16-19 kept it out of
+// there; the cause was the depth maps' 256-byte L2 promotion, which with Hk > 1 fetched another
+// head's row beside each one (encode_depth_map). With 128-byte fetches there (session 20, H200,
+// LM-64 f+b, two rounds, --nondet): token kernel 1.237 1.237, TMA kernel 1.198 1.181; with the
+// TMA-fed forward ring too 1.213 1.206 against 1.159 1.140. The concurrent SM share (44%) was
+// tuned for the token kernel and not measured again.
+bool bwd_depth_tma_selected(const moda_attn_params *p) {
   const int mode = tma_mode();
-  if (mode == 0 || (mode < 0 && concurrent) || current_cc() != 90 || p->d != 64 || p->L <= 0 || p->chunk > 0 || 8 % p->G != 0) return false;
+  if (mode == 0 || current_cc() != 90 || p->d != 64 || p->L <= 0 || p->chunk > 0 || 8 % p->G != 0) return false;
   if (p->dtype != MODA_BF16 && p->dtype != MODA_F16) return false;
   const DepthTmaShape s = depth_tma_shape(p->L, p->G);
   if (s.nst < (mode == 8 ? 8 : 4) || p->B * p->Hk * ((p->T + s.tpu - 1) / s.tpu) >= (1ll << 31)) return false;

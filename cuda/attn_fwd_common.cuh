@@ -82,13 +82,20 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        default flags: H200, forward ms, two rounds, ws3 / split: DeiT-Tiny 0.173 0.173 / 0.188
 //        0.187, DeiT-Tiny-64 0.463 0.464 / 0.501 0.501, LM-64 0.341 0.341 / 0.347 0.348 (session
 //        19). For A/B (MODA_CUDA_FWD_FLAGS=4265).
+// bit 13: the depth rings of the split kernel (with bit 12) or of the three-warpgroup ws kernel
+//        fed by TMA (FwdDepthTmaRing, session 19). In the default flags since session 20: forward
+//        ms, GPU time, two rounds, cp.async ring / TMA ring: H100 DeiT-Tiny 0.174 0.174 / 0.171
+//        0.171, DeiT-Tiny-64 0.594 0.594 / 0.574 0.574; H200 LM-64 0.342 0.342 / 0.303 0.303,
+//        paper T=4096 0.469 0.468 / 0.441 0.441, T=16384 4.888 4.888 / 4.789 4.788.
+//        MODA_CUDA_FWD_FLAGS=169 turns it off; 12457 selects the split kernel with it.
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
               FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128,
-              FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096;
+              FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096, FWD_DEPTH_TMA_RING = 8192;
 constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA |
                                FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES | FWD_WS_STAGGER |
-                               FWD_WS_SPLIT;
-constexpr int FWD_FLAGS_DEFAULT = FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES;
+                               FWD_WS_SPLIT | FWD_DEPTH_TMA_RING;
+constexpr int FWD_FLAGS_DEFAULT =
+    FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES | FWD_DEPTH_TMA_RING;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----
 // The warp owns NGRP groups of 8 packed rows (rows Rw .. Rw + 8*NGRP - 1). For each group (8

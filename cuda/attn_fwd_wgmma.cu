@@ -334,6 +334,222 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 #endif
 }
 
+// The split kernel's depth ring fed by TMA (flag bit 13). FwdDepthRing's lanes each issue four
+// 16-byte cp.async per chunk with their row's index and address arithmetic, and in the split
+// kernel's SASS that bookkeeping is most of its chunk loop (session 19). Here one thread loads a
+// chunk - 16 slots of one token's kd and vd rows, a box of the 5-d depth map, 128-byte swizzled,
+// 4 KB per stage - completing on the stage's mbarrier. Chunks no longer span tokens: a token's L
+// slots take ceil(L / 16) chunks, the slots past L zero-filled by TMA (DeiT's L = 22: 32 rows of
+// work for 22, no more bytes). Group ranges and fields come from FwdDepthRing; the per-chunk math
+// and the final merge mirror its run() (kept apart until this is timed, so the default kernels'
+// code does not move: a shared helper changed their SASS).
+template <typename T, int NGRP, int RST, int RSD>
+struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
+  using Base = FwdDepthRing<T, 64, NGRP, RST, 72, RSD>;
+  static constexpr int D = 64, LDS = 72, RDL = 16, KSTEPS = D / 16;
+  static constexpr int HALF_BYTES = RDL * D * 2, STAGE_BYTES = 2 * HALF_BYTES;
+  static constexpr int WARP_RING_BYTES = RST * STAGE_BYTES;
+  static_assert(Base::WARP_SCRATCH_FLOATS * 4 <= STAGE_BYTES, "scratch fits a stage");
+  unsigned char *ring_b;  // RST stages (kd half, vd half), 1024-byte aligned
+  uint64_t *bars;         // RST mbarriers (count 1), initialised by the kernel
+  uint32_t bar_phase;     // bit s: the parity of stage s's next completion
+  const CUtensorMap *tm_kd, *tm_vd;
+  int gi, bi, nsb;
+  int ld_du, ld_sb, ld_ntok;  // the loader's token and slot block in group ld_grp (from ld_ulo)
+
+  __device__ __forceinline__ void init_tma(const moda_attn_params &p, int flags, unsigned char *ring_b_,
+                                           uint64_t *bars_, const CUtensorMap *tm_kd_, const CUtensorMap *tm_vd_,
+                                           int64_t Rw_, int64_t b, int64_t g, int lane_) {
+    Base::init(p, flags, nullptr, Rw_, b, g, lane_);
+    ring_b = ring_b_; bars = bars_; bar_phase = 0;
+    tm_kd = tm_kd_; tm_vd = tm_vd_;
+    gi = (int)g; bi = (int)b; nsb = (this->Li + RDL - 1) / RDL;
+    ld_du = 0; ld_sb = 0; ld_ntok = 0;
+  }
+  __device__ __forceinline__ void load_group() {  // the loader enters group ld_grp
+    int nk;
+    this->group_range(this->ld_grp, this->ld_ulo, nk);
+    ld_ntok = (int)this->fL.div((uint32_t)nk);
+    if (nk == 0) this->ld_grp = NGRP;
+  }
+  // The chunk under the loader cursor into `stage`, then the cursor moves on.
+  __device__ __forceinline__ void issue(int stage) {
+    if (this->ld_grp >= NGRP) return;
+    fence_proxy_async_smem();  // this warp's generic accesses of the stage (ldmatrix, scratch) before TMA's writes
+    __syncwarp();
+    if (this->lane == 0) {
+      unsigned char *dk = ring_b + stage * STAGE_BYTES;
+      const int slot0 = ld_sb * RDL, tok = this->ld_ulo + ld_du;
+      mbar_arrive_expect_tx(&bars[stage], STAGE_BYTES);  // slots past L count too (zero-filled)
+      if (this->r_hint) {
+        tma_load_5d_hint(dk, tm_kd, &bars[stage], 0, gi, slot0, tok, bi, this->r_pol);
+        tma_load_5d_hint(dk + HALF_BYTES, tm_vd, &bars[stage], 0, gi, slot0, tok, bi, this->r_pol);
+      } else {
+        tma_load_5d(dk, tm_kd, &bars[stage], 0, gi, slot0, tok, bi);
+        tma_load_5d(dk + HALF_BYTES, tm_vd, &bars[stage], 0, gi, slot0, tok, bi);
+      }
+    }
+    if (++ld_sb == nsb) {
+      ld_sb = 0;
+      if (++ld_du == ld_ntok) {
+        ld_du = 0;
+        if (++this->ld_grp < NGRP) load_group();
+      }
+    }
+  }
+  __device__ __forceinline__ void prologue() {
+    if (this->r_hint) this->r_pol = l2_policy_evict_first();
+    this->fL.init((uint32_t)this->Li);
+    this->ld_grp = 0;
+    load_group();
+#pragma unroll
+    for (int st = 0; st < RST - 1; ++st) issue(st);
+  }
+
+  // As FwdDepthRing::run (no scratch argument: a group's scratch is the stage of its last chunk).
+  template <typename Mma, int MT>
+  __device__ __forceinline__ void run(const T *sQ, int64_t R0, float scale_log2, float (&row_m)[2 * MT],
+                                      float (&row_l)[2 * MT], float (&acc_o)[MT][D / 8][4], bool merge = false) {
+    static_assert(NGRP == 2 * MT, "two 8-row groups per 16-row m-tile");
+    const int lane = this->lane, qr = lane / 4, qc = lane % 4, Li = this->Li, Gi = this->Gi, ci = this->ci;
+    int n_st = 0;  // stage of the chunk computed next
+    for (int grp = 0; grp < NGRP; ++grp) {
+      int u_lo, nk;
+      this->group_range(grp, u_lo, nk);
+      if (nk == 0) break;  // this group and the later ones lie past T*G
+      const int ntok = (int)this->fL.div((uint32_t)nk);
+      const int64_t rb = this->Rw + grp * 8;
+      int vlo[2], vhi[2];  // visible tokens of this lane's columns 2*qc + e, relative to u_lo
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t R = rb + 2 * qc + e;
+        vlo[e] = 1; vhi[e] = 0;
+        if (R < this->TG) {
+          const int t = (int)R / Gi;
+          if (ci <= 0) { vlo[e] = t - u_lo; vhi[e] = t - u_lo; }
+          else {
+            const int cs = (t / ci) * ci;
+            vlo[e] = cs - u_lo;
+            const int64_t he = this->causal ? (int64_t)t
+                                            : ((int64_t)cs + ci - 1 < this->T_ - 1 ? (int64_t)cs + ci - 1 : this->T_ - 1);
+            vhi[e] = (int)(he - u_lo);
+          }
+        }
+      }
+      uint32_t q_b[KSTEPS][2];
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS / 2; ++kk) {
+        uint32_t r4[4];
+        ldmatrix_x4(r4, sQ + (rb - R0 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8);
+        q_b[2 * kk][0] = r4[0]; q_b[2 * kk][1] = r4[1];
+        q_b[2 * kk + 1][0] = r4[2]; q_b[2 * kk + 1][1] = r4[3];
+      }
+      float col_m[2] = {-INFINITY, -INFINITY}, col_l[2] = {0.f, 0.f};
+      float acc_t[D / 16][4];
+#pragma unroll
+      for (int md = 0; md < D / 16; ++md) acc_t[md][0] = acc_t[md][1] = acc_t[md][2] = acc_t[md][3] = 0.f;
+
+      for (int du = 0; du < ntok; ++du) {
+        for (int sb = 0; sb < nsb; ++sb) {
+          mbar_wait(&bars[n_st], (bar_phase >> n_st) & 1u);  // the chunk has landed
+          bar_phase ^= 1u << n_st;
+          __syncwarp();  // every lane is done reading the previous stage
+          issue(n_st == 0 ? RST - 1 : n_st - 1);  // refill the previous chunk's stage, RST-1 ahead
+          const unsigned char *sKd = ring_b + n_st * STAGE_BYTES, *sVd = sKd + HALF_BYTES;
+          n_st = n_st + 1 == RST ? 0 : n_st + 1;
+
+          float s_t[4] = {0.f, 0.f, 0.f, 0.f};  // S^T = kd * q^T: 16 slots x 8 columns
+#pragma unroll
+          for (int ks = 0; ks < KSTEPS; ++ks) {
+            uint32_t a[4];
+            ldmatrix_x4(a, sKd + sw128_offset(lane & 15, ks * 16 + (lane >> 4) * 8, 0));
+            Mma::run(s_t, a, q_b[ks][0], q_b[ks][1]);
+          }
+          // mask (slot sb*16 + qr + 8h of token u_lo + du), scale, column max
+          float chunk_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const bool slot_ok = sb * RDL + qr + 8 * h < Li;
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const bool vis = slot_ok && du >= vlo[c] && du <= vhi[c];
+              const float sv = vis ? s_t[2 * h + c] * scale_log2 : -INFINITY;
+              s_t[2 * h + c] = sv;
+              chunk_max[c] = fmaxf(chunk_max[c], sv);
+            }
+          }
+          float corr[2], m_use[2];
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float m_new = fmaxf(col_m[c], warp_col_max(chunk_max[c]));
+            m_use[c] = m_new == -INFINITY ? 0.f : m_new;
+            corr[c] = exp2_ftz(col_m[c] - m_use[c]);
+            col_m[c] = m_new;
+            col_l[c] *= corr[c];
+          }
+#pragma unroll
+          for (int md = 0; md < D / 16; ++md) {
+            acc_t[md][0] *= corr[0]; acc_t[md][1] *= corr[1];
+            acc_t[md][2] *= corr[0]; acc_t[md][3] *= corr[1];
+          }
+          float p4[4];  // P = exp2(S - m), O^T += vd^T * P
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            p4[e] = exp2_ftz(s_t[e] - m_use[e & 1]);
+            col_l[e & 1] += p4[e];
+          }
+          const uint32_t b0 = movmatrix_trans(Mma::pack(p4[0], p4[1]));
+          const uint32_t b1 = movmatrix_trans(Mma::pack(p4[2], p4[3]));
+#pragma unroll
+          for (int md = 0; md < D / 16; ++md) {
+            uint32_t a[4];
+            ldmatrix_x4_trans(a, sVd + sw128_offset((lane & 7) + ((lane >> 4) & 1) * 8, md * 16 + ((lane >> 3) & 1) * 8, 0));
+            Mma::run(acc_t[md], a, b0, b1);
+          }
+        }
+      }
+      // the group's columns -> 8-row scratch (the stage of its last chunk, free until the next
+      // issue refills it) -> the row state of this lane's row qr of the group
+      float *sO8 = reinterpret_cast<float *>(ring_b + (n_st == 0 ? RST - 1 : n_st - 1) * STAGE_BYTES);
+      float *sM8 = sO8 + 8 * RSD, *sL8 = sM8 + 8;
+      __syncwarp();
+#pragma unroll
+      for (int c = 0; c < 2; ++c) col_l[c] = warp_col_sum(col_l[c]);
+#pragma unroll
+      for (int md = 0; md < D / 16; ++md)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          sO8[(2 * qc + (e & 1)) * RSD + md * 16 + qr + (e >= 2 ? 8 : 0)] = acc_t[md][e];
+      if (qr == 0) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) { sM8[2 * qc + c] = col_m[c]; sL8[2 * qc + c] = col_l[c]; }
+      }
+      __syncwarp();
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2)
+          if (grp == 2 * mt + h2) {  // compile-time register indices; grp selects
+            // merge: m = max(m_rows, m_depth), both sides scaled by exp2(their m - m) (0 for an
+            // empty side); else the depth state is the rows' state (a = 0, b = 1)
+            const float md = sM8[qr], mo = row_m[2 * mt + h2];
+            const float m_new = merge ? fmaxf(mo, md) : md, m_use = m_new == -INFINITY ? 0.f : m_new;
+            const float a = merge ? exp2_ftz(mo - m_use) : 0.f, bd = merge ? exp2_ftz(md - m_use) : 1.f;
+            row_m[2 * mt + h2] = m_new;
+            // the quad's sum is reduced at the end: the depth sum goes to one lane of the quad
+            row_l[2 * mt + h2] = (merge ? row_l[2 * mt + h2] * a : 0.f) + (qc == 0 ? sL8[qr] * bd : 0.f);
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j) {
+              const float2 v2 = *reinterpret_cast<const float2 *>(sO8 + qr * RSD + j * 8 + 2 * qc);
+              acc_o[mt][j][h2 * 2 + 0] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 0], a, v2.x * bd) : v2.x;
+              acc_o[mt][j][h2 * 2 + 1] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 1], a, v2.y * bd) : v2.y;
+            }
+          }
+      __syncwarp();  // reads done before the stage is refilled
+    }
+  }
+};
+
 // ---- warp-specialised variant (d = 64; FlashAttention-3's layout; experimental, flag bit 5) ----
 // Why: in fwd_wgmma_kernel both warpgroups load K/V with cp.async and meet at __syncthreads twice
 // per block, so they run in lockstep: both do their softmax at the same time and the tensor
@@ -395,10 +611,12 @@ struct WsFwdConfig {
                 "register split of the warpgroups");
 };
 
-template <typename T, int NCWG>
-__global__ void __launch_bounds__(WsFwdConfig<NCWG>::NTHREADS, 1)
-fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
-                    const __grid_constant__ CUtensorMap tm_v) {
+// The kernel's body, for the two kernels below: TMA_RING (flag bit 13 with bit 3, no stagger) runs
+// the depth phase on FwdDepthTmaRing, fed by the depth maps tm_kd, tm_vd.
+template <typename T, int NCWG, bool TMA_RING>
+__device__ __forceinline__ void fwd_wgmma_ws_body(const moda_attn_params &p, const int flags, const CUtensorMap &tm_k,
+                                                  const CUtensorMap &tm_v, const CUtensorMap *tm_kd,
+                                                  const CUtensorMap *tm_vd) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = WsFwdConfig<NCWG>;
   using Mma = MmaOp<T>;
@@ -441,7 +659,14 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   // (non-causal) otherwise stay in step, every SM streaming depth rows at the same time.
   // Staggered by warpgroup instead (flag bit 8, three warpgroups, keys in at most the two K/V
   // stages, so no stage is reused): no ping-pong, no depth_done; see the consumers below.
-  const bool stagger = NCWG == 3 && (flags & FWD_WS_STAGGER) && L > 0 && n_blocks > 0 && n_blocks <= Cfg::KV_STAGES;
+  const bool stagger = !TMA_RING && NCWG == 3 && (flags & FWD_WS_STAGGER) && L > 0 && n_blocks > 0 &&
+                      n_blocks <= Cfg::KV_STAGES;
+  // TMA_RING: the depth rings' stage barriers, after the rings in the union (past K/V stage 1)
+  using TmaRing = FwdDepthTmaRing<T, 2, Cfg::RST, Cfg::RSD>;
+  static_assert(!TMA_RING || (Cfg::KV0_OWN && Cfg::NCWARPS * TmaRing::WARP_RING_BYTES >= Cfg::KV_BYTES - Cfg::KV0_BYTES &&
+                              Cfg::NCWARPS * (TmaRing::WARP_RING_BYTES + Cfg::RST * 8) <= Cfg::UNION_BYTES),
+                "TMA rings and their barriers in the union, the barriers clear of K/V stage 1");
+  uint64_t *tma_bars = reinterpret_cast<uint64_t *>(sKV + Cfg::KV0_BYTES + Cfg::NCWARPS * TmaRing::WARP_RING_BYTES);
   const bool depth_first =
       L > 0 && !stagger &&
       !((flags & FWD_WS_ALT_PHASES) && n_blocks > 0 &&
@@ -451,6 +676,8 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
     mbar_init(&full[0], 1); mbar_init(&full[1], 1);
     mbar_init(&empty[0], Cfg::NCWARPS); mbar_init(&empty[1], Cfg::NCWARPS);
     mbar_init(depth_done, Cfg::NCWARPS);
+    if constexpr (TMA_RING)
+      for (int k = 0; k < Cfg::NCWARPS * Cfg::RST; ++k) mbar_init(&tma_bars[k], 1);
     mbar_fence_init();
   }
   __syncthreads();  // the last CTA-wide barrier: the producer's idle warps exit below
@@ -495,10 +722,21 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
   });
   cp_async_commit();
   Ring ring;
+  TmaRing tring;  // TMA_RING only
+  auto tring_start = [&]() {
+    tring.init_tma(p, flags, sKV + Cfg::KV0_BYTES + cwarp * TmaRing::WARP_RING_BYTES, tma_bars + cwarp * Cfg::RST,
+                   tm_kd, tm_vd, Rw, b, g, lane);
+    tring.prologue();
+  };
   if (wg_depth_first) {
-    ring.init(p, flags, ring_mem, Rw, b, g, lane);
-    ring.prologue(p);
-    cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
+    if constexpr (TMA_RING) {
+      tring_start();
+      cp_async_wait<0>();  // the Q tile has landed (the TMA ring uses no cp.async)
+    } else {
+      ring.init(p, flags, ring_mem, Rw, b, g, lane);
+      ring.prologue(p);
+      cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
+    }
   } else {
     cp_async_wait<0>();
   }
@@ -515,7 +753,8 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
                              : reinterpret_cast<float *>(sRing + Cfg::NCWARPS * Ring::WARP_RING_ELEMS) +
                                    cwarp * Ring::WARP_SCRATCH_FLOATS;
   if (wg_depth_first) {  // depth phase, in the smem of the K/V stages (the producer waits for depth_done) or a slot
-    ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
+    if constexpr (TMA_RING) tring.template run<Mma, 1>(sQ, R0, scale_log2, row_m, row_l, acc_o);
+    else ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o);
     if (stagger) {
       // warpgroup 0 hands slot 0 to warpgroup 1 (generic-proxy accesses only: the barrier orders them)
       if (cwg == 0) named_bar_arrive(5, 256);
@@ -570,14 +809,33 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
       fence_proxy_async_smem();      // this warp's wgmma reads (async proxy) before the ring's writes
       named_bar_sync(1, NCTHREADS);  // every consumer warp is done with the K/V stages
     }
-    ring.init(p, flags, ring_mem, Rw, b, g, lane);
-    ring.prologue(p);
-    ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o, true);
+    if constexpr (TMA_RING) {
+      tring_start();
+      tring.template run<Mma, 1>(sQ, R0, scale_log2, row_m, row_l, acc_o, true);
+    } else {
+      ring.init(p, flags, ring_mem, Rw, b, g, lane);
+      ring.prologue(p);
+      ring.template run<Mma, 1>(p, sQ, R0, scr, scale_log2, row_m, row_l, acc_o, true);
+    }
   }
   wgmma_write_o_lse<T, D>(p, acc_o[0], row_m, row_l, Rw, lane, b, g, G, TG);
 #elif defined(__CUDA_ARCH__)
   __trap();  // a build without sm_90a code: fail loudly rather than leave O and lse unwritten
 #endif
+}
+template <typename T, int NCWG>
+__global__ void __launch_bounds__(WsFwdConfig<NCWG>::NTHREADS, 1)
+fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
+                    const __grid_constant__ CUtensorMap tm_v) {
+  fwd_wgmma_ws_body<T, NCWG, false>(p, flags, tm_k, tm_v, nullptr, nullptr);
+}
+// Flag bit 13 with three warpgroups: the depth phase on FwdDepthTmaRing (session 19, not yet run).
+template <typename T>
+__global__ void __launch_bounds__(WsFwdConfig<3>::NTHREADS, 1)
+fwd_wgmma_ws_tma_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
+                        const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_kd,
+                        const __grid_constant__ CUtensorMap tm_vd) {
+  fwd_wgmma_ws_body<T, 3, true>(p, flags, tm_k, tm_v, &tm_kd, &tm_vd);
 }
 
 // ---- the split forward (flag bit 12, A/B): sequence and depth parts at the same time ----
@@ -598,6 +856,7 @@ fwd_wgmma_ws_kernel(const moda_attn_params p, const int flags, const __grid_cons
 // 0.709 vs 0.618 at DeiT-Tiny-64, 0.474-0.481 vs 0.428 at LM-64 - four warps' dependent chunk
 // chains cannot stream the rows (2.2-2.3 TB/s where the depth stream dominates, against the ws3
 // depth phase's 2.6 with twelve warps and the same rows in flight).
+template <bool TMA_RING>
 struct SplitFwdConfig {
   static constexpr int D = 64, NSWARPS = 8, NDWARPS = 8, NTHREADS = 32 * (NSWARPS + NDWARPS);
   static constexpr int BM = 16 * NSWARPS;        // packed rows per CTA (16 per sequence and per depth warp)
@@ -607,10 +866,13 @@ struct SplitFwdConfig {
   static constexpr int TILE_BYTES = BN * D * 2;
   static constexpr int KV_BYTES = 2 * 2 * TILE_BYTES;
   static constexpr int RST = 4, RSD = D + 4;
-  static constexpr int RING_WARP_BYTES = RST * 2 * 16 * LDS * 2;
+  // the TMA ring's stages are unpadded (swizzled): 4 KB instead of 4.6
+  static constexpr int RING_WARP_BYTES = TMA_RING ? RST * 2 * 16 * D * 2 : RST * 2 * 16 * LDS * 2;
   // no room for a barrier block: full[2] and empty[2] live in the padding of sQ's rows 0 and 1
-  // (bytes 2 D .. 2 LDS of a row, which the Q loads and ldmatrix never touch)
-  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + KV_BYTES + NDWARPS * RING_WARP_BYTES;
+  // (bytes 2 D .. 2 LDS of a row, which the Q loads and ldmatrix never touch); the TMA ring's
+  // stage barriers (RST per depth warp) after the rings
+  static constexpr int RING_BAR_BYTES = TMA_RING ? NDWARPS * RST * 8 : 0;
+  static constexpr int SMEM_BYTES = 1024 + Q_BYTES + KV_BYTES + NDWARPS * RING_WARP_BYTES + RING_BAR_BYTES;
   // a depth warp's state, left in its ring: row_m[2], row_l[2], acc_o[8][4] per lane
   static constexpr int STATE_FLOATS = 4 + D / 2;
   // registers after setmaxnreg (ptxas 13.0): 144 / 112 leaves one 8-byte spill in the sequence
@@ -624,12 +886,13 @@ struct SplitFwdConfig {
                 "register split of the warpgroups");
 };
 
-template <typename T>
-__global__ void __launch_bounds__(SplitFwdConfig::NTHREADS, 1)
+template <typename T, bool TMA_RING>
+__global__ void __launch_bounds__(SplitFwdConfig<TMA_RING>::NTHREADS, 1)
 fwd_wgmma_split_kernel(const moda_attn_params p, const int flags, const __grid_constant__ CUtensorMap tm_k,
-                       const __grid_constant__ CUtensorMap tm_v) {
+                       const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_kd,
+                       const __grid_constant__ CUtensorMap tm_vd) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Cfg = SplitFwdConfig;
+  using Cfg = SplitFwdConfig<TMA_RING>;
   using Mma = MmaOp<T>;
   constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS, KSTEPS = D / 16;
   constexpr int NT = Cfg::NTHREADS;
@@ -641,6 +904,7 @@ fwd_wgmma_split_kernel(const moda_attn_params p, const int flags, const __grid_c
   unsigned char *sRings = sKV + Cfg::KV_BYTES;
   uint64_t *full = reinterpret_cast<uint64_t *>(smem + 2 * D);             // row 0's padding
   uint64_t *empty = reinterpret_cast<uint64_t *>(smem + 2 * LDS + 2 * D);  // row 1's
+  uint64_t *ring_bars = reinterpret_cast<uint64_t *>(sRings + Cfg::NDWARPS * Cfg::RING_WARP_BYTES);  // TMA_RING
   auto sK = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES; };
   auto sV = [&](int stage) { return sKV + stage * 2 * Cfg::TILE_BYTES + Cfg::TILE_BYTES; };
 
@@ -659,6 +923,8 @@ fwd_wgmma_split_kernel(const moda_attn_params p, const int flags, const __grid_c
   if (tid == 0) {
     mbar_init(&full[0], 1); mbar_init(&full[1], 1);
     mbar_init(&empty[0], Cfg::NSWARPS); mbar_init(&empty[1], Cfg::NSWARPS);
+    if constexpr (TMA_RING)
+      for (int k = 0; k < Cfg::NDWARPS * Cfg::RST; ++k) mbar_init(&ring_bars[k], 1);
     mbar_fence_init();
   }
   __syncthreads();
@@ -682,20 +948,33 @@ fwd_wgmma_split_kernel(const moda_attn_params p, const int flags, const __grid_c
   });
   cp_async_commit();
 
-  using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
-  static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES, "ring layout");
   if (warp >= Cfg::NSWARPS) {  // ---------------- depth warpgroups ----------------
     setmaxnreg_dec<Cfg::DEPTH_REGS>();
-    T *ring_w = reinterpret_cast<T *>(sRings + (warp - Cfg::NSWARPS) * Cfg::RING_WARP_BYTES);
-    Ring ring;
-    ring.init(p, flags, ring_w, Rw, b, g, lane);
-    ring.prologue(p);
-    cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
-    named_bar_sync(1, NT);          // every thread's Q rows are in smem
+    const int dw = warp - Cfg::NSWARPS;
+    T *ring_w = reinterpret_cast<T *>(sRings + dw * Cfg::RING_WARP_BYTES);
     float row_m[2] = {-INFINITY, -INFINITY}, row_l[2] = {0.f, 0.f}, acc_o[1][D / 8][4];
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) acc_o[0][j][0] = acc_o[0][j][1] = acc_o[0][j][2] = acc_o[0][j][3] = 0.f;
-    ring.template run<Mma, 1>(p, sQ, R0, nullptr, scale_log2, row_m, row_l, acc_o);
+    if constexpr (TMA_RING) {
+      using Ring = FwdDepthTmaRing<T, 2, Cfg::RST, Cfg::RSD>;
+      static_assert(Ring::WARP_RING_BYTES == Cfg::RING_WARP_BYTES, "ring layout");
+      Ring ring;
+      ring.init_tma(p, flags, sRings + dw * Cfg::RING_WARP_BYTES, ring_bars + dw * Cfg::RST, &tm_kd, &tm_vd, Rw, b,
+                    g, lane);
+      ring.prologue();
+      cp_async_wait<0>();     // the Q tile has landed (the ring uses no cp.async)
+      named_bar_sync(1, NT);  // every thread's Q rows are in smem
+      ring.template run<Mma, 1>(sQ, R0, scale_log2, row_m, row_l, acc_o);
+    } else {
+      using Ring = FwdDepthRing<T, D, 2, Cfg::RST, LDS, Cfg::RSD>;
+      static_assert(Ring::WARP_RING_ELEMS * 2 == Cfg::RING_WARP_BYTES, "ring layout");
+      Ring ring;
+      ring.init(p, flags, ring_w, Rw, b, g, lane);
+      ring.prologue(p);
+      cp_async_wait<Cfg::RST - 1>();  // the Q tile (the oldest group) has landed
+      named_bar_sync(1, NT);          // every thread's Q rows are in smem
+      ring.template run<Mma, 1>(p, sQ, R0, nullptr, scale_log2, row_m, row_l, acc_o);
+    }
     __syncwarp();  // every cp.async of the ring retired (run's end), every lane's reads of it done
     float *s = reinterpret_cast<float *>(ring_w) + lane;
     s[0] = row_m[0]; s[32] = row_m[1];
@@ -834,6 +1113,14 @@ static bool fwd_ws_short(const moda_attn_params *p, int flags) {
 static bool fwd_ws_three_wg(int flags) { return (flags & FWD_WS_3WG) != 0; }
 // The split forward (flag bit 12) where the ws kernel runs and there are depth rows.
 static bool fwd_ws_split(const moda_attn_params *p, int flags) { return (flags & FWD_WS_SPLIT) && p->L > 0; }
+// Flag bit 13: the depth rings of the split forward, or of the three-warpgroup ws forward, fed by
+// TMA (FwdDepthTmaRing), where kd and vd are encodable as depth maps of 16-slot, one-token boxes
+// (else the cp.async rings run).
+static bool fwd_depth_tma_maps(const moda_attn_params *p, int flags, CUtensorMap *tm_kd, CUtensorMap *tm_vd) {
+  return (flags & FWD_DEPTH_TMA_RING) && p->d == 64 &&
+         !encode_depth_map(tm_kd, p->kd, p->B, p->T, p->L, p->Hk, p->kd_stride, 16, 1) &&
+         !encode_depth_map(tm_vd, p->vd, p->B, p->T, p->L, p->Hk, p->vd_stride, 16, 1);
+}
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
   const int mode = wgmma_mode();
@@ -955,8 +1242,14 @@ const char *encode_depth_map(CUtensorMap *map, const void *base, int64_t B, int6
   if (const char *why = tma_strides(n, st_el, 4, 128, strides)) return why;
   const cuuint64_t dims[5] = {64, (cuuint64_t)Hk, (cuuint64_t)L, (cuuint64_t)T, (cuuint64_t)B};
   const cuuint32_t box[5] = {64, 1, (cuuint32_t)box_slots, (cuuint32_t)box_tokens, 1}, estride[5] = {1, 1, 1, 1, 1};
+  // L2 promotion to 256-byte fetches only where a head's consecutive slots are adjacent rows: with
+  // Hk > 1 the other 128 bytes are another head's row, read (if at all) by another CTA much later,
+  // so 256 doubles the DRAM bytes (session 20: the TMA-fed forward ring at LM-64, Hk = 2, ran
+  // 0.528 ms against the cp.async ring's 0.414)
+  const bool adjacent = xs[2] == 64;
   const CUresult r = enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5, const_cast<void *>(base), dims, strides, box, estride,
-                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                         adjacent ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B : CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? nullptr : "cuTensorMapEncodeTiled refused the depth rows";
 }
@@ -981,9 +1274,13 @@ static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *t
 }
 
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
-  CUtensorMap tm_k, tm_v;
-  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v))
-    return fwd_ws_split(p, flags) ? "wgmma_d64_split" : fwd_ws_three_wg(flags) ? "wgmma_d64_ws3" : "wgmma_d64_ws";
+  CUtensorMap tm_k, tm_v, tm_kd, tm_vd;
+  if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) {
+    const bool tma_ring = p->L > 0 && fwd_depth_tma_maps(p, flags, &tm_kd, &tm_vd);
+    if (fwd_ws_split(p, flags)) return tma_ring ? "wgmma_d64_split_tma" : "wgmma_d64_split";
+    if (fwd_ws_three_wg(flags)) return tma_ring ? "wgmma_d64_ws3_tma" : "wgmma_d64_ws3";
+    return "wgmma_d64_ws";
+  }
   return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
 }
 
@@ -1007,21 +1304,37 @@ static int launch_fwd_wgmma_ws(const moda_attn_params *p, cudaStream_t stream, i
   if (tiles <= 0) return MODA_OK;
   if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
+  if constexpr (NCWG == 3) {
+    CUtensorMap tm_kd, tm_vd;
+    if (p->L > 0 && fwd_depth_tma_maps(p, flags, &tm_kd, &tm_vd)) {
+      static bool tma_attr_set = false;
+      if (!tma_attr_set) {
+        MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_ws_tma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             Cfg::SMEM_BYTES),
+                        "cudaFuncSetAttribute(fwd_wgmma_ws_tma)");
+        tma_attr_set = true;
+      }
+      fwd_wgmma_ws_tma_kernel<T><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, flags, tm_k, tm_v, tm_kd, tm_vd);
+      MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_ws_tma_kernel");
+      return MODA_OK;
+    }
+  }
   fwd_wgmma_ws_kernel<T, NCWG><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, flags, tm_k, tm_v);
   MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_ws_kernel");
   return MODA_OK;
 }
 
-template <typename T>
-static int launch_fwd_wgmma_split(const moda_attn_params *p, cudaStream_t stream, int flags, bool *launched) {
-  using Cfg = SplitFwdConfig;
+template <typename T, bool TMA_RING>
+static int launch_fwd_wgmma_split(const moda_attn_params *p, cudaStream_t stream, int flags, bool *launched,
+                                  const CUtensorMap &tm_kd, const CUtensorMap &tm_vd) {
+  using Cfg = SplitFwdConfig<TMA_RING>;
   static_assert(Cfg::BN == WsFwdConfig<2>::BN, "ws_maps' box rows");
   *launched = false;
   CUtensorMap tm_k, tm_v;
   if (!ws_maps(p, &tm_k, &tm_v)) return MODA_OK;  // not encodable: the caller runs fwd_wgmma_kernel
   static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_split_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_split_kernel<T, TMA_RING>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          Cfg::SMEM_BYTES),
                     "cudaFuncSetAttribute(fwd_wgmma_split)");
     attr_set = true;
@@ -1031,7 +1344,8 @@ static int launch_fwd_wgmma_split(const moda_attn_params *p, cudaStream_t stream
   if (tiles <= 0) return MODA_OK;
   if (tiles > 0x7fffffff) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn fwd: T*G too large");
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-  fwd_wgmma_split_kernel<T><<<grid, Cfg::NTHREADS, Cfg::SMEM_BYTES, stream>>>(*p, flags, tm_k, tm_v);
+  fwd_wgmma_split_kernel<T, TMA_RING><<<grid, Cfg::NTHREADS, Cfg::SMEM_BYTES, stream>>>(*p, flags, tm_k, tm_v, tm_kd,
+                                                                                        tm_vd);
   MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_split_kernel");
   return MODA_OK;
 }
@@ -1065,8 +1379,12 @@ int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) 
   if (use_ws(p, flags)) {
     bool launched = false;
     if (fwd_ws_split(p, flags)) {
-      const int st = bf16 ? launch_fwd_wgmma_split<__nv_bfloat16>(p, stream, flags, &launched)
-                          : launch_fwd_wgmma_split<__half>(p, stream, flags, &launched);
+      CUtensorMap tm_kd, tm_vd;  // the TMA ring's depth maps (16 slots of one token), where encodable
+      const bool tma_ring = fwd_depth_tma_maps(p, flags, &tm_kd, &tm_vd);
+      const int st = bf16 ? (tma_ring ? launch_fwd_wgmma_split<__nv_bfloat16, true>(p, stream, flags, &launched, tm_kd, tm_vd)
+                                      : launch_fwd_wgmma_split<__nv_bfloat16, false>(p, stream, flags, &launched, tm_kd, tm_vd))
+                          : (tma_ring ? launch_fwd_wgmma_split<__half, true>(p, stream, flags, &launched, tm_kd, tm_vd)
+                                      : launch_fwd_wgmma_split<__half, false>(p, stream, flags, &launched, tm_kd, tm_vd));
       if (st || launched) return st;
     }
     const bool three = fwd_ws_three_wg(flags);

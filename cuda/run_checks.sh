@@ -138,6 +138,12 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step quick_wgmma_split MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=4265 -- quick
     step depth_wgmma_split MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=4265 -- depth
     step quick_split MODA_CUDA_FWD_FLAGS=4265 -- quick
+    # the depth rings fed by TMA (flag bit 13): ws3 (both phase orders) and the split forward
+    step quick_wgmma_ws3_tma MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=8361 -- quick
+    step depth_wgmma_ws3_tma MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=8361 -- depth
+    step quick_ws3_tma MODA_CUDA_FWD_FLAGS=8361 -- quick
+    step quick_wgmma_split_tma MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=12457 -- quick
+    step depth_wgmma_split_tma MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=12457 -- depth
     step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
     step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
     step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -153,9 +159,11 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_depth_conc    MODA_CUDA_BWD_DEPTH_SMS=8 -- bwd
     step bwd_depth_conc_nd MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_conc_dqk MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    # the token kernel in the concurrent backward (the TMA kernel takes both flows since session 20)
+    step bwd_depth_tok_conc MODA_CUDA_BWD_DEPTH_TMA=0 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_nosw_nd MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
-    # the TMA depth backward (attn_bwd_depth_tma.cu): forced everywhere it can run (=1: also in
-    # the concurrent backward), 4 and 8 consumer warps, deterministic or not; off (=0)
+    # the TMA depth backward (attn_bwd_depth_tma.cu): everywhere it can run (=1, the default since
+    # session 20: also in the concurrent backward), 4 and 8 consumer warps, deterministic or not; off (=0)
     step bwd_depth_tma      MODA_CUDA_BWD_DEPTH_TMA=1 -- bwd
     step bwd_depth_tma_nd   MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_depth_tma8     MODA_CUDA_BWD_DEPTH_TMA=8 -- bwd
@@ -193,7 +201,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
         "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
     }
     for tool in memcheck racecheck; do
-      # the forwards: wgmma (flags 1), wgmma ws with two (33) and three (41) consumer warpgroups, both with the alternating phase order (161, 169; the default flags are 169), ws3 staggered (425), split (4265), mma.sync with 16 and 32 rows per warp
+      # the forwards: wgmma (flags 1), wgmma ws with two (33) and three (41) consumer warpgroups, both with the alternating phase order (161, 169; the default flags are 169), ws3 staggered (425), split (4265), the TMA-fed depth rings of split (12457) and ws3 (8361), mma.sync with 16 and 32 rows per warp
       san fwd_wgmma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=1
       san fwd_wgmma_ws $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=33
       san fwd_wgmma_ws3 $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=41
@@ -201,6 +209,8 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san fwd_wgmma_ws3_alt $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=169
       san fwd_wgmma_ws3_stagger $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=425
       san fwd_wgmma_split $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=4265
+      san fwd_wgmma_split_tma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=12457
+      san fwd_wgmma_ws3_tma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=8361
       for mt in 1 2; do san fwd_mma_mt$mt $tool depthsan MODA_CUDA_WGMMA=0 MODA_CUDA_FWD_MT=$mt; done
       san bwd_all $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_ws_v8_atomic $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1
@@ -209,7 +219,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_default_nd $tool san MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_default_det $tool san MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_depth_nosw $tool san MODA_CUDA_BWD_DEPTH_SW=0 MODA_CUDA_BWD_ATOMIC_DQ=1
-      san bwd_depth_conc $tool san MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_depth_conc $tool san MODA_CUDA_BWD_DEPTH_TMA=0 MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_depth_tma $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_depth_tma_conc $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_dq_red4 $tool san MODA_CUDA_BWD_DQ_RED4=1 MODA_CUDA_BWD_ATOMIC_DQ=1
