@@ -138,7 +138,8 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step quick_wgmma_split MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=4265 -- quick
     step depth_wgmma_split MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=4265 -- depth
     step quick_split MODA_CUDA_FWD_FLAGS=4265 -- quick
-    # the depth rings fed by TMA (flag bit 13): ws3 (both phase orders) and the split forward
+    # the depth rings fed by TMA (flag bit 13; 8361 = the default flags since session 20): ws3 (both
+    # phase orders) and the split forward
     step quick_wgmma_ws3_tma MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=8361 -- quick
     step depth_wgmma_ws3_tma MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=8361 -- depth
     step quick_ws3_tma MODA_CUDA_FWD_FLAGS=8361 -- quick
@@ -201,7 +202,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
         "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
     }
     for tool in memcheck racecheck; do
-      # the forwards: wgmma (flags 1), wgmma ws with two (33) and three (41) consumer warpgroups, both with the alternating phase order (161, 169; the default flags are 169), ws3 staggered (425), split (4265), the TMA-fed depth rings of split (12457) and ws3 (8361), mma.sync with 16 and 32 rows per warp
+      # the forwards: wgmma (flags 1), wgmma ws with two (33) and three (41) consumer warpgroups, both with the alternating phase order (161, 169: the cp.async depth ring), ws3 staggered (425), split (4265), the TMA-fed depth rings of split (12457) and ws3 (8361: the default flags since session 20), mma.sync with 16 and 32 rows per warp
       san fwd_wgmma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=1
       san fwd_wgmma_ws $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=33
       san fwd_wgmma_ws3 $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=41
