@@ -37,11 +37,7 @@ local build_b = [[
 ]]
 
 local function diff(a, b, regex)
-  local pa, pb = tools.write_temp(a), tools.write_temp(b)
-  local out, rc = tools.run("python3 tools/sass_diff.py " .. pa .. " " .. pb .. (regex and (" '" .. regex .. "'") or ""))
-  os.remove(pa)
-  os.remove(pb)
-  return out, rc
+  return tools.run_on("python3 tools/sass_diff.py", {a, b}, regex and ("'" .. regex .. "'"))
 end
 
 describe("tools/sass_diff.py", function()
