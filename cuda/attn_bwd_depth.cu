@@ -539,8 +539,8 @@ int launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, co
   auto kern = bwd_depth_token_kernel<T, D, NC, SW, SUB, SPLIT>;
   static int ctas_per_sm = 0;  // per instantiation, on the first launch
   if (!ctas_per_sm) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM),
-                    "cudaFuncSetAttribute(bwd_depth_token)");
+    if (const int st = allow_dynamic_smem<bwd_depth_token_kernel<T, D, NC, SW, SUB, SPLIT>>(SMEM, "bwd_depth_token"))
+      return st;
     int n = 0;
     MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, NTHREADS, SMEM),
                     "cudaOccupancyMaxActiveBlocksPerMultiprocessor(bwd_depth_token)");

@@ -423,12 +423,7 @@ int launch_tma(const moda_attn_params *p, cudaStream_t stream, const DepthTmaSha
   auto kern = bwd_depth_tma_kernel<T, NW, SPLIT>;
   if (s.nst < NW) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: depth TMA stages %d < warps %d", s.nst, NW);
   const int smem = (s.nst / NW) * NW * s.stage_bytes + 1024;
-  static int smem_set = 0;  // per instantiation: the largest dynamic smem allowed so far
-  if (smem > smem_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-                    "cudaFuncSetAttribute(bwd_depth_tma)");
-    smem_set = smem;
-  }
+  if (const int st = allow_dynamic_smem<bwd_depth_tma_kernel<T, NW, SPLIT>>(smem, "bwd_depth_tma")) return st;
   int dev = 0, sms = 0;
   MODA_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
   MODA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");

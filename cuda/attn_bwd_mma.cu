@@ -1039,12 +1039,6 @@ bool strides_mult(const int64_t *st, int n, int m) {
 bool readable16(const void *ptr, const int64_t *st, int n) { return aligned16(ptr) && strides_mult(st, n, 8); }
 bool writable4(const void *ptr, const int64_t *st, int n) { return ((uintptr_t)ptr & 3) == 0 && strides_mult(st, n, 2); }
 
-template <typename KernelFn>
-int set_smem(KernelFn kernel, int bytes, const char *what) {
-  MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
-  return MODA_OK;
-}
-
 // Sequence dK/dV kernel variant (d = 64): MINB 1 (255 registers, 2 CTAs/SM, 64-row query steps)
 // or 3 (168 registers, 3 CTAs/SM, 32-row steps). Measured (docs/CUDA_NOTES.md): 3 is 13% faster
 // at T=16384 (long query loops: more warps hide the per-step latency), 1 is 5% faster at T=4096.
@@ -1146,26 +1140,22 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
   using Cfg = BwdConfig<D>;
   constexpr int DEPTH_MINB = D <= 64 ? 3 : 2;
   const bool seq3 = D <= 64 && seq_minb(p) == 3;
-  static bool attr_set = false;  // per instantiation
-  if (!attr_set) {
-    int st;
-    if ((st = set_smem(bwd_dkv_mma_kernel<T, D, false, 1>, Cfg::dkv_smem(Cfg::BQ), "cudaFuncSetAttribute(bwd_dkv_mma)")) ||
-        (st = set_smem(bwd_dkv_mma_kernel<T, D, true, DEPTH_MINB>, Cfg::dkv_smem(Cfg::BQ_DEPTH), "cudaFuncSetAttribute(bwd_dkvd_mma)")) ||
-        (st = set_smem(bwd_dq_mma_kernel<T, D>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_mma)")))
+  int st;
+  if ((st = allow_dynamic_smem<bwd_dkv_mma_kernel<T, D, false, 1>>(Cfg::dkv_smem(Cfg::BQ), "bwd_dkv_mma")) ||
+      (st = allow_dynamic_smem<bwd_dkv_mma_kernel<T, D, true, DEPTH_MINB>>(Cfg::dkv_smem(Cfg::BQ_DEPTH), "bwd_dkvd_mma")) ||
+      (st = allow_dynamic_smem<bwd_dq_mma_kernel<T, D>>(Cfg::DQ_SMEM, "bwd_dq_mma")))
+    return st;
+  if constexpr (D == 64) {
+    if ((st = allow_dynamic_smem<bwd_dq_mma_kernel<T, D, true>>(Cfg::DQ_SMEM_WG, "bwd_dq_wgmma")) ||
+        (st = allow_dynamic_smem<bwd_dq_mma_kernel<T, D, true, true>>(Cfg::DQ_SMEM_WG, "bwd_dq_wgmma")) ||
+        (st = allow_dynamic_smem<bwd_dq_mma_kernel<T, D, false, true>>(Cfg::DQ_SMEM, "bwd_dq_mma")) ||
+        (st = allow_dynamic_smem<bwd_dq_mma_kernel<T, D, false, false, true>>(Cfg::DQ_SMEM, "bwd_dq_accum")) ||
+        (st = allow_dynamic_smem<bwd_dq_mma_kernel<T, D, false, true, true>>(Cfg::DQ_SMEM, "bwd_dq_accum")))
       return st;
-    if constexpr (D == 64) {
-      if ((st = set_smem(bwd_dq_mma_kernel<T, D, true>, Cfg::DQ_SMEM_WG, "cudaFuncSetAttribute(bwd_dq_wgmma)")) ||
-          (st = set_smem(bwd_dq_mma_kernel<T, D, true, true>, Cfg::DQ_SMEM_WG, "cudaFuncSetAttribute(bwd_dq_wgmma)")) ||
-          (st = set_smem(bwd_dq_mma_kernel<T, D, false, true>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_mma)")) ||
-          (st = set_smem(bwd_dq_mma_kernel<T, D, false, false, true>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_accum)")) ||
-          (st = set_smem(bwd_dq_mma_kernel<T, D, false, true, true>, Cfg::DQ_SMEM, "cudaFuncSetAttribute(bwd_dq_accum)")))
-        return st;
-    }
-    if constexpr (D <= 64) {
-      if ((st = set_smem(bwd_dkv_mma_kernel<T, D, false, 3>, Cfg::dkv_smem(Cfg::BQ_SEQ3), "cudaFuncSetAttribute(bwd_dkv_mma)")))
-        return st;
-    }
-    attr_set = true;
+  }
+  if constexpr (D <= 64) {
+    if ((st = allow_dynamic_smem<bwd_dkv_mma_kernel<T, D, false, 3>>(Cfg::dkv_smem(Cfg::BQ_SEQ3), "bwd_dkv_mma")))
+      return st;
   }
   const int64_t TG = p->T * p->G;
   const int64_t rows = p->B * p->Hk * TG, rows_p = p->B * p->Hk * stat_rows(TG);
@@ -1243,14 +1233,9 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
       // the ordered path has no fallback kernel: bwd_ordered_dq_selected checked that this launches
       if (ordered && !launched) return moda_set_error(MODA_ERR_UNSUPPORTED, "cuda attn bwd: ordered dQ kernel not launchable");
       if (!launched && bwd_wgmma_selected(p, 1)) {
-        static bool wg_attr = false;
-        if (!wg_attr) {
-          int st;
-          if ((st = set_smem(bwd_dkv_wgmma_kernel<T>, kDkvWgmmaSmem, "cudaFuncSetAttribute(bwd_dkv_wgmma)")) ||
-              (st = set_smem(bwd_dkv_wgmma_kernel<T, true>, kDkvWgmmaSmemAtomic, "cudaFuncSetAttribute(bwd_dkv_wgmma)")))
-            return st;
-          wg_attr = true;
-        }
+        if ((st = allow_dynamic_smem<bwd_dkv_wgmma_kernel<T>>(kDkvWgmmaSmem, "bwd_dkv_wgmma")) ||
+            (st = allow_dynamic_smem<bwd_dkv_wgmma_kernel<T, true>>(kDkvWgmmaSmemAtomic, "bwd_dkv_wgmma")))
+          return st;
         if (atomic)
           bwd_dkv_wgmma_kernel<T, true><<<grid, 128, kDkvWgmmaSmemAtomic, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
         else

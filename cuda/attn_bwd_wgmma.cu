@@ -436,13 +436,8 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
               const CUtensorMap &tm_do) {
   using Cfg = WsBwdConfig<PIPE>;
   constexpr int smem = Cfg::smem_bytes(DQ);
-  static bool attr_set = false;  // per instantiation
-  if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE, ORDERED>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-                    "cudaFuncSetAttribute(bwd_dkv_wgmma_ws)");
-    attr_set = true;
-  }
+  if (const int st = allow_dynamic_smem<bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE, ORDERED>>(smem, "bwd_dkv_wgmma_ws"))
+    return st;
   const int64_t kblocks = (p->S + Cfg::BN - 1) / Cfg::BN;
   dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
   bwd_dkv_wgmma_ws_kernel<T, DQ, PIPE, ORDERED><<<grid, Cfg::NTHREADS, smem, stream>>>(

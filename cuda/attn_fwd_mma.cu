@@ -372,13 +372,7 @@ static int launch_fwd_variant(const moda_attn_params *p, cudaStream_t stream, in
   using Cfg = FwdConfig<D, MT>;
   // only the Q tile and the K/V stages when there is no depth phase
   const int smem = p->L > 0 ? Cfg::SMEM_BYTES : Cfg::SMEM_BYTES_NODEPTH;
-  static bool attr_set = false;  // per instantiation
-  if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_mma_kernel<T, D, MT, FOLD>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES),
-                    "cudaFuncSetAttribute(fwd_mma)");
-    attr_set = true;
-  }
+  if (const int st = allow_dynamic_smem<fwd_mma_kernel<T, D, MT, FOLD>>(Cfg::SMEM_BYTES, "fwd_mma")) return st;
   int64_t tiles = (p->T * p->G + Cfg::BM - 1) / Cfg::BM;
   if (tiles <= 0) return MODA_OK;
   if (tiles > 0x7fffffff)

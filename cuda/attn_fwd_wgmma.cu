@@ -1291,13 +1291,7 @@ static int launch_fwd_wgmma_ws(const moda_attn_params *p, cudaStream_t stream, i
   *launched = false;
   CUtensorMap tm_k, tm_v;
   if (!ws_maps(p, &tm_k, &tm_v)) return MODA_OK;  // not encodable: the caller runs fwd_wgmma_kernel
-  static bool attr_set = false;  // per instantiation
-  if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_ws_kernel<T, NCWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         Cfg::SMEM_BYTES),
-                    "cudaFuncSetAttribute(fwd_wgmma_ws)");
-    attr_set = true;
-  }
+  if (const int st = allow_dynamic_smem<fwd_wgmma_ws_kernel<T, NCWG>>(Cfg::SMEM_BYTES, "fwd_wgmma_ws")) return st;
   const int smem = p->L > 0 ? Cfg::SMEM_BYTES : Cfg::SMEM_BYTES_NODEPTH;
   const int64_t tiles = (p->T * p->G + Cfg::BM - 1) / Cfg::BM;
   *launched = true;
@@ -1307,13 +1301,7 @@ static int launch_fwd_wgmma_ws(const moda_attn_params *p, cudaStream_t stream, i
   if constexpr (NCWG == 3) {
     CUtensorMap tm_kd, tm_vd;
     if (p->L > 0 && fwd_depth_tma_maps(p, flags, &tm_kd, &tm_vd)) {
-      static bool tma_attr_set = false;
-      if (!tma_attr_set) {
-        MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_ws_tma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             Cfg::SMEM_BYTES),
-                        "cudaFuncSetAttribute(fwd_wgmma_ws_tma)");
-        tma_attr_set = true;
-      }
+      if (const int st = allow_dynamic_smem<fwd_wgmma_ws_tma_kernel<T>>(Cfg::SMEM_BYTES, "fwd_wgmma_ws_tma")) return st;
       fwd_wgmma_ws_tma_kernel<T><<<grid, Cfg::NTHREADS, smem, stream>>>(*p, flags, tm_k, tm_v, tm_kd, tm_vd);
       MODA_CUDA_CHECK_LAUNCH("fwd_wgmma_ws_tma_kernel");
       return MODA_OK;
@@ -1332,13 +1320,8 @@ static int launch_fwd_wgmma_split(const moda_attn_params *p, cudaStream_t stream
   *launched = false;
   CUtensorMap tm_k, tm_v;
   if (!ws_maps(p, &tm_k, &tm_v)) return MODA_OK;  // not encodable: the caller runs fwd_wgmma_kernel
-  static bool attr_set = false;  // per instantiation
-  if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_split_kernel<T, TMA_RING>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         Cfg::SMEM_BYTES),
-                    "cudaFuncSetAttribute(fwd_wgmma_split)");
-    attr_set = true;
-  }
+  if (const int st = allow_dynamic_smem<fwd_wgmma_split_kernel<T, TMA_RING>>(Cfg::SMEM_BYTES, "fwd_wgmma_split"))
+    return st;
   const int64_t tiles = (p->T * p->G + Cfg::BM - 1) / Cfg::BM;
   *launched = true;
   if (tiles <= 0) return MODA_OK;
@@ -1355,9 +1338,7 @@ static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, in
   using Cfg = WgmmaFwdConfig<D>;
   static bool attr_set = false;  // per instantiation
   if (!attr_set) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         Cfg::SMEM_BYTES),
-                    "cudaFuncSetAttribute(fwd_wgmma)");
+    if (const int st = allow_dynamic_smem<fwd_wgmma_kernel<T, D>>(Cfg::SMEM_BYTES, "fwd_wgmma")) return st;
     // all of the SM's unified L1/shared memory as shared memory
     MODA_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<T, D>,
                                          cudaFuncAttributePreferredSharedMemoryCarveout, 100),

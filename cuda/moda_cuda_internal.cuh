@@ -139,4 +139,19 @@ int fwd_decode_launch(const moda_attn_params *p, cudaStream_t stream, void *work
 
 int current_cc();  // compute capability major*10+minor of the current device (queried per call)
 
+// Lets Kernel launch with `bytes` of dynamic shared memory (beyond the 48 KB default). Launchers call
+// it before every launch; the driver call runs only when `bytes` exceeds what this kernel was
+// allowed so far (one static per kernel instantiation, as the attribute is per kernel).
+template <auto Kernel>
+int allow_dynamic_smem(int bytes, const char *kernel_name) {
+  static int allowed = 0;
+  if (bytes <= allowed) return MODA_OK;
+  const cudaError_t err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err != cudaSuccess)
+    return moda_set_error(MODA_ERR_CUDA, "cuda: cudaFuncSetAttribute(%s, %d bytes of dynamic smem): %s (%s)",
+                          kernel_name, bytes, cudaGetErrorString(err), cudaGetErrorName(err));
+  allowed = bytes;
+  return MODA_OK;
+}
+
 }  // namespace moda_cuda
