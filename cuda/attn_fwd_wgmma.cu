@@ -340,9 +340,8 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 // chunk - 16 slots of one token's kd and vd rows, a box of the 5-d depth map, 128-byte swizzled,
 // 4 KB per stage - completing on the stage's mbarrier. Chunks no longer span tokens: a token's L
 // slots take ceil(L / 16) chunks, the slots past L zero-filled by TMA (DeiT's L = 22: 32 rows of
-// work for 22, no more bytes). Group ranges and fields come from FwdDepthRing; the per-chunk math
-// and the final merge mirror its run() (kept apart until this is timed, so the default kernels'
-// code does not move: a shared helper changed their SASS).
+// work for 22, no more bytes). Group ranges, fields, the visibility, the per-chunk softmax and the
+// group's merge into the rows' state come from FwdDepthRing.
 template <typename T, int NGRP, int RST, int RSD>
 struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
   using Base = FwdDepthRing<T, 64, NGRP, RST, 72, RSD>;
@@ -419,31 +418,10 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
       if (nk == 0) break;  // this group and the later ones lie past T*G
       const int ntok = (int)this->fL.div((uint32_t)nk);
       const int64_t rb = this->Rw + grp * 8;
-      int vlo[2], vhi[2];  // visible tokens of this lane's columns 2*qc + e, relative to u_lo
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t R = rb + 2 * qc + e;
-        vlo[e] = 1; vhi[e] = 0;
-        if (R < this->TG) {
-          const int t = (int)R / Gi;
-          if (ci <= 0) { vlo[e] = t - u_lo; vhi[e] = t - u_lo; }
-          else {
-            const int cs = (t / ci) * ci;
-            vlo[e] = cs - u_lo;
-            const int64_t he = this->causal ? (int64_t)t
-                                            : ((int64_t)cs + ci - 1 < this->T_ - 1 ? (int64_t)cs + ci - 1 : this->T_ - 1);
-            vhi[e] = (int)(he - u_lo);
-          }
-        }
-      }
+      int vlo[2], vhi[2];
+      this->visible_tokens(rb, u_lo, qc, vlo, vhi);
       uint32_t q_b[KSTEPS][2];
-#pragma unroll
-      for (int kk = 0; kk < KSTEPS / 2; ++kk) {
-        uint32_t r4[4];
-        ldmatrix_x4(r4, sQ + (rb - R0 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8);
-        q_b[2 * kk][0] = r4[0]; q_b[2 * kk][1] = r4[1];
-        q_b[2 * kk + 1][0] = r4[2]; q_b[2 * kk + 1][1] = r4[3];
-      }
+      Base::load_q_cols(sQ, rb, R0, lane, q_b);
       float col_m[2] = {-INFINITY, -INFINITY}, col_l[2] = {0.f, 0.f};
       float acc_t[D / 16][4];
 #pragma unroll
@@ -465,41 +443,17 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
             ldmatrix_x4(a, sKd + sw128_offset(lane & 15, ks * 16 + (lane >> 4) * 8, 0));
             Mma::run(s_t, a, q_b[ks][0], q_b[ks][1]);
           }
-          // mask (slot sb*16 + qr + 8h of token u_lo + du), scale, column max
-          float chunk_max[2] = {-INFINITY, -INFINITY};
+          // mask: slot sb*16 + qr + 8h of token u_lo + du
+          bool vis[4];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const bool slot_ok = sb * RDL + qr + 8 * h < Li;
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const bool vis = slot_ok && du >= vlo[c] && du <= vhi[c];
-              const float sv = vis ? s_t[2 * h + c] * scale_log2 : -INFINITY;
-              s_t[2 * h + c] = sv;
-              chunk_max[c] = fmaxf(chunk_max[c], sv);
-            }
+            for (int c = 0; c < 2; ++c) vis[2 * h + c] = slot_ok && du >= vlo[c] && du <= vhi[c];
           }
-          float corr[2], m_use[2];
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const float m_new = fmaxf(col_m[c], warp_col_max(chunk_max[c]));
-            m_use[c] = m_new == -INFINITY ? 0.f : m_new;
-            corr[c] = exp2_ftz(col_m[c] - m_use[c]);
-            col_m[c] = m_new;
-            col_l[c] *= corr[c];
-          }
-#pragma unroll
-          for (int md = 0; md < D / 16; ++md) {
-            acc_t[md][0] *= corr[0]; acc_t[md][1] *= corr[1];
-            acc_t[md][2] *= corr[0]; acc_t[md][3] *= corr[1];
-          }
-          float p4[4];  // P = exp2(S - m), O^T += vd^T * P
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            p4[e] = exp2_ftz(s_t[e] - m_use[e & 1]);
-            col_l[e & 1] += p4[e];
-          }
-          const uint32_t b0 = movmatrix_trans(Mma::pack(p4[0], p4[1]));
-          const uint32_t b1 = movmatrix_trans(Mma::pack(p4[2], p4[3]));
+          uint32_t b0, b1;
+          Base::template chunk_softmax<Mma>(s_t, vis, scale_log2, col_m, col_l, acc_t, b0, b1);
+          // O^T += vd^T * P
 #pragma unroll
           for (int md = 0; md < D / 16; ++md) {
             uint32_t a[4];
@@ -511,41 +465,8 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
       // the group's columns -> 8-row scratch (the stage of its last chunk, free until the next
       // issue refills it) -> the row state of this lane's row qr of the group
       float *sO8 = reinterpret_cast<float *>(ring_b + (n_st == 0 ? RST - 1 : n_st - 1) * STAGE_BYTES);
-      float *sM8 = sO8 + 8 * RSD, *sL8 = sM8 + 8;
       __syncwarp();
-#pragma unroll
-      for (int c = 0; c < 2; ++c) col_l[c] = warp_col_sum(col_l[c]);
-#pragma unroll
-      for (int md = 0; md < D / 16; ++md)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sO8[(2 * qc + (e & 1)) * RSD + md * 16 + qr + (e >= 2 ? 8 : 0)] = acc_t[md][e];
-      if (qr == 0) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) { sM8[2 * qc + c] = col_m[c]; sL8[2 * qc + c] = col_l[c]; }
-      }
-      __syncwarp();
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2)
-          if (grp == 2 * mt + h2) {  // compile-time register indices; grp selects
-            // merge: m = max(m_rows, m_depth), both sides scaled by exp2(their m - m) (0 for an
-            // empty side); else the depth state is the rows' state (a = 0, b = 1)
-            const float md = sM8[qr], mo = row_m[2 * mt + h2];
-            const float m_new = merge ? fmaxf(mo, md) : md, m_use = m_new == -INFINITY ? 0.f : m_new;
-            const float a = merge ? exp2_ftz(mo - m_use) : 0.f, bd = merge ? exp2_ftz(md - m_use) : 1.f;
-            row_m[2 * mt + h2] = m_new;
-            // the quad's sum is reduced at the end: the depth sum goes to one lane of the quad
-            row_l[2 * mt + h2] = (merge ? row_l[2 * mt + h2] * a : 0.f) + (qc == 0 ? sL8[qr] * bd : 0.f);
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j) {
-              const float2 v2 = *reinterpret_cast<const float2 *>(sO8 + qr * RSD + j * 8 + 2 * qc);
-              acc_o[mt][j][h2 * 2 + 0] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 0], a, v2.x * bd) : v2.x;
-              acc_o[mt][j][h2 * 2 + 1] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 1], a, v2.y * bd) : v2.y;
-            }
-          }
-      __syncwarp();  // reads done before the stage is refilled
+      Base::template group_to_rows<MT>(sO8, grp, lane, col_m, col_l, acc_t, row_m, row_l, acc_o, merge);
     }
   }
 };
