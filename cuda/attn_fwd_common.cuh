@@ -88,12 +88,16 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        0.171, DeiT-Tiny-64 0.594 0.594 / 0.574 0.574; H200 LM-64 0.342 0.342 / 0.303 0.303,
 //        paper T=4096 0.469 0.468 / 0.441 0.441, T=16384 4.888 4.888 / 4.789 4.788.
 //        MODA_CUDA_FWD_FLAGS=169 turns it off; 12457 selects the split kernel with it.
+// bit 14: with bit 13, where an 8-row group spans several tokens (G < 8), each TMA chunk is 8
+//        slots of two consecutive tokens instead of 16 slots of one: DeiT's L = 22 takes 3 chunks
+//        per two tokens instead of 4 (48 rows of work for 44, not 64). Written in session 20
+//        without device time; for A/B (MODA_CUDA_FWD_FLAGS=24745).
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
               FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128,
-              FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096, FWD_DEPTH_TMA_RING = 8192;
+              FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096, FWD_DEPTH_TMA_RING = 8192, FWD_DEPTH_TMA_PAIRS = 16384;
 constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA |
                                FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES | FWD_WS_STAGGER |
-                               FWD_WS_SPLIT | FWD_DEPTH_TMA_RING;
+                               FWD_WS_SPLIT | FWD_DEPTH_TMA_RING | FWD_DEPTH_TMA_PAIRS;
 constexpr int FWD_FLAGS_DEFAULT =
     FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES | FWD_DEPTH_TMA_RING;
 

@@ -354,6 +354,10 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
   uint32_t bar_phase;     // bit s: the parity of stage s's next completion
   const CUtensorMap *tm_kd, *tm_vd;
   int gi, bi, nsb;
+  // Flag bit 14 (pairs): a chunk is 8 slots of 2 consecutive tokens (rows 0-7 token du, 8-15
+  // token du + 1) instead of 16 slots of one; the map's box must match (fwd_depth_tma_maps).
+  bool pairs;
+  int spc;                    // slots per chunk: 16, or 8 with pairs
   int ld_du, ld_sb, ld_ntok;  // the loader's token and slot block in group ld_grp (from ld_ulo)
 
   __device__ __forceinline__ void init_tma(const moda_attn_params &p, int flags, unsigned char *ring_b_,
@@ -362,7 +366,9 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
     Base::init(p, flags, nullptr, Rw_, b, g, lane_);
     ring_b = ring_b_; bars = bars_; bar_phase = 0;
     tm_kd = tm_kd_; tm_vd = tm_vd_;
-    gi = (int)g; bi = (int)b; nsb = (this->Li + RDL - 1) / RDL;
+    pairs = (flags & FWD_DEPTH_TMA_PAIRS) != 0;
+    spc = pairs ? RDL / 2 : RDL;
+    gi = (int)g; bi = (int)b; nsb = (this->Li + spc - 1) / spc;
     ld_du = 0; ld_sb = 0; ld_ntok = 0;
   }
   __device__ __forceinline__ void load_group() {  // the loader enters group ld_grp
@@ -378,7 +384,7 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
     __syncwarp();
     if (this->lane == 0) {
       unsigned char *dk = ring_b + stage * STAGE_BYTES;
-      const int slot0 = ld_sb * RDL, tok = this->ld_ulo + ld_du;
+      const int slot0 = ld_sb * spc, tok = this->ld_ulo + ld_du;
       mbar_arrive_expect_tx(&bars[stage], STAGE_BYTES);  // slots past L count too (zero-filled)
       if (this->r_hint) {
         tma_load_5d_hint(dk, tm_kd, &bars[stage], 0, gi, slot0, tok, bi, this->r_pol);
@@ -390,7 +396,8 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
     }
     if (++ld_sb == nsb) {
       ld_sb = 0;
-      if (++ld_du == ld_ntok) {
+      ld_du += pairs ? 2 : 1;
+      if (ld_du >= ld_ntok) {
         ld_du = 0;
         if (++this->ld_grp < NGRP) load_group();
       }
@@ -427,7 +434,8 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
 #pragma unroll
       for (int md = 0; md < D / 16; ++md) acc_t[md][0] = acc_t[md][1] = acc_t[md][2] = acc_t[md][3] = 0.f;
 
-      for (int du = 0; du < ntok; ++du) {
+      const int tpc = pairs ? 2 : 1;  // tokens per chunk
+      for (int du = 0; du < ntok; du += tpc) {
         for (int sb = 0; sb < nsb; ++sb) {
           mbar_wait(&bars[n_st], (bar_phase >> n_st) & 1u);  // the chunk has landed
           bar_phase ^= 1u << n_st;
@@ -443,13 +451,14 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
             ldmatrix_x4(a, sKd + sw128_offset(lane & 15, ks * 16 + (lane >> 4) * 8, 0));
             Mma::run(s_t, a, q_b[ks][0], q_b[ks][1]);
           }
-          // mask: slot sb*16 + qr + 8h of token u_lo + du
-          bool vis[4];
+          bool vis[4];  // the mask
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const bool slot_ok = sb * RDL + qr + 8 * h < Li;
+            // row qr + 8h: slot sb*16 + qr + 8h of token du, or (pairs) slot sb*8 + qr of token du + h
+            const int slot = pairs ? sb * (RDL / 2) + qr : sb * RDL + qr + 8 * h, tok = pairs ? du + h : du;
+            const bool slot_ok = slot < Li;
 #pragma unroll
-            for (int c = 0; c < 2; ++c) vis[2 * h + c] = slot_ok && du >= vlo[c] && du <= vhi[c];
+            for (int c = 0; c < 2; ++c) vis[2 * h + c] = slot_ok && tok >= vlo[c] && tok <= vhi[c];
           }
           uint32_t b0, b1;
           Base::template chunk_softmax<Mma>(s_t, vis, scale_log2, col_m, col_l, acc_t, b0, b1);
@@ -1037,10 +1046,18 @@ static bool fwd_ws_split(const moda_attn_params *p, int flags) { return (flags &
 // Flag bit 13: the depth rings of the split forward, or of the three-warpgroup ws forward, fed by
 // TMA (FwdDepthTmaRing), where kd and vd are encodable as depth maps of 16-slot, one-token boxes
 // (else the cp.async rings run).
+// flags: as fwd_depth_tma_flags returns them (the box is 8 slots x 2 tokens with bit 14).
 static bool fwd_depth_tma_maps(const moda_attn_params *p, int flags, CUtensorMap *tm_kd, CUtensorMap *tm_vd) {
+  const int slots = (flags & FWD_DEPTH_TMA_PAIRS) ? 8 : 16, tokens = (flags & FWD_DEPTH_TMA_PAIRS) ? 2 : 1;
   return (flags & FWD_DEPTH_TMA_RING) && p->d == 64 &&
-         !encode_depth_map(tm_kd, p->kd, p->B, p->T, p->L, p->Hk, p->kd_stride, 16, 1) &&
-         !encode_depth_map(tm_vd, p->vd, p->B, p->T, p->L, p->Hk, p->vd_stride, 16, 1);
+         !encode_depth_map(tm_kd, p->kd, p->B, p->T, p->L, p->Hk, p->kd_stride, slots, tokens) &&
+         !encode_depth_map(tm_vd, p->vd, p->B, p->T, p->L, p->Hk, p->vd_stride, slots, tokens);
+}
+// The flags the forward's kernels and maps see: bit 14 (two-token chunks) only where an 8-row group
+// spans several tokens (G < 8); with G >= 8 a group is one token and half of each chunk would be
+// another group's.
+static int fwd_depth_tma_flags(const moda_attn_params *p, int flags) {
+  return p->G < 8 ? flags : flags & ~FWD_DEPTH_TMA_PAIRS;
 }
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
@@ -1196,10 +1213,12 @@ static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *t
 
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
   CUtensorMap tm_k, tm_v, tm_kd, tm_vd;
+  flags = fwd_depth_tma_flags(p, flags);
   if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) {
     const bool tma_ring = p->L > 0 && fwd_depth_tma_maps(p, flags, &tm_kd, &tm_vd);
-    if (fwd_ws_split(p, flags)) return tma_ring ? "wgmma_d64_split_tma" : "wgmma_d64_split";
-    if (fwd_ws_three_wg(flags)) return tma_ring ? "wgmma_d64_ws3_tma" : "wgmma_d64_ws3";
+    const bool pairs = tma_ring && (flags & FWD_DEPTH_TMA_PAIRS);  // "_tma2": two-token chunks
+    if (fwd_ws_split(p, flags)) return pairs ? "wgmma_d64_split_tma2" : tma_ring ? "wgmma_d64_split_tma" : "wgmma_d64_split";
+    if (fwd_ws_three_wg(flags)) return pairs ? "wgmma_d64_ws3_tma2" : tma_ring ? "wgmma_d64_ws3_tma" : "wgmma_d64_ws3";
     return "wgmma_d64_ws";
   }
   return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
@@ -1297,6 +1316,7 @@ static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, in
 
 int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) {
   const bool bf16 = p->dtype == MODA_BF16;
+  flags = fwd_depth_tma_flags(p, flags);  // the kernels read bit 14 as the maps were encoded
   if (use_ws(p, flags)) {
     bool launched = false;
     if (fwd_ws_split(p, flags)) {
