@@ -25,11 +25,14 @@ function M.run(cmd)
   return out, tonumber(out:match("rc=(%d+)%s*$"))
 end
 
--- Runs `cmd` with the path of a temporary file holding `text` appended; returns as run does.
-function M.run_on(cmd, text)
-  local path = M.write_temp(text)
-  local out, rc = M.run(cmd .. " " .. path)
-  os.remove(path)
+-- Runs `cmd` with the paths of temporary files holding `texts` (a string, or a list of them)
+-- appended, then `suffix` (more arguments, optional); returns as run does.
+function M.run_on(cmd, texts, suffix)
+  if type(texts) == "string" then texts = {texts} end
+  local paths = {}
+  for i, text in ipairs(texts) do paths[i] = M.write_temp(text) end
+  local out, rc = M.run(cmd .. " " .. table.concat(paths, " ") .. (suffix and (" " .. suffix) or ""))
+  for _, path in ipairs(paths) do os.remove(path) end
   return out, rc
 end
 
