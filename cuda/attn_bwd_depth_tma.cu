@@ -397,7 +397,7 @@ int tma_mode() {
   static int mode = -2;
   if (mode == -2) {
     const char *e = getenv("MODA_CUDA_BWD_DEPTH_TMA");
-    mode = !e || !e[0] ? -1 : e[0] == '0' ? 0 : e[0] == '8' ? 8 : 4;
+    mode = e && e[0] == '0' ? 0 : e && e[0] == '8' ? 8 : 4;
   }
   return mode;
 }
