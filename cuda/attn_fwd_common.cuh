@@ -88,12 +88,16 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        0.171, DeiT-Tiny-64 0.594 0.594 / 0.574 0.574; H200 LM-64 0.342 0.342 / 0.303 0.303,
 //        paper T=4096 0.469 0.468 / 0.441 0.441, T=16384 4.888 4.888 / 4.789 4.788.
 //        MODA_CUDA_FWD_FLAGS=169 turns it off; 12457 selects the split kernel with it.
+// bit 14: with bit 13, where an 8-row group spans several tokens (G < 8), each TMA chunk is 8
+//        slots of two consecutive tokens instead of 16 slots of one: DeiT's L = 22 takes 3 chunks
+//        per two tokens instead of 4 (48 rows of work for 44, not 64). Written in session 20
+//        without device time; for A/B (MODA_CUDA_FWD_FLAGS=24745).
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
               FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128,
-              FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096, FWD_DEPTH_TMA_RING = 8192;
+              FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096, FWD_DEPTH_TMA_RING = 8192, FWD_DEPTH_TMA_PAIRS = 16384;
 constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_NO_FOLD | FWD_WS_3WG | FWD_NO_WGMMA |
                                FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES | FWD_WS_STAGGER |
-                               FWD_WS_SPLIT | FWD_DEPTH_TMA_RING;
+                               FWD_WS_SPLIT | FWD_DEPTH_TMA_RING | FWD_DEPTH_TMA_PAIRS;
 constexpr int FWD_FLAGS_DEFAULT =
     FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES | FWD_DEPTH_TMA_RING;
 
@@ -216,6 +220,118 @@ struct FwdDepthRing {
     for (int st = 0; st < RST - 1; ++st) issue(p, st);
   }
 
+  // Visible tokens of this lane's columns 2*qc + e of the group at packed row rb, relative to u_lo:
+  // [vlo, vhi] (empty: 1 > 0). Rows past the group's nk belong to tokens past vhi.
+  __device__ __forceinline__ void visible_tokens(int64_t rb, int u_lo, int qc, int (&vlo)[2], int (&vhi)[2]) const {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t R = rb + 2 * qc + e;
+      vlo[e] = 1; vhi[e] = 0;
+      if (R < TG) {
+        const int t = (int)R / Gi;
+        if (ci <= 0) { vlo[e] = t - u_lo; vhi[e] = t - u_lo; }
+        else {
+          const int cs = (t / ci) * ci;
+          vlo[e] = cs - u_lo;
+          const int64_t he = causal ? (int64_t)t : ((int64_t)cs + ci - 1 < T_ - 1 ? (int64_t)cs + ci - 1 : T_ - 1);
+          vhi[e] = (int)(he - u_lo);
+        }
+      }
+    }
+  }
+  // The group's 8 query rows (packed rows rb.., in the CTA's Q tile from R0) as mma B fragments.
+  __device__ __forceinline__ static void load_q_cols(const T *sQ, int64_t rb, int64_t R0, int lane,
+                                                     uint32_t (&q_b)[KSTEPS][2]) {
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS / 2; ++kk) {
+      uint32_t r4[4];
+      ldmatrix_x4(r4, sQ + (rb - R0 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8);
+      q_b[2 * kk][0] = r4[0]; q_b[2 * kk][1] = r4[1];
+      q_b[2 * kk + 1][0] = r4[2]; q_b[2 * kk + 1][1] = r4[3];
+    }
+  }
+  // One chunk's online softmax over its 16 rows, per column (the lane's s_t[2h + c]: row qr + 8h,
+  // column 2qc + c; vis[2h + c] its mask): scale, running column max and sum, acc_t rescaled;
+  // returns P (exp2(S - m)) as the B fragments b0, b1 of O^T += vd^T P.
+  template <typename Mma>
+  __device__ __forceinline__ static void chunk_softmax(float (&s_t)[4], const bool (&vis)[4], float scale_log2,
+                                                       float (&col_m)[2], float (&col_l)[2], float (&acc_t)[D / 16][4],
+                                                       uint32_t &b0, uint32_t &b1) {
+    float chunk_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float sv = vis[e] ? s_t[e] * scale_log2 : -INFINITY;
+      s_t[e] = sv;
+      chunk_max[e & 1] = fmaxf(chunk_max[e & 1], sv);
+    }
+    float corr[2], m_use[2];
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      float m_new = fmaxf(col_m[c], warp_col_max(chunk_max[c]));
+      m_use[c] = m_new == -INFINITY ? 0.f : m_new;
+      corr[c] = exp2_ftz(col_m[c] - m_use[c]);
+      col_m[c] = m_new;
+      col_l[c] *= corr[c];
+    }
+#pragma unroll
+    for (int md = 0; md < D / 16; ++md) {
+      acc_t[md][0] *= corr[0]; acc_t[md][1] *= corr[1];
+      acc_t[md][2] *= corr[0]; acc_t[md][3] *= corr[1];
+    }
+    float p4[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      p4[e] = exp2_ftz(s_t[e] - m_use[e & 1]);
+      col_l[e & 1] += p4[e];
+    }
+    b0 = movmatrix_trans(Mma::pack(p4[0], p4[1]));
+    b1 = movmatrix_trans(Mma::pack(p4[2], p4[3]));
+  }
+  // The group's columns (col_m, col_l, acc_t) -> 8-row scratch sO8 (WARP_SCRATCH_FLOATS) -> the
+  // row state of this lane's row qr of group grp; with merge, merged into that state by
+  // log-sum-exp (a sequence phase ran first) instead of replacing it.
+  template <int MT>
+  __device__ __forceinline__ static void group_to_rows(float *sO8, int grp, int lane, float (&col_m)[2],
+                                                       float (&col_l)[2], const float (&acc_t)[D / 16][4],
+                                                       float (&row_m)[2 * MT], float (&row_l)[2 * MT],
+                                                       float (&acc_o)[MT][D / 8][4], bool merge) {
+    const int qr = lane / 4, qc = lane % 4;
+    float *sM8 = sO8 + 8 * RSD, *sL8 = sM8 + 8;
+#pragma unroll
+    for (int c = 0; c < 2; ++c) col_l[c] = warp_col_sum(col_l[c]);
+#pragma unroll
+    for (int md = 0; md < D / 16; ++md)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        sO8[(2 * qc + (e & 1)) * RSD + md * 16 + qr + (e >= 2 ? 8 : 0)] = acc_t[md][e];
+    if (qr == 0) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) { sM8[2 * qc + c] = col_m[c]; sL8[2 * qc + c] = col_l[c]; }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h2 = 0; h2 < 2; ++h2)
+        if (grp == 2 * mt + h2) {  // compile-time register indices; grp selects
+          // merge: m = max(m_rows, m_depth), both sides scaled by exp2(their m - m) (0 for an
+          // empty side); else the depth state is the rows' state (a = 0, b = 1)
+          const float md = sM8[qr], mo = row_m[2 * mt + h2];
+          const float m_new = merge ? fmaxf(mo, md) : md, m_use = m_new == -INFINITY ? 0.f : m_new;
+          const float a = merge ? exp2_ftz(mo - m_use) : 0.f, bd = merge ? exp2_ftz(md - m_use) : 1.f;
+          row_m[2 * mt + h2] = m_new;
+          // the quad's sum is reduced at the end: the depth sum goes to one lane of the quad
+          row_l[2 * mt + h2] = (merge ? row_l[2 * mt + h2] * a : 0.f) + (qc == 0 ? sL8[qr] * bd : 0.f);
+#pragma unroll
+          for (int j = 0; j < D / 8; ++j) {
+            const float2 v2 = *reinterpret_cast<const float2 *>(sO8 + qr * RSD + j * 8 + 2 * qc);
+            acc_o[mt][j][h2 * 2 + 0] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 0], a, v2.x * bd) : v2.x;
+            acc_o[mt][j][h2 * 2 + 1] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 1], a, v2.y * bd) : v2.y;
+          }
+        }
+    __syncwarp();  // reads done before the scratch is written again (next group) or refilled
+  }
+
   // The depth phase proper. sQ: the CTA's Q tile (row stride LDS elements), R0 its first packed
   // row; scr: this warp's WARP_SCRATCH_FLOATS floats. Seeds row_m, row_l (this lane's partial:
   // the quad's sum is reduced by the caller at the end) and acc_o of the groups that have rows;
@@ -235,32 +351,10 @@ struct FwdDepthRing {
       group_range(grp, u_lo, nk);
       if (nk == 0) break;  // this group and the later ones lie past T*G: their rows keep the empty state
       const int64_t rb = Rw + grp * 8;
-      // Visible tokens of this lane's columns 2*qc + e, relative to u_lo: [vlo, vhi] (empty: 1 > 0).
-      // Rows past nk belong to tokens past vhi, so this also masks the zero padding.
-      int vlo[2], vhi[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t R = rb + 2 * qc + e;
-        vlo[e] = 1; vhi[e] = 0;
-        if (R < TG) {
-          const int t = (int)R / Gi;
-          if (ci <= 0) { vlo[e] = t - u_lo; vhi[e] = t - u_lo; }
-          else {
-            const int cs = (t / ci) * ci;
-            vlo[e] = cs - u_lo;
-            const int64_t he = causal ? (int64_t)t : ((int64_t)cs + ci - 1 < T_ - 1 ? (int64_t)cs + ci - 1 : T_ - 1);
-            vhi[e] = (int)(he - u_lo);
-          }
-        }
-      }
+      int vlo[2], vhi[2];  // rows past nk belong to tokens past vhi: this also masks the zero padding
+      visible_tokens(rb, u_lo, qc, vlo, vhi);
       uint32_t q_b[KSTEPS][2];
-#pragma unroll
-      for (int kk = 0; kk < KSTEPS / 2; ++kk) {
-        uint32_t r4[4];
-        ldmatrix_x4(r4, sQ + (rb - R0 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8);
-        q_b[2 * kk][0] = r4[0]; q_b[2 * kk][1] = r4[1];
-        q_b[2 * kk + 1][0] = r4[2]; q_b[2 * kk + 1][1] = r4[3];
-      }
+      load_q_cols(sQ, rb, R0, lane, q_b);
       float col_m[2] = {-INFINITY, -INFINITY}, col_l[2] = {0.f, 0.f};
       float acc_t[D / 16][4];
 #pragma unroll
@@ -281,42 +375,17 @@ struct FwdDepthRing {
           ldmatrix_x4(a, sKd + (lane & 15) * LDS + ks * 16 + (lane >> 4) * 8);
           Mma::run(s_t, a, q_b[ks][0], q_b[ks][1]);
         }
-        // mask (row kc + qr + 8h of token u_lo + du), scale, column max
-        float chunk_max[2] = {-INFINITY, -INFINITY};
+        // mask: row kc + qr + 8h is of token u_lo + du
+        bool vis[4];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int du = (int)fL.div((uint32_t)(kc + qr + 8 * h));
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const bool vis = du >= vlo[c] && du <= vhi[c];
-            const float sv = vis ? s_t[2 * h + c] * scale_log2 : -INFINITY;
-            s_t[2 * h + c] = sv;
-            chunk_max[c] = fmaxf(chunk_max[c], sv);
-          }
+          for (int c = 0; c < 2; ++c) vis[2 * h + c] = du >= vlo[c] && du <= vhi[c];
         }
-        float corr[2], m_use[2];
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          float m_new = fmaxf(col_m[c], warp_col_max(chunk_max[c]));
-          m_use[c] = m_new == -INFINITY ? 0.f : m_new;
-          corr[c] = exp2_ftz(col_m[c] - m_use[c]);
-          col_m[c] = m_new;
-          col_l[c] *= corr[c];
-        }
-#pragma unroll
-        for (int md = 0; md < D / 16; ++md) {
-          acc_t[md][0] *= corr[0]; acc_t[md][1] *= corr[1];
-          acc_t[md][2] *= corr[0]; acc_t[md][3] *= corr[1];
-        }
-        // P = exp2(S - m), O^T += vd^T * P (one k-step of 16 depth rows)
-        float p4[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          p4[e] = exp2_ftz(s_t[e] - m_use[e & 1]);
-          col_l[e & 1] += p4[e];
-        }
-        const uint32_t b0 = movmatrix_trans(Mma::pack(p4[0], p4[1]));
-        const uint32_t b1 = movmatrix_trans(Mma::pack(p4[2], p4[3]));
+        uint32_t b0, b1;
+        chunk_softmax<Mma>(s_t, vis, scale_log2, col_m, col_l, acc_t, b0, b1);
+        // O^T += vd^T * P (one k-step of 16 depth rows)
 #pragma unroll
         for (int md = 0; md < D / 16; ++md) {
           uint32_t a[4];
@@ -328,41 +397,8 @@ struct FwdDepthRing {
       // scr == nullptr: the scratch is the stage of the group's last chunk, free until the next
       // issue refills it (every lane's ldmatrix reads of it done first: __syncwarp)
       float *sO8 = scr ? scr : reinterpret_cast<float *>(ring_w + (n_st == 0 ? RST - 1 : n_st - 1) * 2 * RDL * LDS);
-      float *sM8 = sO8 + 8 * RSD, *sL8 = sM8 + 8;
       if (!scr) __syncwarp();
-#pragma unroll
-      for (int c = 0; c < 2; ++c) col_l[c] = warp_col_sum(col_l[c]);
-#pragma unroll
-      for (int md = 0; md < D / 16; ++md)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sO8[(2 * qc + (e & 1)) * RSD + md * 16 + qr + (e >= 2 ? 8 : 0)] = acc_t[md][e];
-      if (qr == 0) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) { sM8[2 * qc + c] = col_m[c]; sL8[2 * qc + c] = col_l[c]; }
-      }
-      __syncwarp();
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2)
-          if (grp == 2 * mt + h2) {  // compile-time register indices; grp selects
-            // merge: m = max(m_rows, m_depth), both sides scaled by exp2(their m - m) (0 for an
-            // empty side); else the depth state is the rows' state (a = 0, b = 1)
-            const float md = sM8[qr], mo = row_m[2 * mt + h2];
-            const float m_new = merge ? fmaxf(mo, md) : md, m_use = m_new == -INFINITY ? 0.f : m_new;
-            const float a = merge ? exp2_ftz(mo - m_use) : 0.f, bd = merge ? exp2_ftz(md - m_use) : 1.f;
-            row_m[2 * mt + h2] = m_new;
-            // the quad's sum is reduced at the end: the depth sum goes to one lane of the quad
-            row_l[2 * mt + h2] = (merge ? row_l[2 * mt + h2] * a : 0.f) + (qc == 0 ? sL8[qr] * bd : 0.f);
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j) {
-              const float2 v2 = *reinterpret_cast<const float2 *>(sO8 + qr * RSD + j * 8 + 2 * qc);
-              acc_o[mt][j][h2 * 2 + 0] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 0], a, v2.x * bd) : v2.x;
-              acc_o[mt][j][h2 * 2 + 1] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 1], a, v2.y * bd) : v2.y;
-            }
-          }
-      __syncwarp();  // reads done before the next group's writes
+      group_to_rows<MT>(sO8, grp, lane, col_m, col_l, acc_t, row_m, row_l, acc_o, merge);
     }
     cp_async_wait<0>();  // only empty groups can be pending here
   }

@@ -340,9 +340,8 @@ fwd_wgmma_kernel(const moda_attn_params p, const int flags) {
 // chunk - 16 slots of one token's kd and vd rows, a box of the 5-d depth map, 128-byte swizzled,
 // 4 KB per stage - completing on the stage's mbarrier. Chunks no longer span tokens: a token's L
 // slots take ceil(L / 16) chunks, the slots past L zero-filled by TMA (DeiT's L = 22: 32 rows of
-// work for 22, no more bytes). Group ranges and fields come from FwdDepthRing; the per-chunk math
-// and the final merge mirror its run() (kept apart until this is timed, so the default kernels'
-// code does not move: a shared helper changed their SASS).
+// work for 22, no more bytes). Group ranges, fields, the visibility, the per-chunk softmax and the
+// group's merge into the rows' state come from FwdDepthRing.
 template <typename T, int NGRP, int RST, int RSD>
 struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
   using Base = FwdDepthRing<T, 64, NGRP, RST, 72, RSD>;
@@ -355,6 +354,10 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
   uint32_t bar_phase;     // bit s: the parity of stage s's next completion
   const CUtensorMap *tm_kd, *tm_vd;
   int gi, bi, nsb;
+  // Flag bit 14 (pairs): a chunk is 8 slots of 2 consecutive tokens (rows 0-7 token du, 8-15
+  // token du + 1) instead of 16 slots of one; the map's box must match (fwd_depth_tma_maps).
+  bool pairs;
+  int spc;                    // slots per chunk: 16, or 8 with pairs
   int ld_du, ld_sb, ld_ntok;  // the loader's token and slot block in group ld_grp (from ld_ulo)
 
   __device__ __forceinline__ void init_tma(const moda_attn_params &p, int flags, unsigned char *ring_b_,
@@ -363,7 +366,9 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
     Base::init(p, flags, nullptr, Rw_, b, g, lane_);
     ring_b = ring_b_; bars = bars_; bar_phase = 0;
     tm_kd = tm_kd_; tm_vd = tm_vd_;
-    gi = (int)g; bi = (int)b; nsb = (this->Li + RDL - 1) / RDL;
+    pairs = (flags & FWD_DEPTH_TMA_PAIRS) != 0;
+    spc = pairs ? RDL / 2 : RDL;
+    gi = (int)g; bi = (int)b; nsb = (this->Li + spc - 1) / spc;
     ld_du = 0; ld_sb = 0; ld_ntok = 0;
   }
   __device__ __forceinline__ void load_group() {  // the loader enters group ld_grp
@@ -379,7 +384,7 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
     __syncwarp();
     if (this->lane == 0) {
       unsigned char *dk = ring_b + stage * STAGE_BYTES;
-      const int slot0 = ld_sb * RDL, tok = this->ld_ulo + ld_du;
+      const int slot0 = ld_sb * spc, tok = this->ld_ulo + ld_du;
       mbar_arrive_expect_tx(&bars[stage], STAGE_BYTES);  // slots past L count too (zero-filled)
       if (this->r_hint) {
         tma_load_5d_hint(dk, tm_kd, &bars[stage], 0, gi, slot0, tok, bi, this->r_pol);
@@ -391,7 +396,8 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
     }
     if (++ld_sb == nsb) {
       ld_sb = 0;
-      if (++ld_du == ld_ntok) {
+      ld_du += pairs ? 2 : 1;
+      if (ld_du >= ld_ntok) {
         ld_du = 0;
         if (++this->ld_grp < NGRP) load_group();
       }
@@ -419,37 +425,17 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
       if (nk == 0) break;  // this group and the later ones lie past T*G
       const int ntok = (int)this->fL.div((uint32_t)nk);
       const int64_t rb = this->Rw + grp * 8;
-      int vlo[2], vhi[2];  // visible tokens of this lane's columns 2*qc + e, relative to u_lo
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t R = rb + 2 * qc + e;
-        vlo[e] = 1; vhi[e] = 0;
-        if (R < this->TG) {
-          const int t = (int)R / Gi;
-          if (ci <= 0) { vlo[e] = t - u_lo; vhi[e] = t - u_lo; }
-          else {
-            const int cs = (t / ci) * ci;
-            vlo[e] = cs - u_lo;
-            const int64_t he = this->causal ? (int64_t)t
-                                            : ((int64_t)cs + ci - 1 < this->T_ - 1 ? (int64_t)cs + ci - 1 : this->T_ - 1);
-            vhi[e] = (int)(he - u_lo);
-          }
-        }
-      }
+      int vlo[2], vhi[2];
+      this->visible_tokens(rb, u_lo, qc, vlo, vhi);
       uint32_t q_b[KSTEPS][2];
-#pragma unroll
-      for (int kk = 0; kk < KSTEPS / 2; ++kk) {
-        uint32_t r4[4];
-        ldmatrix_x4(r4, sQ + (rb - R0 + (lane & 7)) * LDS + kk * 32 + (lane >> 3) * 8);
-        q_b[2 * kk][0] = r4[0]; q_b[2 * kk][1] = r4[1];
-        q_b[2 * kk + 1][0] = r4[2]; q_b[2 * kk + 1][1] = r4[3];
-      }
+      Base::load_q_cols(sQ, rb, R0, lane, q_b);
       float col_m[2] = {-INFINITY, -INFINITY}, col_l[2] = {0.f, 0.f};
       float acc_t[D / 16][4];
 #pragma unroll
       for (int md = 0; md < D / 16; ++md) acc_t[md][0] = acc_t[md][1] = acc_t[md][2] = acc_t[md][3] = 0.f;
 
-      for (int du = 0; du < ntok; ++du) {
+      const int tpc = pairs ? 2 : 1;  // tokens per chunk
+      for (int du = 0; du < ntok; du += tpc) {
         for (int sb = 0; sb < nsb; ++sb) {
           mbar_wait(&bars[n_st], (bar_phase >> n_st) & 1u);  // the chunk has landed
           bar_phase ^= 1u << n_st;
@@ -465,41 +451,18 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
             ldmatrix_x4(a, sKd + sw128_offset(lane & 15, ks * 16 + (lane >> 4) * 8, 0));
             Mma::run(s_t, a, q_b[ks][0], q_b[ks][1]);
           }
-          // mask (slot sb*16 + qr + 8h of token u_lo + du), scale, column max
-          float chunk_max[2] = {-INFINITY, -INFINITY};
+          bool vis[4];  // the mask
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const bool slot_ok = sb * RDL + qr + 8 * h < Li;
+            // row qr + 8h: slot sb*16 + qr + 8h of token du, or (pairs) slot sb*8 + qr of token du + h
+            const int slot = pairs ? sb * (RDL / 2) + qr : sb * RDL + qr + 8 * h, tok = pairs ? du + h : du;
+            const bool slot_ok = slot < Li;
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const bool vis = slot_ok && du >= vlo[c] && du <= vhi[c];
-              const float sv = vis ? s_t[2 * h + c] * scale_log2 : -INFINITY;
-              s_t[2 * h + c] = sv;
-              chunk_max[c] = fmaxf(chunk_max[c], sv);
-            }
+            for (int c = 0; c < 2; ++c) vis[2 * h + c] = slot_ok && tok >= vlo[c] && tok <= vhi[c];
           }
-          float corr[2], m_use[2];
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const float m_new = fmaxf(col_m[c], warp_col_max(chunk_max[c]));
-            m_use[c] = m_new == -INFINITY ? 0.f : m_new;
-            corr[c] = exp2_ftz(col_m[c] - m_use[c]);
-            col_m[c] = m_new;
-            col_l[c] *= corr[c];
-          }
-#pragma unroll
-          for (int md = 0; md < D / 16; ++md) {
-            acc_t[md][0] *= corr[0]; acc_t[md][1] *= corr[1];
-            acc_t[md][2] *= corr[0]; acc_t[md][3] *= corr[1];
-          }
-          float p4[4];  // P = exp2(S - m), O^T += vd^T * P
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            p4[e] = exp2_ftz(s_t[e] - m_use[e & 1]);
-            col_l[e & 1] += p4[e];
-          }
-          const uint32_t b0 = movmatrix_trans(Mma::pack(p4[0], p4[1]));
-          const uint32_t b1 = movmatrix_trans(Mma::pack(p4[2], p4[3]));
+          uint32_t b0, b1;
+          Base::template chunk_softmax<Mma>(s_t, vis, scale_log2, col_m, col_l, acc_t, b0, b1);
+          // O^T += vd^T * P
 #pragma unroll
           for (int md = 0; md < D / 16; ++md) {
             uint32_t a[4];
@@ -511,41 +474,8 @@ struct FwdDepthTmaRing : FwdDepthRing<T, 64, NGRP, RST, 72, RSD> {
       // the group's columns -> 8-row scratch (the stage of its last chunk, free until the next
       // issue refills it) -> the row state of this lane's row qr of the group
       float *sO8 = reinterpret_cast<float *>(ring_b + (n_st == 0 ? RST - 1 : n_st - 1) * STAGE_BYTES);
-      float *sM8 = sO8 + 8 * RSD, *sL8 = sM8 + 8;
       __syncwarp();
-#pragma unroll
-      for (int c = 0; c < 2; ++c) col_l[c] = warp_col_sum(col_l[c]);
-#pragma unroll
-      for (int md = 0; md < D / 16; ++md)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sO8[(2 * qc + (e & 1)) * RSD + md * 16 + qr + (e >= 2 ? 8 : 0)] = acc_t[md][e];
-      if (qr == 0) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) { sM8[2 * qc + c] = col_m[c]; sL8[2 * qc + c] = col_l[c]; }
-      }
-      __syncwarp();
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2)
-          if (grp == 2 * mt + h2) {  // compile-time register indices; grp selects
-            // merge: m = max(m_rows, m_depth), both sides scaled by exp2(their m - m) (0 for an
-            // empty side); else the depth state is the rows' state (a = 0, b = 1)
-            const float md = sM8[qr], mo = row_m[2 * mt + h2];
-            const float m_new = merge ? fmaxf(mo, md) : md, m_use = m_new == -INFINITY ? 0.f : m_new;
-            const float a = merge ? exp2_ftz(mo - m_use) : 0.f, bd = merge ? exp2_ftz(md - m_use) : 1.f;
-            row_m[2 * mt + h2] = m_new;
-            // the quad's sum is reduced at the end: the depth sum goes to one lane of the quad
-            row_l[2 * mt + h2] = (merge ? row_l[2 * mt + h2] * a : 0.f) + (qc == 0 ? sL8[qr] * bd : 0.f);
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j) {
-              const float2 v2 = *reinterpret_cast<const float2 *>(sO8 + qr * RSD + j * 8 + 2 * qc);
-              acc_o[mt][j][h2 * 2 + 0] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 0], a, v2.x * bd) : v2.x;
-              acc_o[mt][j][h2 * 2 + 1] = merge ? fmaf(acc_o[mt][j][h2 * 2 + 1], a, v2.y * bd) : v2.y;
-            }
-          }
-      __syncwarp();  // reads done before the stage is refilled
+      Base::template group_to_rows<MT>(sO8, grp, lane, col_m, col_l, acc_t, row_m, row_l, acc_o, merge);
     }
   }
 };
@@ -1116,10 +1046,18 @@ static bool fwd_ws_split(const moda_attn_params *p, int flags) { return (flags &
 // Flag bit 13: the depth rings of the split forward, or of the three-warpgroup ws forward, fed by
 // TMA (FwdDepthTmaRing), where kd and vd are encodable as depth maps of 16-slot, one-token boxes
 // (else the cp.async rings run).
+// flags: as fwd_depth_tma_flags returns them (the box is 8 slots x 2 tokens with bit 14).
 static bool fwd_depth_tma_maps(const moda_attn_params *p, int flags, CUtensorMap *tm_kd, CUtensorMap *tm_vd) {
+  const int slots = (flags & FWD_DEPTH_TMA_PAIRS) ? 8 : 16, tokens = (flags & FWD_DEPTH_TMA_PAIRS) ? 2 : 1;
   return (flags & FWD_DEPTH_TMA_RING) && p->d == 64 &&
-         !encode_depth_map(tm_kd, p->kd, p->B, p->T, p->L, p->Hk, p->kd_stride, 16, 1) &&
-         !encode_depth_map(tm_vd, p->vd, p->B, p->T, p->L, p->Hk, p->vd_stride, 16, 1);
+         !encode_depth_map(tm_kd, p->kd, p->B, p->T, p->L, p->Hk, p->kd_stride, slots, tokens) &&
+         !encode_depth_map(tm_vd, p->vd, p->B, p->T, p->L, p->Hk, p->vd_stride, slots, tokens);
+}
+// The flags the forward's kernels and maps see: bit 14 (two-token chunks) only where an 8-row group
+// spans several tokens (G < 8); with G >= 8 a group is one token and half of each chunk would be
+// another group's.
+static int fwd_depth_tma_flags(const moda_attn_params *p, int flags) {
+  return p->G < 8 ? flags : flags & ~FWD_DEPTH_TMA_PAIRS;
 }
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {
@@ -1275,10 +1213,12 @@ static bool ws_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *t
 
 const char *fwd_wgmma_name(const moda_attn_params *p, int flags) {
   CUtensorMap tm_k, tm_v, tm_kd, tm_vd;
+  flags = fwd_depth_tma_flags(p, flags);
   if (use_ws(p, flags) && ws_maps(p, &tm_k, &tm_v)) {
     const bool tma_ring = p->L > 0 && fwd_depth_tma_maps(p, flags, &tm_kd, &tm_vd);
-    if (fwd_ws_split(p, flags)) return tma_ring ? "wgmma_d64_split_tma" : "wgmma_d64_split";
-    if (fwd_ws_three_wg(flags)) return tma_ring ? "wgmma_d64_ws3_tma" : "wgmma_d64_ws3";
+    const bool pairs = tma_ring && (flags & FWD_DEPTH_TMA_PAIRS);  // "_tma2": two-token chunks
+    if (fwd_ws_split(p, flags)) return pairs ? "wgmma_d64_split_tma2" : tma_ring ? "wgmma_d64_split_tma" : "wgmma_d64_split";
+    if (fwd_ws_three_wg(flags)) return pairs ? "wgmma_d64_ws3_tma2" : tma_ring ? "wgmma_d64_ws3_tma" : "wgmma_d64_ws3";
     return "wgmma_d64_ws";
   }
   return p->d == 128 ? "wgmma_d128" : "wgmma_d64";
@@ -1357,6 +1297,7 @@ static int launch_fwd_wgmma_t(const moda_attn_params *p, cudaStream_t stream, in
 
 int fwd_wgmma_launch(const moda_attn_params *p, cudaStream_t stream, int flags) {
   const bool bf16 = p->dtype == MODA_BF16;
+  flags = fwd_depth_tma_flags(p, flags);  // the kernels read bit 14 as the maps were encoded
   if (use_ws(p, flags)) {
     bool launched = false;
     if (fwd_ws_split(p, flags)) {

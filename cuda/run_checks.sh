@@ -145,6 +145,11 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step quick_ws3_tma MODA_CUDA_FWD_FLAGS=8361 -- quick
     step quick_wgmma_split_tma MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=12457 -- quick
     step depth_wgmma_split_tma MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=12457 -- depth
+    # bit 14: two-token TMA chunks where G < 8 (ws3 24745, split 28841)
+    step quick_wgmma_ws3_tma2 MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=24745 -- quick
+    step depth_wgmma_ws3_tma2 MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=24745 -- depth
+    step quick_ws3_tma2 MODA_CUDA_FWD_FLAGS=24745 -- quick
+    step depth_wgmma_split_tma2 MODA_CUDA_WGMMA=2 MODA_CUDA_WGMMA_BWD=0 MODA_CUDA_FWD_FLAGS=28841 -- depth
     step bwd_wgmma_dkv     MODA_CUDA_WGMMA_BWD=2 -- bwd
     step bwd_wgmma_dq      MODA_CUDA_WGMMA_BWD=3 -- bwd
     step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -212,6 +217,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san fwd_wgmma_split $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=4265
       san fwd_wgmma_split_tma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=12457
       san fwd_wgmma_ws3_tma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=8361
+      san fwd_wgmma_ws3_tma2 $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=24745
       for mt in 1 2; do san fwd_mma_mt$mt $tool depthsan MODA_CUDA_WGMMA=0 MODA_CUDA_FWD_MT=$mt; done
       san bwd_all $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_ws_v8_atomic $tool san MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1
