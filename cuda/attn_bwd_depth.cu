@@ -732,7 +732,7 @@ int bwd_depth_concurrent_fork(const moda_attn_params *p, cudaStream_t stream, co
   if (int st = side_stream(&side)) return st;
   MODA_CUDA_CHECK(cudaEventRecord(side->fork, stream), "cudaEventRecord(depth fork)");
   MODA_CUDA_CHECK(cudaStreamWaitEvent(side->stream, side->fork, 0), "cudaStreamWaitEvent(depth fork)");
-  const int st = bwd_depth_tma_selected(p) ? bwd_depth_tma_launch(p, side->stream, lse2, delta, nullptr, dq_part, sms)
+  const int st = bwd_depth_tma_selected(p, true) ? bwd_depth_tma_launch(p, side->stream, lse2, delta, nullptr, dq_part, sms)
                  : p->dtype == MODA_BF16
                      ? launch<__nv_bfloat16, 64, 8, true, 4, true>(p, side->stream, lse2, delta, nullptr, dq_part, sms)
                      : launch<__half, 64, 8, true, 4, true>(p, side->stream, lse2, delta, nullptr, dq_part, sms);
@@ -760,7 +760,7 @@ int bwd_depth_concurrent_join(const moda_attn_params *p, cudaStream_t stream, co
 
 int bwd_depth_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                      const float *dq_seq) {
-  if (bwd_depth_tma_selected(p)) return bwd_depth_tma_launch(p, stream, lse2, delta, dq_seq, nullptr, 0);
+  if (bwd_depth_tma_selected(p, false)) return bwd_depth_tma_launch(p, stream, lse2, delta, dq_seq, nullptr, 0);
   if (p->dtype == MODA_BF16)
     return p->d == 128 ? launch_nc<__nv_bfloat16, 128>(p, stream, lse2, delta, dq_seq)
                        : launch_nc<__nv_bfloat16, 64>(p, stream, lse2, delta, dq_seq);

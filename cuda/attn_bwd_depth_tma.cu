@@ -391,15 +391,32 @@ bwd_depth_tma_kernel(const __grid_constant__ CUtensorMap tm_kd, const __grid_con
 #endif
 }
 
-// MODA_CUDA_BWD_DEPTH_TMA: unset or 1 on wherever it can run (bwd_depth_tma_selected), 4 consumer
-// warps; 0 off (bwd_depth_token_kernel); 8 on with 8 consumer warps (not measured yet).
+// MODA_CUDA_BWD_DEPTH_TMA: unset, the rule of bwd_depth_tma_selected, 4 consumer warps; 1 on
+// wherever it can run, alone or concurrent; 0 off (bwd_depth_token_kernel); 8 on with 8 consumer
+// warps, as 1 (measured slower).
 int tma_mode() {
   static int mode = -2;
   if (mode == -2) {
     const char *e = getenv("MODA_CUDA_BWD_DEPTH_TMA");
-    mode = e && e[0] == '0' ? 0 : e && e[0] == '8' ? 8 : 4;
+    mode = !e || !*e ? 4 : e[0] == '0' ? 0 : e[0] == '8' ? 8 : 1;
   }
   return mode;
+}
+
+// Whether the device's peak DRAM bandwidth (memory clock x 2 x bus width) exceeds 4 TB/s: H200
+// (4.8) yes, H100 SXM (3.35) no. The concurrent backward's choice of depth kernel follows it (see
+// bwd_depth_tma_selected); a device that does not report the attributes counts as slower.
+bool dram_above_4tbs() {
+  static int fast = -1;  // per process: the first device asked (as the other per-device rules)
+  if (fast < 0) {
+    int dev = 0, khz = 0, bits = 0;
+    fast = cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, dev) == cudaSuccess &&
+           (double)khz * 1e3 * 2.0 * bits / 8.0 > 4e12;
+    cudaGetLastError();  // an unsupported attribute leaves no sticky error for the next launch
+  }
+  return fast == 1;
 }
 
 struct DepthTmaMaps {
@@ -440,7 +457,8 @@ int launch_tma(const moda_attn_params *p, cudaStream_t stream, const DepthTmaSha
 }  // namespace
 
 // Where the TMA kernel runs instead of bwd_depth_token_kernel: an sm_90 device, d = 64, G dividing
-// 8, fewer than 2^31 units, every tensor TMA-encodable; alone or in the concurrent backward.
+// 8, fewer than 2^31 units, every tensor TMA-encodable; alone, and in the concurrent backward
+// where the DRAM is faster than 4 TB/s (or MODA_CUDA_BWD_DEPTH_TMA=1 / 8).
 // Measured (H100, session 16, GPU time, two rounds, the depth kernel alone / f+b, ms): DeiT-Tiny
 // 0.243 0.241 vs 0.254 0.253 / 0.580 0.581 vs 0.590 0.591, DeiT-Tiny-64 1.157 1.161 vs 1.178
 // 1.192 / 1.913 1.911 vs 1.935 1.937. In the concurrent backward at LM-64 (Hk = 2) it lost then
@@ -448,10 +466,16 @@ int launch_tma(const moda_attn_params *p, cudaStream_t stream, const DepthTmaSha
 // there; the cause was the depth maps' 256-byte L2 promotion, which with Hk > 1 fetched another
 // head's row beside each one (encode_depth_map). With 128-byte fetches there (session 20, H200,
 // LM-64 f+b, two rounds, --nondet): token kernel 1.237 1.237, TMA kernel 1.198 1.181; with the
-// TMA-fed forward ring too 1.213 1.206 against 1.159 1.140. The concurrent SM share (44%) was
-// tuned for the token kernel and not measured again.
-bool bwd_depth_tma_selected(const moda_attn_params *p) {
+// TMA-fed forward ring too 1.213 1.206 against 1.159 1.140. But on the H100 (session 21, LM-64 f+b,
+// two rounds, one process) the token kernel still wins there: 1.335 1.339 against 1.429 1.431
+// (the depth kernel 0.889-0.923 vs 0.892-0.935 ms on its SMs; the TMA kernel's copies slow the
+// sequence kernels beside it more: dK/dV 0.38-0.41 vs 0.42-0.43, dQ 0.39-0.40 vs 0.41). The two
+// cards have the same SMs and clocks; they differ in DRAM bandwidth (4.8 vs 3.35 TB/s), so the
+// rule keys on it (dram_above_4tbs). SM shares of 50 / 54 / 62 (of 132) for the TMA kernel on
+// the H100 moved LM-64 by at most 1% against 58.
+bool bwd_depth_tma_selected(const moda_attn_params *p, bool concurrent) {
   const int mode = tma_mode();
+  if (concurrent && mode == 4 && !dram_above_4tbs()) return false;
   if (mode == 0 || current_cc() != 90 || p->d != 64 || p->L <= 0 || p->chunk > 0 || 8 % p->G != 0) return false;
   if (p->dtype != MODA_BF16 && p->dtype != MODA_F16) return false;
   const DepthTmaShape s = depth_tma_shape(p->L, p->G);

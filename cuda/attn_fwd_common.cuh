@@ -90,8 +90,12 @@ __device__ __forceinline__ float warp_col_sum(float x) {
 //        MODA_CUDA_FWD_FLAGS=169 turns it off; 12457 selects the split kernel with it.
 // bit 14: with bit 13, where an 8-row group spans several tokens (G < 8), each TMA chunk is 8
 //        slots of two consecutive tokens instead of 16 slots of one: DeiT's L = 22 takes 3 chunks
-//        per two tokens instead of 4 (48 rows of work for 44, not 64). Written in session 20
-//        without device time; for A/B (MODA_CUDA_FWD_FLAGS=24745).
+//        per two tokens instead of 4 (48 rows of work for 44, not 64). Only where that saves
+//        chunks, L % 16 in 1..8 (fwd_depth_tma_flags clears it elsewhere). In the default flags
+//        since session 21: H100, GPU time, two rounds, one process, forward / f+b ms, without /
+//        with: DeiT-Tiny 0.175 0.175 / 0.576 0.576 vs 0.162 0.162 / 0.564 0.564; where it saves
+//        nothing it cost a little (DeiT-Tiny-64, L = 126: 0.588 0.587 vs 0.591 0.591), hence the
+//        rule. MODA_CUDA_FWD_FLAGS=8361 turns it off.
 constexpr int FWD_DEPTH_EVICT_FIRST = 1, FWD_KV_EVICT_LAST = 2, FWD_NO_FOLD = 4, FWD_WS_3WG = 8, FWD_NO_WGMMA = 16,
               FWD_WGMMA_WS = 32, FWD_TILES_HEAVY_FIRST = 64, FWD_WS_ALT_PHASES = 128,
               FWD_WS_STAGGER = 256, FWD_WS_SPLIT = 4096, FWD_DEPTH_TMA_RING = 8192, FWD_DEPTH_TMA_PAIRS = 16384;
@@ -99,7 +103,7 @@ constexpr int FWD_FLAGS_MASK = FWD_DEPTH_EVICT_FIRST | FWD_KV_EVICT_LAST | FWD_N
                                FWD_WGMMA_WS | FWD_TILES_HEAVY_FIRST | FWD_WS_ALT_PHASES | FWD_WS_STAGGER |
                                FWD_WS_SPLIT | FWD_DEPTH_TMA_RING | FWD_DEPTH_TMA_PAIRS;
 constexpr int FWD_FLAGS_DEFAULT =
-    FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES | FWD_DEPTH_TMA_RING;
+    FWD_DEPTH_EVICT_FIRST | FWD_WGMMA_WS | FWD_WS_3WG | FWD_WS_ALT_PHASES | FWD_DEPTH_TMA_RING | FWD_DEPTH_TMA_PAIRS;
 
 // ---- depth phase (L > 0), one warp, in the TRANSPOSED orientation ----
 // The warp owns NGRP groups of 8 packed rows (rows Rw .. Rw + 8*NGRP - 1). For each group (8

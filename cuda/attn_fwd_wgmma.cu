@@ -1054,10 +1054,13 @@ static bool fwd_depth_tma_maps(const moda_attn_params *p, int flags, CUtensorMap
          !encode_depth_map(tm_vd, p->vd, p->B, p->T, p->L, p->Hk, p->vd_stride, slots, tokens);
 }
 // The flags the forward's kernels and maps see: bit 14 (two-token chunks) only where an 8-row group
-// spans several tokens (G < 8); with G >= 8 a group is one token and half of each chunk would be
-// another group's.
+// spans several tokens (G < 8; with G >= 8 a group is one token and half of each chunk would be
+// another group's) and where it saves chunks: two tokens take ceil(L / 8) chunks of 8 slots
+// against 2 ceil(L / 16) of 16, fewer only for L % 16 in 1..8 (L = 126, 64: as many, and the
+// pair kernel measured 0.5% slower there, session 21).
 static int fwd_depth_tma_flags(const moda_attn_params *p, int flags) {
-  return p->G < 8 ? flags : flags & ~FWD_DEPTH_TMA_PAIRS;
+  const int64_t rem = p->L % 16;
+  return p->G < 8 && rem >= 1 && rem <= 8 ? flags : flags & ~FWD_DEPTH_TMA_PAIRS;
 }
 
 bool fwd_wgmma_supported(const moda_attn_params *p, int cc, int flags) {

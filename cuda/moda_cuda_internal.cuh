@@ -127,7 +127,7 @@ int bwd_depth_concurrent_join(const moda_attn_params *p, cudaStream_t stream, co
 // The same depth backward as a TMA stream (attn_bwd_depth_tma.cu; sm_90a, d = 64, G dividing 8):
 // _selected where it runs instead (alone or in the concurrent backward); _launch with dq_part
 // (the concurrent backward, at most max_ctas CTAs) or dq_seq (writes dq), as the kernel it replaces.
-bool bwd_depth_tma_selected(const moda_attn_params *p);
+bool bwd_depth_tma_selected(const moda_attn_params *p, bool concurrent);
 int bwd_depth_tma_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                          const float *dq_seq, float *dq_part, int max_ctas);
 
