@@ -1,6 +1,6 @@
 // attn_bwd_depth_tma.cu: the token-visibility depth backward of attn_bwd_depth.cu (same math, same
-// outputs) as a TMA stream for sm_90a, d = 64, G dividing 8; alone or in the concurrent backward
-// (since session 20), see bwd_depth_tma_selected.
+// outputs) as a TMA stream for sm_90a, d = 64, G dividing 8; alone, and in the concurrent backward
+// on GPUs with DRAM above 4 TB/s (sessions 20-21), see bwd_depth_tma_selected.
 //
 // Why another kernel: bwd_depth_token_kernel issues ~740 instructions per warp and 64-row item at
 // LM-64, most of them integer work (every thread rebuilds row addresses for its cp.async pieces and

@@ -1301,13 +1301,15 @@ const char *bwd_mma_name(const moda_attn_params *p) {
   // "_ws": the warp-specialised dK/dV kernel (attn_bwd_wgmma.cu)
   // "_dtok": the depth part by bwd_depth_token_kernel (attn_bwd_depth.cu); "_ordered_dq": dQ by
   // ordered adds in the warp-specialised dK/dV kernel (deterministic)
+  const bool depth_k = bwd_depth_kernel_selected(p);
+  // "_conc": the depth kernel beside the others on its own SMs
+  const bool conc = depth_k && bwd_depth_concurrent_sms(p, bwd_dq_by_kernel(p)) > 0;
   if (bwd_ordered_dq_selected(p)) {
-    if (!bwd_depth_kernel_selected(p)) return "wgmma_d64_ws_ordered_dq";
-    const bool conc = bwd_depth_concurrent_sms(p, bwd_dq_by_kernel(p)) > 0;
+    if (!depth_k) return "wgmma_d64_ws_ordered_dq";
     return bwd_depth_tma_selected(p, conc) ? "wgmma_d64_ws_ordered_dq_dtma" : "wgmma_d64_ws_ordered_dq_dtok";
   }
-  if (bwd_depth_kernel_selected(p)) {  // "_conc": the depth kernel beside the others on its own SMs
-    const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p), conc = bwd_depth_concurrent_sms(p, bwd_dq_by_kernel(p)) > 0;
+  if (depth_k) {
+    const bool ws = bwd_wgmma_selected(p, 1) && bwd_ws_selected(p);
     if (bwd_depth_tma_selected(p, conc)) {  // "_dtma": that kernel's TMA variant (attn_bwd_depth_tma.cu; d = 64, sm_90)
       if (bwd_atomic_dq_selected(p))
         return ws ? (conc ? "wgmma_d64_ws_atomic_dq_dtma_conc" : "wgmma_d64_ws_atomic_dq_dtma")
