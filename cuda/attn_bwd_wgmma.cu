@@ -395,6 +395,191 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
 #endif
 }
 
+// v10 (MODA_CUDA_BWD_WS=3; opt-in until measured): steps of 128 query rows, FlashAttention-3's
+// hdim-64 backward layout on this kernel's producer. Why: the v9 step (64 rows) is latency-bound
+// at ~31% of the tensor rate and ~34% of the issue slots (docs/CUDA_NOTES.md, session 21), and its
+// 128-row form does not fit shared memory with P^T and dS^T tiles of two parities. Here, per step
+// and consumer warpgroup (64 keys):
+//   S^T = K_w Q^T, dP^T = V_w dO^T   SS wgmma m64n128k16 (half the wgmma issues per FLOP)
+//   P^T, dS^T in registers            (bwd_p_ds_causal, as the v8 loop)
+//   dV += P^T dO, dK += dS^T Q        RS wgmma, k = 128 rows: P^T never goes through smem
+//   dS^T -> the step parity's tile    [2 row halves][128 keys][64 rows], sw128
+//   dQ of its own 64 rows             dS K over all 128 keys (SS, both halves of the block's keys)
+// so no step has a dQ "turn": both warpgroups meet once per step (the dS^T tile is complete) and
+// each reduces a 64 x 64 float32 block into the accumulator. Nothing overlaps within a warpgroup
+// (the registers of two 128-row steps do not fit); the two warpgroups interleave on the tensor
+// cores as FA3's do. Q and dO come in 64-row TMA boxes, two per tensor and step; lse2 / delta in
+// 128-row bulk copies (stat_rows pads the workspace to 128 rows for this).
+struct WsBwdQ128Config {
+  static constexpr int D = 64, BN = 128, BQ = 128, NST = 3, NTHREADS = 384;
+  static constexpr int TILE = 64 * D * 2;            // one sw128 tile of 64 rows (8 KB)
+  static constexpr int KV_BYTES = 2 * 2 * TILE;      // the K and V blocks, 128 rows each
+  static constexpr int STAGE_BYTES = 2 * 2 * TILE;   // Q and dO of one step, 128 rows each
+  static constexpr int DS_BYTES = 2 * 4 * TILE;      // dS^T: 2 step parities x 128 keys x 128 rows
+  static constexpr int STAT_BYTES = 2 * BQ * 4;      // lse2, delta of one step
+  static constexpr int BAR_BYTES = 64;               // full[NST], empty[NST], kv: 8 bytes each
+  static constexpr int smem_bytes(bool dq) {
+    return 1024 + KV_BYTES + NST * STAGE_BYTES + (dq ? DS_BYTES : 0) + NST * STAT_BYTES + BAR_BYTES;
+  }
+  static_assert((2 * NST + 1) * 8 <= BAR_BYTES, "barriers fit");
+};
+static_assert(WsBwdQ128Config::smem_bytes(true) <= 227 * 1024, "fits the H100's shared memory per block");
+
+template <typename T, bool DQ>
+__global__ void __launch_bounds__(WsBwdQ128Config::NTHREADS, 1)
+bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum,
+                          const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
+                          const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do,
+                          int q_evict_last, int dq_red4) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Cfg = WsBwdQ128Config;
+  constexpr int D = Cfg::D, BN = Cfg::BN, BQ = Cfg::BQ, NST = Cfg::NST, TILE = Cfg::TILE;
+  constexpr int KSTEPS = D / 16, NT = BQ / 8;
+  constexpr int kBarDs = 1;  // named barriers 1, 2: both halves of step parity 0, 1's dS^T tile are written
+  static_assert(BQ % 64 == 0 && stat_rows(1) % BQ == 0, "a step's stats are one bulk copy inside the padding");
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  unsigned char *sK = smem, *sV = smem + 2 * TILE;
+  unsigned char *sStage = smem + Cfg::KV_BYTES;
+  auto sQ = [&](int st) { return sStage + st * Cfg::STAGE_BYTES; };
+  auto sdO = [&](int st) { return sStage + st * Cfg::STAGE_BYTES + 2 * TILE; };
+  unsigned char *sDS = sStage + NST * Cfg::STAGE_BYTES;  // DQ: [parity][row half][128 keys][64 rows]
+  float *sStat = reinterpret_cast<float *>(sDS + (DQ ? Cfg::DS_BYTES : 0));
+  auto sLse = [&](int st) { return sStat + st * 2 * BQ; };
+  auto sDelta = [&](int st) { return sStat + st * 2 * BQ + BQ; };
+  uint64_t *full = reinterpret_cast<uint64_t *>(sStat + NST * 2 * BQ);
+  uint64_t *empty = full + NST, *kvbar = empty + NST;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t G = p.G, T_ = p.T, S = p.S, TG = T_ * G;
+  const int64_t kblk = blockIdx.x / p.Hk, g = blockIdx.x % p.Hk, b = blockIdx.z;
+  const int64_t i0 = kblk * BN;
+  const bool causal = p.causal != 0;
+  // packed rows from the first that can see a key of the block, rounded down to a step
+  int64_t t_lo = causal ? i0 - (S - T_) : 0;
+  if (t_lo < 0) t_lo = 0;
+  const int64_t R_begin = t_lo * G / BQ * BQ, R_end = TG;
+  const int n_qblk = R_end > R_begin ? (int)((R_end - R_begin + BQ - 1) / BQ) : 0;
+
+  if (tid == 0) {
+    for (int s = 0; s < NST; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 256);  // every consumer thread releases its own reads
+    }
+    mbar_init(kvbar, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (warp < 4) {  // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<24>();
+    if (warp != 0 || n_qblk == 0 || lane != 0) return;
+    const float *lse2_bg = ws_lse2 + (b * p.Hk + g) * stat_rows(TG), *delta_bg = ws_delta + (b * p.Hk + g) * stat_rows(TG);
+    tma_prefetch_map(&tm_q);
+    tma_prefetch_map(&tm_do);
+    mbar_arrive_expect_tx(kvbar, Cfg::KV_BYTES);
+    tma_load_4d(sK, &tm_k, kvbar, 0, (int)g, (int)i0, (int)b);
+    tma_load_4d(sV, &tm_v, kvbar, 0, (int)g, (int)i0, (int)b);
+    const uint64_t pol = l2_policy_evict_last();
+    for (int blk = 0; blk < n_qblk; ++blk) {
+      const int st = blk % NST;
+      if (blk >= NST) mbar_wait(&empty[st], ((blk / NST) - 1) & 1);
+      const int64_t Rq = R_begin + (int64_t)blk * BQ;
+      mbar_arrive_expect_tx(&full[st], Cfg::STAGE_BYTES + Cfg::STAT_BYTES);
+      // two 64-row boxes per tensor (rows past T*G, even whole boxes, arrive zero-filled)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int tok = (int)((Rq + 64 * h) / G);
+        if (q_evict_last) {
+          tma_load_5d_hint(sQ(st) + h * TILE, &tm_q, &full[st], 0, 0, tok, (int)g, (int)b, pol);
+          tma_load_5d_hint(sdO(st) + h * TILE, &tm_do, &full[st], 0, 0, tok, (int)g, (int)b, pol);
+        } else {
+          tma_load_5d(sQ(st) + h * TILE, &tm_q, &full[st], 0, 0, tok, (int)g, (int)b);
+          tma_load_5d(sdO(st) + h * TILE, &tm_do, &full[st], 0, 0, tok, (int)g, (int)b);
+        }
+      }
+      bulk_load(sLse(st), lse2_bg + Rq, BQ * 4, &full[st]);
+      bulk_load(sDelta(st), delta_bg + Rq, BQ * 4, &full[st]);
+    }
+    return;
+  }
+
+  // ---------------- consumer warpgroups ----------------
+  setmaxnreg_inc<240>();
+  const int cwarp = warp - 4, cwg = cwarp / 4, wq = cwarp % 4;
+  const int qr = lane / 4, qc = lane % 4;
+  const float scale_log2 = (float)p.scale * 1.4426950408889634f;
+  const int64_t i0w = i0 + cwg * 64;
+  const int64_t key_pos[2] = {i0w + wq * 16 + qr, i0w + wq * 16 + qr + 8};
+  float acc_dk[D / 8][4], acc_dv[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_dk[j][e] = acc_dv[j][e] = 0.f;
+  float *dq_bg = DQ ? dq_accum + (b * p.Hk + g) * TG * D : nullptr;
+  const uint32_t k_w = smem_u32(sK) + cwg * TILE, v_w = smem_u32(sV) + cwg * TILE;
+
+  if (n_qblk > 0) mbar_wait(kvbar, 0);
+  for (int blk = 0; blk < n_qblk; ++blk) {
+    const int st = blk % NST, par = blk & 1;
+    const int64_t Rq = R_begin + (int64_t)blk * BQ;
+    float s[NT][4], dp[NT][4];
+    mbar_wait(&full[st], (blk / NST) & 1);
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      WgmmaSS<T, BQ, 0, 0>::run(s, wgmma_desc_sw128(k_w + ks * 32, 16, 1024),
+                                wgmma_desc_sw128(smem_u32(sQ(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      WgmmaSS<T, BQ, 0, 0>::run(dp, wgmma_desc_sw128(v_w + ks * 32, 16, 1024),
+                                wgmma_desc_sw128(smem_u32(sdO(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+
+    uint32_t pa[BQ / 16][4], da[BQ / 16][4];
+    if (causal && S - T_ + Rq / G < i0w + 63)  // the step's first row misses a key of this warpgroup
+      bwd_p_ds_causal<NT, true>(s, dp, sLse(st), sDelta(st), qc, scale_log2, key_pos, S - T_, Rq, G);
+    else
+      bwd_p_ds_causal<NT, false>(s, dp, sLse(st), sDelta(st), qc, scale_log2, key_pos, S - T_, Rq, G);
+    pack_acc_as_a<T, BQ / 16>(s, pa);
+    pack_acc_as_a<T, BQ / 16>(dp, da);
+    wgmma_fence_operand(acc_dv);
+    wgmma_fence_operand(acc_dk);
+    wgmma_fence();
+    wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dv, pa, smem_u32(sdO(st)), BQ, 1);
+    wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dk, da, smem_u32(sQ(st)), BQ, 1);
+    wgmma_commit();
+    if constexpr (DQ) {
+      // this warpgroup's 64 key rows of dS^T, both row halves; the parity's previous readers (dQ
+      // of step blk - 2, both warpgroups) finished before the barrier of step blk - 1
+      store_ds_t<NT>(sDS + par * 4 * TILE, BN, cwg * 64 + wq * 16, da, key_pos, S, qr, qc);
+      fence_proxy_async_smem();  // this thread's dS^T stores -> visible to the dQ wgmmas
+    }
+    wgmma_wait<0>();
+    wgmma_fence_operand(acc_dv);
+    wgmma_fence_operand(acc_dk);
+    mbar_arrive(&empty[st]);  // the stage's Q, dO and stats are read (dQ reads only K and dS^T)
+    if constexpr (DQ) {
+      named_bar_sync(kBarDs + par, 256);
+      const uint32_t ds_half = smem_u32(sDS + par * 4 * TILE) + cwg * 2 * TILE;  // rows cwg*64 .. +63
+      if (dq_red4)
+        dq_step_reduce<T, BN, true>(ds_half, smem_u32(sK), dq_bg, Rq + cwg * 64 + wq * 16 + qr, R_end, qc);
+      else
+        dq_step_reduce<T, BN>(ds_half, smem_u32(sK), dq_bg, Rq + cwg * 64 + wq * 16 + qr, R_end, qc);
+    }
+  }
+  store_dk_dv<T>(p, acc_dk, acc_dv, key_pos, b, g, qc);
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
 // The four TMA maps, or false where one is not encodable (or G does not divide the 64-row box).
 bool ws_bwd_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v, CUtensorMap *tm_q,
                  CUtensorMap *tm_do) {
@@ -446,16 +631,31 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
   return MODA_OK;
 }
 
+template <typename T, bool DQ>
+int launch_ws_q128(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
+                   float *dq_accum, const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q,
+                   const CUtensorMap &tm_do) {
+  constexpr int smem = WsBwdQ128Config::smem_bytes(DQ);
+  if (const int st = allow_dynamic_smem<bwd_dkv_wgmma_q128_kernel<T, DQ>>(smem, "bwd_dkv_wgmma_q128")) return st;
+  const int64_t kblocks = (p->S + WsBwdQ128Config::BN - 1) / WsBwdQ128Config::BN;
+  dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
+  bwd_dkv_wgmma_q128_kernel<T, DQ><<<grid, WsBwdQ128Config::NTHREADS, smem, stream>>>(
+      *p, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do, seq_q_evict_last(), dq_red4_mode());
+  MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_q128_kernel");
+  return MODA_OK;
+}
+
 }  // namespace
 
 // MODA_CUDA_BWD_WS=0 turns the kernel off (bwd_dkv_wgmma_kernel runs instead); 1: its v8 loop
 // (session 6, H100: 0.95x the time of bwd_dkv_wgmma_kernel at the paper's T=4096, 0.92x at
-// DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8); unset or 2: its v9 loop (PIPE).
+// DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8); unset or 2: its v9 loop (PIPE); 3: the
+// 128-row steps of bwd_dkv_wgmma_q128_kernel (v10; not with the ordered dQ, which keeps v8's loop).
 static int ws_mode() {
   static int mode = -1;
   if (mode < 0) {
     const char *e = getenv("MODA_CUDA_BWD_WS");
-    mode = e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : 2;
+    mode = e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : e && e[0] == '3' ? 3 : 2;
   }
   return mode;
 }
@@ -486,6 +686,13 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
   if (dq_sem)
     return bf16 ? launch_ws<__nv_bfloat16, true, false, true>(p, stream, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do)
                 : launch_ws<__half, true, false, true>(p, stream, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do);
+  if (ws_mode() == 3) {
+    if (dq_accum)
+      return bf16 ? launch_ws_q128<__nv_bfloat16, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
+                  : launch_ws_q128<__half, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
+    return bf16 ? launch_ws_q128<__nv_bfloat16, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
+                : launch_ws_q128<__half, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
+  }
   if (ws_mode() == 2) {
     if (dq_accum)
       return bf16 ? launch_ws<__nv_bfloat16, true, true>(p, stream, lse2, delta, dq_accum, nullptr, tm_k, tm_v, tm_q, tm_do)

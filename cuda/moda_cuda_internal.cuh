@@ -60,10 +60,11 @@ __device__ __forceinline__ T *packed_row(T *base, const int64_t *st, int64_t b, 
   return base + b * st[0] + (R / G) * st[1] + (g * G + R % G) * st[2];
 }
 
-// Rows of lse2 / delta per (batch, KV head) in the backward's workspace: T*G rounded up to 64
-// (padding: lse2 = +inf, delta = 0), so any 64-row block starting at a multiple of 64 is a
-// 256-byte aligned bulk copy (the warp-specialised dK/dV kernel's TMA loads).
-__host__ __device__ __forceinline__ int64_t stat_rows(int64_t TG) { return (TG + 63) / 64 * 64; }
+// Rows of lse2 / delta per (batch, KV head) in the backward's workspace: T*G rounded up to 128
+// (padding: lse2 = +inf, delta = 0), so any 64- or 128-row block starting at a multiple of its size
+// is an aligned bulk copy inside the padding (the warp-specialised dK/dV kernels' loads; 128 for
+// the 128-row steps of bwd_dkv_wgmma_q128_kernel).
+__host__ __device__ __forceinline__ constexpr int64_t stat_rows(int64_t TG) { return (TG + 127) / 128 * 128; }
 
 // Mean visible sequence keys per query: the measure the kernel-choice rules use (a causal query
 // sees S - T + t + 1 keys, T/2 fewer on average than a full one).

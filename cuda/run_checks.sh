@@ -155,6 +155,12 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_atomic_dq     MODA_CUDA_WGMMA_BWD=2 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_ws_v8         MODA_CUDA_BWD_WS=1 -- bwd
     step bwd_no_ws         MODA_CUDA_BWD_WS=0 -- bwd
+    # v10: the dK/dV kernel's 128-row steps (MODA_CUDA_BWD_WS=3), dQ by the kernel or by reductions,
+    # and beside the concurrent depth kernel
+    step bwd_ws128         MODA_CUDA_BWD_WS=3 -- bwd
+    step bwd_ws128_nd      MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step quick_ws128_nd    MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
+    step bwd_ws128_conc    MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step bwd_ws_v8_atomic  MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_ws_v8_atomic MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_default_nd    MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -230,6 +236,8 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_depth_tma $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_depth_tma_conc $tool san MODA_CUDA_BWD_DEPTH_TMA=1 MODA_CUDA_BWD_DEPTH_SMS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_dq_red4 $tool san MODA_CUDA_BWD_DQ_RED4=1 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_ws128_nd $tool san MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_ws128_det $tool san MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0
     done
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"

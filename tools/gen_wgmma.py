@@ -62,11 +62,12 @@ for n in SHAPES:
                  "\"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(desc_b), \"r\"(scale_d)", 6)
 
 # SS form: A and B both from shared memory by descriptor; TRANS_A = 1 reads A MN-major (m
-# contiguous). Used by the backward's dQ = dS K with dS staged in smem.
+# contiguous). Used by the backward's dQ = dS K with dS staged in smem, and (n = 128) by the
+# 128-row dK/dV steps' S^T = K Q^T.
 w("")
 w("// SS form: A (m64 x k16) and B from shared memory by descriptor. TRANS_A = 1: A stored MN-major.")
 w("template <typename T, int N, int TRANS_A, int TRANS_B> struct WgmmaSS;")
-for n in [64]:
+for n in SHAPES:
     ai = n // 2
     for ctype, ptype in TYPES:
         for ta in (0, 1):
