@@ -153,8 +153,9 @@ __device__ __forceinline__ void bwd_p_ds_store_t(const float (&s)[NT][4], const 
 // tile read MN-major, B = the K tile read MN-major, 16 key rows = 2048 bytes per k16 step in
 // both), waited for (with every wgmma before it). The caller has made the dS^T tile visible
 // (fence.proxy.async + barrier).
+// dq_step_issue: the same wgmmas issued and committed, not waited for (the caller waits).
 template <typename T, int NKEYS>
-__device__ __forceinline__ void dq_step(uint32_t ds_base, uint32_t k_base, float (&acc_dq)[8][4]) {
+__device__ __forceinline__ void dq_step_issue(uint32_t ds_base, uint32_t k_base, float (&acc_dq)[8][4]) {
   wgmma_fence_operand(acc_dq);
   wgmma_fence();
 #pragma unroll
@@ -162,20 +163,22 @@ __device__ __forceinline__ void dq_step(uint32_t ds_base, uint32_t k_base, float
     WgmmaSS<T, 64, 1, 1>::run(acc_dq, wgmma_desc_sw128(ds_base + kk * 16 * 128, 64 * 128, 1024),
                               wgmma_desc_sw128(k_base + kk * 16 * 128, 64 * 128, 1024), kk > 0 ? 1 : 0);
   wgmma_commit();
+}
+template <typename T, int NKEYS>
+__device__ __forceinline__ void dq_step(uint32_t ds_base, uint32_t k_base, float (&acc_dq)[8][4]) {
+  dq_step_issue<T, NKEYS>(ds_base, k_base, acc_dq);
   wgmma_wait<0>();
   wgmma_fence_operand(acc_dq);
 }
 
-// dq_step, then this warp's rows R and R + 8 (R = its first row + qr) added to the float32
-// accumulator acc_bg [rows][64] by vector reductions; rows >= R_end are skipped.
+// dq_reduce: this warp's rows R and R + 8 of a dq_step result (R = its first row + qr) added to
+// the float32 accumulator acc_bg [rows][64] by vector reductions; rows >= R_end are skipped.
+// dq_step_reduce: dq_step, then dq_reduce.
 // RED4 (the default, MODA_CUDA_BWD_DQ_RED4): half as many reductions, 4 floats each: lanes qc and qc ^ 1
 // swap halves (one shuffle pair per 8 columns), so the even lane holds 4 adjacent columns of row
 // R and the odd lane the same columns of row R + 8 (acc_bg 16-byte aligned: rows of 64 floats).
-template <typename T, int NKEYS, bool RED4 = false>
-__device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base, float *acc_bg, int64_t R, int64_t R_end,
-                                               int qc) {
-  float acc_dq[8][4];
-  dq_step<T, NKEYS>(ds_base, k_base, acc_dq);
+template <bool RED4>
+__device__ __forceinline__ void dq_reduce(const float (&acc_dq)[8][4], float *acc_bg, int64_t R, int64_t R_end, int qc) {
   if constexpr (RED4) {
     const bool odd = qc & 1;
     const int64_t row = R + (odd ? 8 : 0);
@@ -200,6 +203,13 @@ __device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base
       }
     }
   }
+}
+template <typename T, int NKEYS, bool RED4 = false>
+__device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base, float *acc_bg, int64_t R, int64_t R_end,
+                                               int qc) {
+  float acc_dq[8][4];
+  dq_step<T, NKEYS>(ds_base, k_base, acc_dq);
+  dq_reduce<RED4>(acc_dq, acc_bg, R, R_end, qc);
 }
 
 // Deterministic dQ by ordered adds (MODA_CUDA_BWD_ORDERED_DQ=1): key blocks add their dQ_step to a

@@ -425,7 +425,9 @@ struct WsBwdQ128Config {
 };
 static_assert(WsBwdQ128Config::smem_bytes(true) <= 227 * 1024, "fits the H100's shared memory per block");
 
-template <typename T, bool DQ>
+// OVL (MODA_CUDA_BWD_WS=4, with DQ): dV/dK are not waited for before the dS^T barrier, so the dQ
+// wgmmas queue behind them and the stage is released after both.
+template <typename T, bool DQ, bool OVL>
 __global__ void __launch_bounds__(WsBwdQ128Config::NTHREADS, 1)
 bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum,
                           const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -561,17 +563,26 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
       store_ds_t<NT>(sDS + par * 4 * TILE, BN, cwg * 64 + wq * 16, da, key_pos, S, qr, qc);
       fence_proxy_async_smem();  // this thread's dS^T stores -> visible to the dQ wgmmas
     }
-    wgmma_wait<0>();
-    wgmma_fence_operand(acc_dv);
-    wgmma_fence_operand(acc_dk);
-    mbar_arrive(&empty[st]);  // the stage's Q, dO and stats are read (dQ reads only K and dS^T)
+    auto release_stage = [&]() {  // the stage's Q, dO and stats are read (dQ reads only K and dS^T)
+      wgmma_fence_operand(acc_dv);
+      wgmma_fence_operand(acc_dk);
+      mbar_arrive(&empty[st]);
+    };
+    if constexpr (!(DQ && OVL)) {
+      wgmma_wait<0>();
+      release_stage();
+    }
     if constexpr (DQ) {
       named_bar_sync(kBarDs + par, 256);
       const uint32_t ds_half = smem_u32(sDS + par * 4 * TILE) + cwg * 2 * TILE;  // rows cwg*64 .. +63
-      if (dq_red4)
-        dq_step_reduce<T, BN, true>(ds_half, smem_u32(sK), dq_bg, Rq + cwg * 64 + wq * 16 + qr, R_end, qc);
-      else
-        dq_step_reduce<T, BN>(ds_half, smem_u32(sK), dq_bg, Rq + cwg * 64 + wq * 16 + qr, R_end, qc);
+      float acc_dq[D / 8][4];
+      dq_step_issue<T, BN>(ds_half, smem_u32(sK), acc_dq);  // OVL: queued behind dV/dK on the tensor cores
+      wgmma_wait<0>();
+      wgmma_fence_operand(acc_dq);
+      if constexpr (OVL) release_stage();
+      const int64_t R = Rq + cwg * 64 + wq * 16 + qr;
+      if (dq_red4) dq_reduce<true>(acc_dq, dq_bg, R, R_end, qc);
+      else dq_reduce<false>(acc_dq, dq_bg, R, R_end, qc);
     }
   }
   store_dk_dv<T>(p, acc_dk, acc_dv, key_pos, b, g, qc);
@@ -631,15 +642,15 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
   return MODA_OK;
 }
 
-template <typename T, bool DQ>
+template <typename T, bool DQ, bool OVL = false>
 int launch_ws_q128(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                    float *dq_accum, const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q,
                    const CUtensorMap &tm_do) {
   constexpr int smem = WsBwdQ128Config::smem_bytes(DQ);
-  if (const int st = allow_dynamic_smem<bwd_dkv_wgmma_q128_kernel<T, DQ>>(smem, "bwd_dkv_wgmma_q128")) return st;
+  if (const int st = allow_dynamic_smem<bwd_dkv_wgmma_q128_kernel<T, DQ, OVL>>(smem, "bwd_dkv_wgmma_q128")) return st;
   const int64_t kblocks = (p->S + WsBwdQ128Config::BN - 1) / WsBwdQ128Config::BN;
   dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
-  bwd_dkv_wgmma_q128_kernel<T, DQ><<<grid, WsBwdQ128Config::NTHREADS, smem, stream>>>(
+  bwd_dkv_wgmma_q128_kernel<T, DQ, OVL><<<grid, WsBwdQ128Config::NTHREADS, smem, stream>>>(
       *p, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do, seq_q_evict_last(), dq_red4_mode());
   MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_q128_kernel");
   return MODA_OK;
@@ -650,12 +661,13 @@ int launch_ws_q128(const moda_attn_params *p, cudaStream_t stream, const float *
 // MODA_CUDA_BWD_WS=0 turns the kernel off (bwd_dkv_wgmma_kernel runs instead); 1: its v8 loop
 // (session 6, H100: 0.95x the time of bwd_dkv_wgmma_kernel at the paper's T=4096, 0.92x at
 // DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8); unset or 2: its v9 loop (PIPE); 3: the
-// 128-row steps of bwd_dkv_wgmma_q128_kernel (v10; not with the ordered dQ, which keeps v8's loop).
+// 128-row steps of bwd_dkv_wgmma_q128_kernel (v10; not with the ordered dQ, which keeps v8's loop);
+// 4: the same with its dQ wgmmas queued behind dV/dK (OVL).
 static int ws_mode() {
   static int mode = -1;
   if (mode < 0) {
     const char *e = getenv("MODA_CUDA_BWD_WS");
-    mode = e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : e && e[0] == '3' ? 3 : 2;
+    mode = e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : e && e[0] == '3' ? 3 : e && e[0] == '4' ? 4 : 2;
   }
   return mode;
 }
@@ -686,7 +698,10 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
   if (dq_sem)
     return bf16 ? launch_ws<__nv_bfloat16, true, false, true>(p, stream, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do)
                 : launch_ws<__half, true, false, true>(p, stream, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do);
-  if (ws_mode() == 3) {
+  if (ws_mode() >= 3) {
+    if (dq_accum && ws_mode() == 4)
+      return bf16 ? launch_ws_q128<__nv_bfloat16, true, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
+                  : launch_ws_q128<__half, true, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
     if (dq_accum)
       return bf16 ? launch_ws_q128<__nv_bfloat16, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
                   : launch_ws_q128<__half, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);

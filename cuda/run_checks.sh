@@ -161,6 +161,9 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_ws128_nd      MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_ws128_nd    MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_ws128_conc    MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    # ... and with its dQ wgmmas queued behind dV/dK (MODA_CUDA_BWD_WS=4)
+    step bwd_ws128o_nd     MODA_CUDA_BWD_WS=4 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
+    step quick_ws128o_nd   MODA_CUDA_BWD_WS=4 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_ws_v8_atomic  MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_ws_v8_atomic MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_default_nd    MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -238,6 +241,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_dq_red4 $tool san MODA_CUDA_BWD_DQ_RED4=1 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_ws128_nd $tool san MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_ws128_det $tool san MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0
+      san bwd_ws128o_nd $tool san MODA_CUDA_BWD_WS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
     done
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
