@@ -1198,12 +1198,15 @@ int launch_bwd(const moda_attn_params *p, cudaStream_t stream, float *workspace)
       bool launched = false;
       if constexpr (D == 64) {
         const bool wg = bwd_wgmma_selected(p, 2);
-        if (depth_k) {
+        // the warp-specialised dQ kernel (sm_90a, as wg; the workspace alignment depth_k checked)
+        if (wg && depth_k && bwd_dq_ws_selected(p))
+          if (int st = bwd_dq_ws_launch(p, stream, ws_lse2, ws_delta, dq_accum, &launched)) return st;
+        if (!launched && depth_k) {
           if (wg)
             bwd_dq_mma_kernel<T, D, true><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_WG_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
           else
             bwd_dq_mma_kernel<T, D><<<dq_grid, Cfg::NTHREADS, Cfg::DQ_SMEM_SEQ, stream>>>(*p, ws_lse2, ws_delta, dq_accum);
-        } else {
+        } else if (!launched) {
           const int smem = wg ? Cfg::DQ_SMEM_WG : Cfg::DQ_SMEM;
           auto kern = wg ? (fuse ? bwd_dq_mma_kernel<T, D, true, true> : bwd_dq_mma_kernel<T, D, true, false>)
                          : (fuse ? bwd_dq_mma_kernel<T, D, false, true> : bwd_dq_mma_kernel<T, D, false, false>);

@@ -591,6 +591,230 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
 #endif
 }
 
+// v11 (MODA_CUDA_BWD_DQ_WS=1; opt-in until measured): the sequence part of dQ, warp-specialised,
+// for the flows where a dQ kernel runs (deterministic, or the concurrent backward) and the depth
+// kernel finishes dq. Why: the v10 dK/dV kernel without dQ runs at ~600 TF/s at T=16384 (ncu,
+// session 22), with dQ by float32 reductions at ~330: the reductions (128-key blocks: ~17 GB of
+// red.add at T=16384) cost more than a second pass over the keys. Here, per CTA 128 packed query
+// rows of one (b, KV head): warpgroup 0's one thread loads the rows' Q and dO once (TMA) and streams
+// K/V blocks of 128 keys through NST stages; warpgroups 1 and 2 own 64 rows each and need nothing
+// from each other:
+//   S = Q_w K^T, dP = dO_w V^T   SS wgmma m64n128k16 (A = the Q / dO tile, B = the K / V block, K-major)
+//   P, dS in registers           P = exp2(S scale_log2 - lse2), dS = P (dP - delta); keys >= S and
+//                                 causal-hidden keys masked to 0 (only in blocks that need it)
+//   dQ += dS K                   RS wgmma, k = 128 keys, B = the K block read MN-major
+// dQ stays in registers for the whole key loop: written once, unscaled, in float32 to dq_buf
+// [B, Hk, T*G, d] (deterministic; the depth kernel adds its part, scales and writes dq).
+struct DqWsConfig {
+  static constexpr int D = 64, BM = 128, BN = 128, NST = 4, NTHREADS = 384;
+  static constexpr int TILE = 64 * D * 2;            // one sw128 tile of 64 rows (8 KB)
+  static constexpr int QDO_BYTES = 2 * 2 * TILE;     // Q and dO of the CTA's 128 rows
+  static constexpr int STAGE_BYTES = 2 * 2 * TILE;   // K and V of one block, 128 keys each
+  static constexpr int STAT_BYTES = 2 * BM * 4;      // lse2, delta of the 128 rows
+  static constexpr int BAR_BYTES = 128;              // full[NST], empty[NST], qbar: 8 bytes each
+  static constexpr int SMEM_BYTES = 1024 + QDO_BYTES + NST * STAGE_BYTES + STAT_BYTES + BAR_BYTES;
+  static_assert((2 * NST + 1) * 8 <= BAR_BYTES, "barriers fit");
+};
+static_assert(DqWsConfig::SMEM_BYTES <= 227 * 1024, "fits the H100's shared memory per block");
+static_assert(DqWsConfig::BN == WsBwdConfig<>::BN && DqWsConfig::BM % WsBwdConfig<>::BQ == 0,
+              "ws_bwd_maps' boxes: one K/V box per key block, 64-row Q/dO boxes");
+
+// P = exp2(S scale_log2 - lse2), dS = P (dP - delta) in place on a warp's 16 query rows x 8*NT key
+// columns (element e of tile nt: row qr + 8*(e >> 1), key key0 + nt*8 + 2*qc + (e & 1)); with MASK,
+// keys past key_max[row] (the row's last visible key: causal limit and S - 1) give P = dS = 0.
+template <int NT, bool MASK>
+__device__ __forceinline__ void dq_p_ds_rows(float (&s)[NT][4], float (&dp)[NT][4], const float (&lse2)[2],
+                                             const float (&delta)[2], float scale_log2, int key0,
+                                             const int (&key_max)[2], int qc) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int h2 = e >> 1;
+      const bool vis = !MASK || key0 + nt * 8 + 2 * qc + (e & 1) <= key_max[h2];
+      float pe, ds;
+      p_ds(s[nt][e], dp[nt][e], lse2[h2], delta[h2], scale_log2, vis, pe, ds);
+      dp[nt][e] = ds;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(DqWsConfig::NTHREADS, 1)
+bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_buf,
+                       const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
+                       const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Cfg = DqWsConfig;
+  constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, NST = Cfg::NST, TILE = Cfg::TILE;
+  constexpr int KSTEPS = D / 16, NT = BN / 8;
+  static_assert(stat_rows(1) % BM == 0, "the CTA's stats are one bulk copy inside the padding");
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  unsigned char *sQ = smem, *sdO = smem + 2 * TILE;  // [128 rows][64], two 64-row tiles each
+  unsigned char *sStage = smem + Cfg::QDO_BYTES;
+  auto sK = [&](int st) { return sStage + st * Cfg::STAGE_BYTES; };
+  auto sV = [&](int st) { return sStage + st * Cfg::STAGE_BYTES + 2 * TILE; };
+  float *sLse = reinterpret_cast<float *>(sStage + NST * Cfg::STAGE_BYTES), *sDelta = sLse + BM;
+  uint64_t *full = reinterpret_cast<uint64_t *>(sDelta + BM);
+  uint64_t *empty = full + NST, *qbar = empty + NST;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t G = p.G, T_ = p.T, S = p.S, TG = T_ * G;
+  const int64_t tile = gridDim.x - 1 - blockIdx.x;  // heavy (late) causal tiles first
+  const int64_t g = blockIdx.y, b = blockIdx.z;
+  const int64_t R0 = tile * BM;
+  const bool causal = p.causal != 0;
+  // key blocks that some row of the tile sees: up to the last row's causal limit (S - T + its token)
+  int64_t key_end = S;
+  if (causal) {
+    const int64_t R_last = (R0 + BM < TG ? R0 + BM : TG) - 1;
+    const int64_t lim = S - T_ + R_last / G + 1;
+    if (lim < key_end) key_end = lim;
+  }
+  const int n_kblk = key_end > 0 ? (int)((key_end + BN - 1) / BN) : 0;
+
+  if (tid == 0) {
+    for (int s = 0; s < NST; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 256);  // every consumer thread releases its own reads
+    }
+    mbar_init(qbar, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (warp < 4) {  // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<24>();
+    if (warp != 0 || lane != 0) return;
+    tma_prefetch_map(&tm_k);
+    tma_prefetch_map(&tm_v);
+    // the tile's Q, dO (rows past T*G zero-filled) and stats (padding: lse2 = +inf, delta = 0)
+    mbar_arrive_expect_tx(qbar, Cfg::QDO_BYTES + Cfg::STAT_BYTES);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int tok = (int)((R0 + 64 * h) / G);
+      tma_load_5d(sQ + h * TILE, &tm_q, qbar, 0, 0, tok, (int)g, (int)b);
+      tma_load_5d(sdO + h * TILE, &tm_do, qbar, 0, 0, tok, (int)g, (int)b);
+    }
+    const int64_t stat_off = (b * p.Hk + g) * stat_rows(TG) + R0;
+    bulk_load(sLse, ws_lse2 + stat_off, BM * 4, qbar);
+    bulk_load(sDelta, ws_delta + stat_off, BM * 4, qbar);
+    for (int kb = 0; kb < n_kblk; ++kb) {
+      const int st = kb % NST;
+      if (kb >= NST) mbar_wait(&empty[st], ((kb / NST) - 1) & 1);
+      mbar_arrive_expect_tx(&full[st], Cfg::STAGE_BYTES);  // keys past S count too (zero-filled)
+      tma_load_4d(sK(st), &tm_k, &full[st], 0, (int)g, kb * BN, (int)b);
+      tma_load_4d(sV(st), &tm_v, &full[st], 0, (int)g, kb * BN, (int)b);
+    }
+    return;
+  }
+
+  // ---------------- consumer warpgroups ----------------
+  setmaxnreg_inc<240>();
+  const int cwarp = warp - 4, cwg = cwarp / 4, wq = cwarp % 4;
+  const int qr = lane / 4, qc = lane % 4;
+  const float scale_log2 = (float)p.scale * 1.4426950408889634f;
+  const int rloc = cwg * 64 + wq * 16 + qr;  // this lane's first row in the tile (+8: its second)
+  // 32-bit key indices (ws_bwd_maps keeps S below 2^31); key_max: each row's last visible key
+  int key_max[2];
+  const int S32 = (int)S;
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    const int64_t R = R0 + rloc + 8 * h2;
+    int km = S32 - 1;
+    if (causal && R < TG) {
+      const int64_t c = S - T_ + R / G;
+      if (c < km) km = (int)c;
+    }
+    key_max[h2] = km;
+  }
+  // every key of block kb visible to every row of this warpgroup: no per-element mask
+  int64_t R_first = R0 + cwg * 64;
+  if (R_first >= TG) R_first = TG - 1;
+  const int64_t wg_key_max64 = causal ? (S - T_ + R_first / G < S - 1 ? S - T_ + R_first / G : S - 1) : S - 1;
+  const int wg_key_max = (int)(wg_key_max64 < -1 ? -1 : wg_key_max64);
+
+  // not zeroed: the first block's dQ wgmmas overwrite it (scale-d = 0); zero-initialised
+  // accumulators carried through a loop with a group in flight made ptxas serialise (v9, C7515)
+  float acc_dq[D / 8][4];
+  float s[NT][4], dp[NT][4];
+  const uint32_t q_w = smem_u32(sQ) + cwg * TILE, do_w = smem_u32(sdO) + cwg * TILE;
+  auto issue_sdp = [&](int kb) {
+    const int st = kb % NST;
+    mbar_wait(&full[st], (kb / NST) & 1);
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      WgmmaSS<T, BN, 0, 0>::run(s, wgmma_desc_sw128(q_w + ks * 32, 16, 1024),
+                                wgmma_desc_sw128(smem_u32(sK(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      WgmmaSS<T, BN, 0, 0>::run(dp, wgmma_desc_sw128(do_w + ks * 32, 16, 1024),
+                                wgmma_desc_sw128(smem_u32(sV(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+    wgmma_commit();
+  };
+  float lse2[2], delta[2];  // this lane's two rows' stats (read once the tile's copies land)
+  uint32_t ds_a[BN / 16][4];
+  // P, dS of block kb (its S/dP retired), packed as the A fragments of dQ += dS K, issued
+  auto softmax_issue_dq = [&](int kb) {
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+    const int key0 = kb * BN;
+    if (key0 + BN - 1 > wg_key_max) dq_p_ds_rows<NT, true>(s, dp, lse2, delta, scale_log2, key0, key_max, qc);
+    else dq_p_ds_rows<NT, false>(s, dp, lse2, delta, scale_log2, key0, key_max, qc);
+    pack_acc_as_a<T, BN / 16>(dp, ds_a);
+    wgmma_fence_operand(acc_dq);
+    wgmma_fence();
+    wgmma_rs_mnmajor<T, D, BN / 16>(acc_dq, ds_a, smem_u32(sK(kb % NST)), BN, kb > 0 ? 1 : 0);
+    wgmma_commit();
+  };
+  mbar_wait(qbar, 0);
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    lse2[h2] = sLse[rloc + 8 * h2];
+    delta[h2] = sDelta[rloc + 8 * h2];
+  }
+  if (n_kblk > 0) {
+    issue_sdp(0);
+    wgmma_wait<0>();
+    // every block but the last: the groups issued unconditionally (as the v9 loop, so that ptxas
+    // sees which group wait<1> retires): dQ(kb), then S/dP(kb + 1) queued behind it
+    for (int kb = 0; kb + 1 < n_kblk; ++kb) {
+      softmax_issue_dq(kb);
+      issue_sdp(kb + 1);
+      wgmma_wait<1>();  // dQ(kb) retired: block kb's K/V are read
+      wgmma_fence_operand(acc_dq);
+      mbar_arrive(&empty[kb % NST]);
+      wgmma_wait<0>();
+    }
+    softmax_issue_dq(n_kblk - 1);
+    wgmma_wait<0>();
+    wgmma_fence_operand(acc_dq);
+    mbar_arrive(&empty[(n_kblk - 1) % NST]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_dq[j][e] = 0.f;
+  }
+  // rows < T*G: unscaled float32, every element once
+  float *dq_bg = dq_buf + (b * p.Hk + g) * TG * D;
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    const int64_t R = R0 + rloc + 8 * h2;
+    if (R >= TG) continue;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+      *reinterpret_cast<float2 *>(dq_bg + R * D + j * 8 + 2 * qc) = make_float2(acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
 // The four TMA maps, or false where one is not encodable (or G does not divide the 64-row box).
 bool ws_bwd_maps(const moda_attn_params *p, CUtensorMap *tm_k, CUtensorMap *tm_v, CUtensorMap *tm_q,
                  CUtensorMap *tm_do) {
@@ -653,6 +877,18 @@ int launch_ws_q128(const moda_attn_params *p, cudaStream_t stream, const float *
   bwd_dkv_wgmma_q128_kernel<T, DQ, OVL><<<grid, WsBwdQ128Config::NTHREADS, smem, stream>>>(
       *p, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do, seq_q_evict_last(), dq_red4_mode());
   MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_q128_kernel");
+  return MODA_OK;
+}
+
+template <typename T>
+int launch_dq_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, float *dq_buf,
+                 const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q, const CUtensorMap &tm_do) {
+  if (const int st = allow_dynamic_smem<bwd_dq_wgmma_ws_kernel<T>>(DqWsConfig::SMEM_BYTES, "bwd_dq_wgmma_ws")) return st;
+  const int64_t tiles = (p->T * p->G + DqWsConfig::BM - 1) / DqWsConfig::BM;
+  dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
+  bwd_dq_wgmma_ws_kernel<T><<<grid, DqWsConfig::NTHREADS, DqWsConfig::SMEM_BYTES, stream>>>(*p, lse2, delta, dq_buf, tm_k,
+                                                                                          tm_v, tm_q, tm_do);
+  MODA_CUDA_CHECK_LAUNCH("bwd_dq_wgmma_ws_kernel");
   return MODA_OK;
 }
 
@@ -722,4 +958,33 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
               : launch_ws<__half, false, false>(p, stream, lse2, delta, nullptr, nullptr, tm_k, tm_v, tm_q, tm_do);
 }
 
+}  // namespace moda_cuda
+
+namespace moda_cuda {
+// MODA_CUDA_BWD_DQ_WS=1: the sequence dQ by bwd_dq_wgmma_ws_kernel (v11) where a dQ kernel writes
+// the float32 sequence part for the depth kernel; unset or 0: bwd_dq_mma_kernel (opt-in until measured).
+static int dq_ws_mode() {
+  static int mode = -1;
+  if (mode < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_DQ_WS");
+    mode = e && e[0] == '1' ? 1 : 0;
+  }
+  return mode;
+}
+
+bool bwd_dq_ws_selected(const moda_attn_params *p) {
+  if (!dq_ws_mode() || p->d != 64 || 64 % p->G != 0) return false;
+  CUtensorMap a, b, c, d;
+  return ws_bwd_maps(p, &a, &b, &c, &d) && p->B <= 65535 && p->Hk <= 65535;
+}
+
+int bwd_dq_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, float *dq_buf,
+                     bool *launched) {
+  *launched = false;
+  CUtensorMap tm_k, tm_v, tm_q, tm_do;
+  if (!ws_bwd_maps(p, &tm_k, &tm_v, &tm_q, &tm_do)) return MODA_OK;
+  *launched = true;
+  return p->dtype == MODA_BF16 ? launch_dq_ws<__nv_bfloat16>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do)
+                               : launch_dq_ws<__half>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do);
+}
 }  // namespace moda_cuda

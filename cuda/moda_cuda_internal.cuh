@@ -102,6 +102,12 @@ int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *worksp
 // caller then runs bwd_dkv_wgmma_kernel). dq_accum != nullptr: dQ by float32 reductions.
 bool bwd_ws_selected(const moda_attn_params *p);
 bool bwd_ws_launchable(const moda_attn_params *p);
+// the sequence dQ by the warp-specialised dQ kernel (attn_bwd_wgmma.cu; MODA_CUDA_BWD_DQ_WS=1):
+// unscaled float32 into dq_buf [B, Hk, T*G, d] for the depth kernel; launched = false where its
+// TMA maps do not encode
+bool bwd_dq_ws_selected(const moda_attn_params *p);
+int bwd_dq_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, float *dq_buf,
+                     bool *launched);
 // dq_sem != nullptr: dQ by ordered adds (deterministic; dq_accum and dq_sem zeroed by the caller).
 int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                       float *dq_accum, int *dq_sem, bool *launched);

@@ -164,6 +164,12 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     # ... and with its dQ wgmmas queued behind dV/dK (MODA_CUDA_BWD_WS=4)
     step bwd_ws128o_nd     MODA_CUDA_BWD_WS=4 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_ws128o_nd   MODA_CUDA_BWD_WS=4 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
+    # v11: the warp-specialised dQ kernel (MODA_CUDA_BWD_DQ_WS=1) wherever a dQ kernel runs (the
+    # deterministic flow; ATOMIC_DQ=0 for every case), beside v9 or v10 without dQ, and concurrent
+    step bwd_dqws          MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    step bwd_dqws_v10      MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    step quick_dqws_v10    MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0 -- quick
+    step bwd_dqws_conc     MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
     step bwd_ws_v8_atomic  MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_ws_v8_atomic MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_default_nd    MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -242,6 +248,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_ws128_nd $tool san MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_ws128_det $tool san MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_ws128o_nd $tool san MODA_CUDA_BWD_WS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
+      san bwd_dqws_v10 $tool san MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0
     done
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
