@@ -1114,7 +1114,17 @@ bool bwd_atomic_dq_selected(const moda_attn_params *p) {
   // 1.43 vs 1.54 ms; bwd_depth_concurrent_sms in attn_bwd_depth.cu has the rule and the numbers).
   if (bwd_depth_kernel_selected(p)) {
     const double r = bwd_seq_depth_ratio(p);
-    return !(p->T >= 1024 && r >= 0.3 && r <= 0.6 && bwd_depth_concurrent_possible(p));
+    if (p->T >= 1024 && r >= 0.3 && r <= 0.6 && bwd_depth_concurrent_possible(p)) return false;
+    // Where the sequence part is long, dQ by the warp-specialised dQ kernel beside the dK/dV
+    // kernel without dQ (v11 + v10) beats the reductions: ~17 GB of float32 red.add at T=16384,
+    // which held the dK/dV kernel at ~330 TF/s. Measured (H100, session 22, f+b nd ms, two rounds,
+    // split / atomic): paper T=4096 1.80 / 2.13, T=16384 20.4 / 23.5, T=65536 305 / 355; but
+    // DeiT-Tiny 0.588 / 0.558 and DeiT-Tiny-64 1.914 / 1.891 (197 keys), hence mean_seq_keys.
+    // Not where the atomic flow would run the depth kernel concurrently (that flow is unmeasured
+    // split, and the concurrent rule would see a different balance).
+    if (mean_seq_keys(p) >= 1024 && bwd_dq_ws_selected(p) && bwd_ws_selected(p) && bwd_ws_launchable(p) &&
+        bwd_depth_concurrent_sms(p, false) == 0)
+      return false;
   }
   const int64_t seq_keys = mean_seq_keys(p);
   return seq_keys >= 1024 && seq_keys >= 16 * p->L;

@@ -896,14 +896,19 @@ int launch_dq_ws(const moda_attn_params *p, cudaStream_t stream, const float *ls
 
 // MODA_CUDA_BWD_WS=0 turns the kernel off (bwd_dkv_wgmma_kernel runs instead); 1: its v8 loop
 // (session 6, H100: 0.95x the time of bwd_dkv_wgmma_kernel at the paper's T=4096, 0.92x at
-// DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8); unset or 2: its v9 loop (PIPE); 3: the
-// 128-row steps of bwd_dkv_wgmma_q128_kernel (v10; not with the ordered dQ, which keeps v8's loop);
-// 4: the same with its dQ wgmmas queued behind dV/dK (OVL).
+// DeiT-Tiny-64, 1.01x at LM-64; docs/CUDA_NOTES.md, v8); 2: its v9 loop (PIPE); 3: the 128-row
+// steps of bwd_dkv_wgmma_q128_kernel (v10; not with the ordered dQ, which keeps v8's loop); 4: the
+// same with its dQ wgmmas queued behind dV/dK (OVL). Unset (5): the rule - v10 where the kernel
+// computes no dQ, v9 where it sums dQ. Measured (H100, session 22, this kernel's time, nd flows):
+// without dQ v10 / v9 T=4096 0.48 / 0.67 ms, T=16384 7.6 / 9.9, T=65536 129 / 164, LM-64 0.30 /
+// 0.40, DeiT-Tiny 0.075 / 0.088, DeiT-Tiny-64 0.074 / 0.086; with dQ about level at T=4096 and
+// T=16384 (1.19 / 1.18, 16.6 / 16.6) and behind at DeiT-Tiny (0.130 / 0.121).
 static int ws_mode() {
   static int mode = -1;
   if (mode < 0) {
     const char *e = getenv("MODA_CUDA_BWD_WS");
-    mode = e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : e && e[0] == '3' ? 3 : e && e[0] == '4' ? 4 : 2;
+    const char c = e && e[0] ? e[0] : '5';
+    mode = c >= '0' && c <= '4' ? c - '0' : 5;
   }
   return mode;
 }
@@ -934,7 +939,7 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
   if (dq_sem)
     return bf16 ? launch_ws<__nv_bfloat16, true, false, true>(p, stream, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do)
                 : launch_ws<__half, true, false, true>(p, stream, lse2, delta, dq_accum, dq_sem, tm_k, tm_v, tm_q, tm_do);
-  if (ws_mode() >= 3) {
+  if (ws_mode() == 3 || ws_mode() == 4 || (ws_mode() == 5 && !dq_accum)) {
     if (dq_accum && ws_mode() == 4)
       return bf16 ? launch_ws_q128<__nv_bfloat16, true, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
                   : launch_ws_q128<__half, true, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
@@ -944,7 +949,7 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
     return bf16 ? launch_ws_q128<__nv_bfloat16, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
                 : launch_ws_q128<__half, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
   }
-  if (ws_mode() == 2) {
+  if (ws_mode() == 2 || ws_mode() == 5) {
     if (dq_accum)
       return bf16 ? launch_ws<__nv_bfloat16, true, true>(p, stream, lse2, delta, dq_accum, nullptr, tm_k, tm_v, tm_q, tm_do)
                   : launch_ws<__half, true, true>(p, stream, lse2, delta, dq_accum, nullptr, tm_k, tm_v, tm_q, tm_do);
@@ -961,15 +966,13 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
 }  // namespace moda_cuda
 
 namespace moda_cuda {
-// MODA_CUDA_BWD_DQ_WS=1: the sequence dQ by bwd_dq_wgmma_ws_kernel (v11) where a dQ kernel writes
-// the float32 sequence part for the depth kernel; unset or 0: bwd_dq_mma_kernel (opt-in until measured).
+// MODA_CUDA_BWD_DQ_WS: unset or 1 (default): the sequence dQ by bwd_dq_wgmma_ws_kernel (v11)
+// wherever a dQ kernel writes the float32 sequence part for the depth kernel; 0: bwd_dq_mma_kernel.
+// Measured (H100, session 22): LM-64's concurrent backward 0.23 vs 0.40 ms for the dQ kernel (f+b
+// 1.300 vs 1.324 ms); with it the paper's shapes drop the atomic dQ (bwd_atomic_dq_selected).
 static int dq_ws_mode() {
-  static int mode = -1;
-  if (mode < 0) {
-    const char *e = getenv("MODA_CUDA_BWD_DQ_WS");
-    mode = e && e[0] == '1' ? 1 : 0;
-  }
-  return mode;
+  static const int on = env_on_unless_zero("MODA_CUDA_BWD_DQ_WS");
+  return on;
 }
 
 bool bwd_dq_ws_selected(const moda_attn_params *p) {
