@@ -29,7 +29,10 @@
 //    S = Q K^T, dP = dO V^T, dS, dQ += dS K. dq written once, in the output dtype.
 //
 // Cost over the FLOP minimum (5 GEMMs of the sequence part): S and dP are computed twice (in
-// kernels 2 and 4), 7 GEMMs in all: the price of determinism without a dQ atomic pass.
+// kernels 2 and 4), 7 GEMMs in all: the price of determinism without a dQ atomic pass. On sm_90a
+// (d = 64) kernels 2 and 4 are the warp-specialised ones of attn_bwd_wgmma.cu, and this split flow
+// is also the nondeterministic default where the sequence part is long (bwd_atomic_dq_selected):
+// the atomic pass's float32 reductions cost more than the two extra GEMMs (session 22).
 //
 // Tuning (measured, docs/CUDA_NOTES.md): the per-step lse2/delta of kernel 2 arrive by 4-byte
 // cp.async with the Q/dO rows (a plain load stalled the loading warps every step); kernel 2's

@@ -1,5 +1,8 @@
-// attn_bwd_wgmma.cu: the sequence dK/dV kernel of the MoDA backward, warp-specialised for Hopper
-// (sm_90a, d = 64): FlashAttention-3's layout applied to kernel 2 of attn_bwd_mma.cu.
+// attn_bwd_wgmma.cu: the warp-specialised sequence kernels of the MoDA backward for Hopper (sm_90a,
+// d = 64): the dK/dV kernel (FlashAttention-3's layout applied to kernel 2 of attn_bwd_mma.cu; its
+// v9 loop below, the 128-row steps of v10 further down) and the dQ kernel (v11, kernel 4's
+// sequence part), which since session 22 split the backward where the sequence part is long:
+// dK/dV without dQ, then dQ in a second pass, instead of dQ summed by float32 reductions.
 //
 // Why: bwd_dkv_wgmma_kernel (attn_bwd_mma.cu) is one warpgroup per 64 keys that loads its own
 // Q/dO tiles by cp.async and meets at __syncthreads twice per step, so copies, softmax and GEMMs
@@ -395,7 +398,8 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
 #endif
 }
 
-// v10 (MODA_CUDA_BWD_WS=3; opt-in until measured): steps of 128 query rows, FlashAttention-3's
+// v10 (the default where the kernel computes no dQ; MODA_CUDA_BWD_WS=3 everywhere): steps of
+// 128 query rows, FlashAttention-3's
 // hdim-64 backward layout on this kernel's producer. Why: the v9 step (64 rows) is latency-bound
 // at ~31% of the tensor rate and ~34% of the issue slots (docs/CUDA_NOTES.md, session 21), and its
 // 128-row form does not fit shared memory with P^T and dS^T tiles of two parities. Here, per step
@@ -591,7 +595,7 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
 #endif
 }
 
-// v11 (MODA_CUDA_BWD_DQ_WS=1; opt-in until measured): the sequence part of dQ, warp-specialised,
+// v11 (the default; MODA_CUDA_BWD_DQ_WS=0 turns it off): the sequence part of dQ, warp-specialised,
 // for the flows where a dQ kernel runs (deterministic, or the concurrent backward) and the depth
 // kernel finishes dq. Why: the v10 dK/dV kernel without dQ runs at ~600 TF/s at T=16384 (ncu,
 // session 22), with dQ by float32 reductions at ~330: the reductions (128-key blocks: ~17 GB of
