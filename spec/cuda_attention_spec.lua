@@ -59,6 +59,9 @@ end
 -- a deterministic backward long enough (>= 1024 visible keys per query, >= 16 L) for the rules
 -- that pick kernels by sequence length (session 9: the depth kernel there too)
 add({ 1, 2100, 2100, 1, 1, 1, 64, "causal", "token", 64, "bfloat16", true, true })
+-- deterministic = false, as long (>= 1024 mean visible keys): the split backward (session 22: the
+-- dK/dV kernel without dQ, then the warp-specialised dQ kernel; no atomics, so dq is bit-identical too)
+add({ 1, 2100, 2100, 1, 2, 5, 64, "causal", "token", 64, "bfloat16", true, false })
 -- where the rule runs the depth kernel beside the sequence kernels on its own SMs (session 10:
 -- T >= 1024, their estimated times balanced; name "..._dtok_conc"): with the dQ kernel
 -- (G = 1, nondeterministic and deterministic) and with the atomic dQ (G = 2)
