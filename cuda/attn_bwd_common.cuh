@@ -212,6 +212,21 @@ __device__ __forceinline__ void dq_step_reduce(uint32_t ds_base, uint32_t k_base
   dq_reduce<RED4>(acc_dq, acc_bg, R, R_end, qc);
 }
 
+// This lane's two rows R and R + 8 (R = its warp's first row + qr) of a D-column float32
+// accumulator (the wgmma m64 / mma.sync C layout: columns j*8 + 2*qc, +1) stored to buf_bg
+// [rows][D]; rows >= R_end are skipped. The dQ kernels' unscaled sequence part for the depth kernel.
+template <int D>
+__device__ __forceinline__ void store_acc_rows_f32(const float (&acc)[D / 8][4], float *buf_bg, int64_t R, int64_t R_end,
+                                                   int qc) {
+#pragma unroll
+  for (int h2 = 0; h2 < 2; ++h2) {
+    if (R + 8 * h2 >= R_end) continue;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+      *reinterpret_cast<float2 *>(buf_bg + (R + 8 * h2) * D + j * 8 + 2 * qc) = make_float2(acc[j][2 * h2], acc[j][2 * h2 + 1]);
+  }
+}
+
 // Deterministic dQ by ordered adds (MODA_CUDA_BWD_ORDERED_DQ=1): key blocks add their dQ_step to a
 // row block of the float32 accumulator one after another, in a fixed key-block order, guarded by
 // one counter per (batch, KV head, 64-row block). The caller orders its grid so that a CTA only

@@ -993,15 +993,7 @@ bwd_dq_mma_kernel(const moda_attn_params p, const float *ws_lse2, const float *w
   }
 
   if (seq_only) {  // unscaled, for bwd_depth_token_kernel
-    float *buf_bg = dq_buf + (b * p.Hk + g) * TG * D;
-#pragma unroll
-    for (int h2 = 0; h2 < 2; ++h2) {
-      const int64_t R = Rw + qr + 8 * h2;
-      if (R >= TG) continue;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j)
-        *reinterpret_cast<float2 *>(buf_bg + R * D + j * 8 + 2 * qc) = make_float2(acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
-    }
+    store_acc_rows_f32<D>(acc_dq, dq_buf + (b * p.Hk + g) * TG * D, Rw + qr, TG, qc);
     return;
   }
   if constexpr (ACCUM) {  // the sequence part, summed by the dK/dV kernel (unscaled, as acc_dq)

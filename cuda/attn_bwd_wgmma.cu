@@ -82,7 +82,8 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
   using Cfg = WsBwdConfig<PIPE>;
   using Mma = MmaOp<T>;
   constexpr int D = Cfg::D, BN = Cfg::BN, BQ = Cfg::BQ, NST = Cfg::NST, TILE = Cfg::TILE;
-  constexpr int KSTEPS = D / 16, NT = BQ / 8;
+  constexpr int NT = BQ / 8;
+  static_assert(D == 64, "S/dP by wgmma_ss_kmajor_d64");
   constexpr int kBarDs = 1;  // named barriers 1, 2: the dS^T tile of step parity 0, 1 is complete
   constexpr int kBarOrd = 7; // ORDERED: 7, 8: a warpgroup's turn on a row block (poll, then adds)
   static_assert(!ORDERED || (DQ && !PIPE), "ORDERED: the dQ of the non-PIPE loop");
@@ -193,14 +194,8 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      WgmmaSS<T, BQ, 0, 0>::run(s, wgmma_desc_sw128(k_w + ks * 32, 16, 1024),
-                                wgmma_desc_sw128(smem_u32(sQ(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      WgmmaSS<T, BQ, 0, 0>::run(dp, wgmma_desc_sw128(v_w + ks * 32, 16, 1024),
-                                wgmma_desc_sw128(smem_u32(sdO(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+    wgmma_ss_kmajor_d64<T, BQ>(s, k_w, smem_u32(sQ(st)), 0);
+    wgmma_ss_kmajor_d64<T, BQ>(dp, v_w, smem_u32(sdO(st)), 0);
     wgmma_commit();
   };
   if constexpr (PIPE) {
@@ -440,7 +435,8 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = WsBwdQ128Config;
   constexpr int D = Cfg::D, BN = Cfg::BN, BQ = Cfg::BQ, NST = Cfg::NST, TILE = Cfg::TILE;
-  constexpr int KSTEPS = D / 16, NT = BQ / 8;
+  constexpr int NT = BQ / 8;
+  static_assert(D == 64, "S/dP by wgmma_ss_kmajor_d64");
   constexpr int kBarDs = 1;  // named barriers 1, 2: both halves of step parity 0, 1's dS^T tile are written
   static_assert(BQ % 64 == 0 && stat_rows(1) % BQ == 0, "a step's stats are one bulk copy inside the padding");
 
@@ -535,14 +531,8 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      WgmmaSS<T, BQ, 0, 0>::run(s, wgmma_desc_sw128(k_w + ks * 32, 16, 1024),
-                                wgmma_desc_sw128(smem_u32(sQ(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      WgmmaSS<T, BQ, 0, 0>::run(dp, wgmma_desc_sw128(v_w + ks * 32, 16, 1024),
-                                wgmma_desc_sw128(smem_u32(sdO(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+    wgmma_ss_kmajor_d64<T, BQ>(s, k_w, smem_u32(sQ(st)), 0);
+    wgmma_ss_kmajor_d64<T, BQ>(dp, v_w, smem_u32(sdO(st)), 0);
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operand(s);
@@ -650,7 +640,8 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = DqWsConfig;
   constexpr int D = Cfg::D, BM = Cfg::BM, BN = Cfg::BN, NST = Cfg::NST, TILE = Cfg::TILE;
-  constexpr int KSTEPS = D / 16, NT = BN / 8;
+  constexpr int NT = BN / 8;
+  static_assert(D == 64, "S/dP by wgmma_ss_kmajor_d64");
   static_assert(stat_rows(1) % BM == 0, "the CTA's stats are one bulk copy inside the padding");
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -750,14 +741,8 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      WgmmaSS<T, BN, 0, 0>::run(s, wgmma_desc_sw128(q_w + ks * 32, 16, 1024),
-                                wgmma_desc_sw128(smem_u32(sK(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks)
-      WgmmaSS<T, BN, 0, 0>::run(dp, wgmma_desc_sw128(do_w + ks * 32, 16, 1024),
-                                wgmma_desc_sw128(smem_u32(sV(st)) + ks * 32, 16, 1024), ks > 0 ? 1 : 0);
+    wgmma_ss_kmajor_d64<T, BN>(s, q_w, smem_u32(sK(st)), 0);
+    wgmma_ss_kmajor_d64<T, BN>(dp, do_w, smem_u32(sV(st)), 0);
     wgmma_commit();
   };
   float lse2[2], delta[2];  // this lane's two rows' stats (read once the tile's copies land)
@@ -805,15 +790,7 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       for (int e = 0; e < 4; ++e) acc_dq[j][e] = 0.f;
   }
   // rows < T*G: unscaled float32, every element once
-  float *dq_bg = dq_buf + (b * p.Hk + g) * TG * D;
-#pragma unroll
-  for (int h2 = 0; h2 < 2; ++h2) {
-    const int64_t R = R0 + rloc + 8 * h2;
-    if (R >= TG) continue;
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j)
-      *reinterpret_cast<float2 *>(dq_bg + R * D + j * 8 + 2 * qc) = make_float2(acc_dq[j][2 * h2], acc_dq[j][2 * h2 + 1]);
-  }
+  store_acc_rows_f32<D>(acc_dq, dq_buf + (b * p.Hk + g) * TG * D, R0 + rloc, TG, qc);
 #elif defined(__CUDA_ARCH__)
   __trap();
 #endif

@@ -34,4 +34,16 @@ __device__ __forceinline__ void wgmma_rs_mnmajor(float (&acc)[N / 8][4], const u
                           ks > 0 ? 1 : scale_first);
 }
 
+// A and B both from shared memory, both read K-major from 64-column sw128 tiles (the k side is
+// d = 64: one atom column, k16 step ks 32 bytes into the rows), e.g. S^T = K Q^T in the dK/dV
+// kernels and S = Q K^T in the dQ kernel.
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss_kmajor_d64(float (&acc)[N / 8][4], uint32_t tile_a, uint32_t tile_b,
+                                                    int scale_first) {
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks)
+    WgmmaSS<T, N, 0, 0>::run(acc, wgmma_desc_sw128(tile_a + ks * 32, 16, 1024), wgmma_desc_sw128(tile_b + ks * 32, 16, 1024),
+                             ks > 0 ? 1 : scale_first);
+}
+
 }  // namespace moda_cuda
