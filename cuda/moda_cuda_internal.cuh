@@ -102,7 +102,7 @@ int bwd_mma_launch(const moda_attn_params *p, cudaStream_t stream, float *worksp
 // caller then runs bwd_dkv_wgmma_kernel). dq_accum != nullptr: dQ by float32 reductions.
 bool bwd_ws_selected(const moda_attn_params *p);
 bool bwd_ws_launchable(const moda_attn_params *p);
-// the sequence dQ by the warp-specialised dQ kernel (attn_bwd_wgmma.cu; MODA_CUDA_BWD_DQ_WS=1):
+// the sequence dQ by the warp-specialised dQ kernel (attn_bwd_wgmma.cu; default, MODA_CUDA_BWD_DQ_WS=0 off):
 // unscaled float32 into dq_buf [B, Hk, T*G, d] for the depth kernel; launched = false where its
 // TMA maps do not encode
 bool bwd_dq_ws_selected(const moda_attn_params *p);
