@@ -45,6 +45,23 @@
 namespace moda_cuda {
 namespace {
 
+// The barriers of the warp-specialised kernels' stage ring, set up by thread 0: full[s] (the
+// producer thread, which also announces the bytes), empty[s] (every one of the 256 consumer
+// threads releases its own reads), and `once` for the tiles loaded once per CTA; then the last
+// CTA-wide barrier (the producer's idle warps exit after it).
+template <int NST>
+__device__ __forceinline__ void ws_init_barriers(uint64_t *full, uint64_t *empty, uint64_t *once) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < NST; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 256);
+    }
+    mbar_init(once, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+}
+
 // PIPE (v9, the default since session 8; MODA_CUDA_BWD_WS=1 selects the v8 loop): each consumer
 // warpgroup issues S/dP of step j+1 before dV/dK of step j and runs the softmax of step j+1 under
 // dV/dK(j); P^T and dS^T go through smem tiles (dV/dK as SS wgmmas) so that the registers of two
@@ -117,15 +134,7 @@ bwd_dkv_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const fl
   const int64_t R_begin = t_lo * G / BQ * BQ, R_end = TG;
   const int n_qblk = R_end > R_begin ? (int)((R_end - R_begin + BQ - 1) / BQ) : 0;
 
-  if (tid == 0) {
-    for (int s = 0; s < NST; ++s) {
-      mbar_init(&full[s], 1);      // the producer thread, which also announces the bytes
-      mbar_init(&empty[s], 256);   // every consumer thread (each releases its own reads)
-    }
-    mbar_init(kvbar, 1);
-    mbar_fence_init();
-  }
-  __syncthreads();  // the last CTA-wide barrier: the producer's idle warps exit below
+  ws_init_barriers<NST>(full, empty, kvbar);
 
   if (warp < 4) {  // ---------------- producer warpgroup ----------------
     setmaxnreg_dec<24>();
@@ -464,15 +473,7 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
   const int64_t R_begin = t_lo * G / BQ * BQ, R_end = TG;
   const int n_qblk = R_end > R_begin ? (int)((R_end - R_begin + BQ - 1) / BQ) : 0;
 
-  if (tid == 0) {
-    for (int s = 0; s < NST; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 256);  // every consumer thread releases its own reads
-    }
-    mbar_init(kvbar, 1);
-    mbar_fence_init();
-  }
-  __syncthreads();
+  ws_init_barriers<NST>(full, empty, kvbar);
 
   if (warp < 4) {  // ---------------- producer warpgroup ----------------
     setmaxnreg_dec<24>();
@@ -669,15 +670,7 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   }
   const int n_kblk = key_end > 0 ? (int)((key_end + BN - 1) / BN) : 0;
 
-  if (tid == 0) {
-    for (int s = 0; s < NST; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 256);  // every consumer thread releases its own reads
-    }
-    mbar_init(qbar, 1);
-    mbar_fence_init();
-  }
-  __syncthreads();
+  ws_init_barriers<NST>(full, empty, qbar);
 
   if (warp < 4) {  // ---------------- producer warpgroup ----------------
     setmaxnreg_dec<24>();
