@@ -434,8 +434,9 @@ struct WsBwdQ128Config {
 static_assert(WsBwdQ128Config::smem_bytes(true) <= 227 * 1024, "fits the H100's shared memory per block");
 
 // OVL (MODA_CUDA_BWD_WS=4, with DQ): dV/dK are not waited for before the dS^T barrier, so the dQ
-// wgmmas queue behind them and the stage is released after both.
-template <typename T, bool DQ, bool OVL>
+// wgmmas queue behind them and the stage is released after both. PP (without DQ, whose dS^T
+// barrier couples the warpgroups anyway): S/dP and dV/dK issues in PingPong order.
+template <typename T, bool DQ, bool OVL, bool PP = false>
 __global__ void __launch_bounds__(WsBwdQ128Config::NTHREADS, 1)
 bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_accum,
                           const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -447,7 +448,9 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
   constexpr int NT = BQ / 8;
   static_assert(D == 64, "S/dP by wgmma_ss_kmajor_d64");
   constexpr int kBarDs = 1;  // named barriers 1, 2: both halves of step parity 0, 1's dS^T tile are written
+  constexpr int kBarPP = 3;  // PP: named barriers 3, 4
   static_assert(BQ % 64 == 0 && stat_rows(1) % BQ == 0, "a step's stats are one bulk copy inside the padding");
+  static_assert(!(PP && DQ), "PP: the kernel without dQ");
 
   extern __shared__ __align__(16) unsigned char smem_raw[];  // rounded up to 1024 below
   unsigned char *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
@@ -522,6 +525,7 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
     for (int e = 0; e < 4; ++e) acc_dk[j][e] = acc_dv[j][e] = 0.f;
   float *dq_bg = DQ ? dq_accum + (b * p.Hk + g) * TG * D : nullptr;
   const uint32_t k_w = smem_u32(sK) + cwg * TILE, v_w = smem_u32(sV) + cwg * TILE;
+  PingPong pp{kBarPP, cwg};  // PP: 2 issue points per step (S/dP, dV/dK)
 
   if (n_qblk > 0) mbar_wait(kvbar, 0);
   for (int blk = 0; blk < n_qblk; ++blk) {
@@ -529,12 +533,14 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
     const int64_t Rq = R_begin + (int64_t)blk * BQ;
     float s[NT][4], dp[NT][4];
     mbar_wait(&full[st], (blk / NST) & 1);
+    if constexpr (PP) pp.before();
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     wgmma_fence();
     wgmma_ss_kmajor_d64<T, BQ>(s, k_w, smem_u32(sQ(st)), 0);
     wgmma_ss_kmajor_d64<T, BQ>(dp, v_w, smem_u32(sdO(st)), 0);
     wgmma_commit();
+    if constexpr (PP) pp.after(false);
     wgmma_wait<0>();
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
@@ -546,12 +552,14 @@ bwd_dkv_wgmma_q128_kernel(const moda_attn_params p, const float *ws_lse2, const 
       bwd_p_ds_causal<NT, false>(s, dp, sLse(st), sDelta(st), qc, scale_log2, key_pos, S - T_, Rq, G);
     pack_acc_as_a<T, BQ / 16>(s, pa);
     pack_acc_as_a<T, BQ / 16>(dp, da);
+    if constexpr (PP) pp.before();
     wgmma_fence_operand(acc_dv);
     wgmma_fence_operand(acc_dk);
     wgmma_fence();
     wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dv, pa, smem_u32(sdO(st)), BQ, 1);
     wgmma_rs_mnmajor<T, D, BQ / 16>(acc_dk, da, smem_u32(sQ(st)), BQ, 1);
     wgmma_commit();
+    if constexpr (PP) pp.after(blk + 1 == n_qblk);
     if constexpr (DQ) {
       // this warpgroup's 64 key rows of dS^T, both row halves; the parity's previous readers (dQ
       // of step blk - 2, both warpgroups) finished before the barrier of step blk - 1
@@ -633,7 +641,9 @@ __device__ __forceinline__ void dq_p_ds_rows(float (&s)[NT][4], float (&dp)[NT][
     }
 }
 
-template <typename T>
+// PP: the issue points (S/dP of block 0; dQ of block kb with S/dP of kb + 1; dQ of the last) in
+// PingPong order.
+template <typename T, bool PP = false>
 __global__ void __launch_bounds__(DqWsConfig::NTHREADS, 1)
 bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_buf,
                        const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -740,19 +750,22 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   };
   float lse2[2], delta[2];  // this lane's two rows' stats (read once the tile's copies land)
   uint32_t ds_a[BN / 16][4];
-  // P, dS of block kb (its S/dP retired), packed as the A fragments of dQ += dS K, issued
-  auto softmax_issue_dq = [&](int kb) {
+  // P, dS of block kb (its S/dP retired), packed as the A fragments of dQ += dS K
+  auto softmax = [&](int kb) {
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     const int key0 = kb * BN;
     if (key0 + BN - 1 > wg_key_max) dq_p_ds_rows<NT, true>(s, dp, lse2, delta, scale_log2, key0, key_max, qc);
     else dq_p_ds_rows<NT, false>(s, dp, lse2, delta, scale_log2, key0, key_max, qc);
     pack_acc_as_a<T, BN / 16>(dp, ds_a);
+  };
+  auto issue_dq = [&](int kb) {
     wgmma_fence_operand(acc_dq);
     wgmma_fence();
     wgmma_rs_mnmajor<T, D, BN / 16>(acc_dq, ds_a, smem_u32(sK(kb % NST)), BN, kb > 0 ? 1 : 0);
     wgmma_commit();
   };
+  PingPong pp{1, cwg};  // PP: named barriers 1, 2; n_kblk + 1 issue points
   mbar_wait(qbar, 0);
 #pragma unroll
   for (int h2 = 0; h2 < 2; ++h2) {
@@ -760,19 +773,27 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
     delta[h2] = sDelta[rloc + 8 * h2];
   }
   if (n_kblk > 0) {
+    if constexpr (PP) pp.before();
     issue_sdp(0);
+    if constexpr (PP) pp.after(false);
     wgmma_wait<0>();
     // every block but the last: the groups issued unconditionally (as the v9 loop, so that ptxas
     // sees which group wait<1> retires): dQ(kb), then S/dP(kb + 1) queued behind it
     for (int kb = 0; kb + 1 < n_kblk; ++kb) {
-      softmax_issue_dq(kb);
+      softmax(kb);
+      if constexpr (PP) pp.before();
+      issue_dq(kb);
       issue_sdp(kb + 1);
+      if constexpr (PP) pp.after(false);
       wgmma_wait<1>();  // dQ(kb) retired: block kb's K/V are read
       wgmma_fence_operand(acc_dq);
       mbar_arrive(&empty[kb % NST]);
       wgmma_wait<0>();
     }
-    softmax_issue_dq(n_kblk - 1);
+    softmax(n_kblk - 1);
+    if constexpr (PP) pp.before();
+    issue_dq(n_kblk - 1);
+    if constexpr (PP) pp.after(true);
     wgmma_wait<0>();
     wgmma_fence_operand(acc_dq);
     mbar_arrive(&empty[(n_kblk - 1) % NST]);
@@ -840,27 +861,27 @@ int launch_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2,
   return MODA_OK;
 }
 
-template <typename T, bool DQ, bool OVL = false>
+template <typename T, bool DQ, bool OVL = false, bool PP = false>
 int launch_ws_q128(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta,
                    float *dq_accum, const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q,
                    const CUtensorMap &tm_do) {
   constexpr int smem = WsBwdQ128Config::smem_bytes(DQ);
-  if (const int st = allow_dynamic_smem<bwd_dkv_wgmma_q128_kernel<T, DQ, OVL>>(smem, "bwd_dkv_wgmma_q128")) return st;
+  if (const int st = allow_dynamic_smem<bwd_dkv_wgmma_q128_kernel<T, DQ, OVL, PP>>(smem, "bwd_dkv_wgmma_q128")) return st;
   const int64_t kblocks = (p->S + WsBwdQ128Config::BN - 1) / WsBwdQ128Config::BN;
   dim3 grid((unsigned)(kblocks * p->Hk), 1, (unsigned)p->B);
-  bwd_dkv_wgmma_q128_kernel<T, DQ, OVL><<<grid, WsBwdQ128Config::NTHREADS, smem, stream>>>(
+  bwd_dkv_wgmma_q128_kernel<T, DQ, OVL, PP><<<grid, WsBwdQ128Config::NTHREADS, smem, stream>>>(
       *p, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do, seq_q_evict_last(), dq_red4_mode());
   MODA_CUDA_CHECK_LAUNCH("bwd_dkv_wgmma_q128_kernel");
   return MODA_OK;
 }
 
-template <typename T>
+template <typename T, bool PP = false>
 int launch_dq_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, float *dq_buf,
                  const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q, const CUtensorMap &tm_do) {
-  if (const int st = allow_dynamic_smem<bwd_dq_wgmma_ws_kernel<T>>(DqWsConfig::SMEM_BYTES, "bwd_dq_wgmma_ws")) return st;
+  if (const int st = allow_dynamic_smem<bwd_dq_wgmma_ws_kernel<T, PP>>(DqWsConfig::SMEM_BYTES, "bwd_dq_wgmma_ws")) return st;
   const int64_t tiles = (p->T * p->G + DqWsConfig::BM - 1) / DqWsConfig::BM;
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-  bwd_dq_wgmma_ws_kernel<T><<<grid, DqWsConfig::NTHREADS, DqWsConfig::SMEM_BYTES, stream>>>(*p, lse2, delta, dq_buf, tm_k,
+  bwd_dq_wgmma_ws_kernel<T, PP><<<grid, DqWsConfig::NTHREADS, DqWsConfig::SMEM_BYTES, stream>>>(*p, lse2, delta, dq_buf, tm_k,
                                                                                           tm_v, tm_q, tm_do);
   MODA_CUDA_CHECK_LAUNCH("bwd_dq_wgmma_ws_kernel");
   return MODA_OK;
@@ -877,6 +898,16 @@ int launch_dq_ws(const moda_attn_params *p, cudaStream_t stream, const float *ls
 // without dQ v10 / v9 T=4096 0.48 / 0.67 ms, T=16384 7.6 / 9.9, T=65536 129 / 164, LM-64 0.30 /
 // 0.40, DeiT-Tiny 0.075 / 0.088, DeiT-Tiny-64 0.074 / 0.086; with dQ about level at T=4096 and
 // T=16384 (1.19 / 1.18, 16.6 / 16.6) and behind at DeiT-Tiny (0.130 / 0.121).
+// MODA_CUDA_BWD_PP=1: PingPong issue order in v10 without dQ and in v11 (opt-in until measured).
+static int pp_mode() {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_PP");
+    on = e && e[0] == '1';
+  }
+  return on;
+}
+
 static int ws_mode() {
   static int mode = -1;
   if (mode < 0) {
@@ -920,6 +951,9 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
     if (dq_accum)
       return bf16 ? launch_ws_q128<__nv_bfloat16, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
                   : launch_ws_q128<__half, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
+    if (pp_mode())
+      return bf16 ? launch_ws_q128<__nv_bfloat16, false, false, true>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
+                  : launch_ws_q128<__half, false, false, true>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
     return bf16 ? launch_ws_q128<__nv_bfloat16, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
                 : launch_ws_q128<__half, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
   }
@@ -961,7 +995,11 @@ int bwd_dq_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float
   CUtensorMap tm_k, tm_v, tm_q, tm_do;
   if (!ws_bwd_maps(p, &tm_k, &tm_v, &tm_q, &tm_do)) return MODA_OK;
   *launched = true;
-  return p->dtype == MODA_BF16 ? launch_dq_ws<__nv_bfloat16>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do)
-                               : launch_dq_ws<__half>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do);
+  const bool bf16 = p->dtype == MODA_BF16;
+  if (pp_mode())
+    return bf16 ? launch_dq_ws<__nv_bfloat16, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do)
+                : launch_dq_ws<__half, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do);
+  return bf16 ? launch_dq_ws<__nv_bfloat16>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do)
+              : launch_dq_ws<__half>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do);
 }
 }  // namespace moda_cuda

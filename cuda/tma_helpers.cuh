@@ -131,6 +131,26 @@ __device__ __forceinline__ void named_bar_sync(int id, int nthreads) {
 __device__ __forceinline__ void named_bar_arrive(int id, int nthreads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
 }
+// Ping-pong of the two consumer warpgroups' wgmma issues (FlashAttention-3's warp-scheduler
+// barriers; the backward's v10 and v11 kernels under MODA_CUDA_BWD_PP=1): their issue points
+// alternate, warpgroup 0 first, so that one warpgroup's softmax runs under the other's GEMMs instead of both waiting on
+// their own (ncu, session 22: WARPGROUP.DEPBAR was the top stall of v10 and v11). Each issue point
+// is bracketed by before() and after(last). Named barriers bar0 (warpgroup 0 waits for 1's issue)
+// and bar0 + 1 (1 waits for 0's); both warpgroups must have the same number m of issue points:
+// warpgroup 0 waits at m - 1 of them and arrives m times, warpgroup 1 waits m times and arrives
+// m - 1 times (no one would wait for the arrive after its last point).
+struct PingPong {
+  int bar0, wg;
+  bool first = true;
+  __device__ __forceinline__ void before() {
+    if (wg == 1 || !first) named_bar_sync(bar0 + wg, 256);
+    first = false;
+  }
+  __device__ __forceinline__ void after(bool last) {
+    if (!(wg == 1 && last)) named_bar_arrive(bar0 + 1 - wg, 256);
+  }
+};
+
 // Every thread of the warpgroup must execute these (sync.aligned).
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() {
