@@ -750,22 +750,22 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
   };
   float lse2[2], delta[2];  // this lane's two rows' stats (read once the tile's copies land)
   uint32_t ds_a[BN / 16][4];
-  // P, dS of block kb (its S/dP retired), packed as the A fragments of dQ += dS K
-  auto softmax = [&](int kb) {
+  PingPong pp{1, cwg};  // PP: named barriers 1, 2; n_kblk + 1 issue points
+  // P, dS of block kb (its S/dP retired), packed as the A fragments of dQ += dS K, issued (PP: in
+  // this warpgroup's turn, which the caller ends with pp.after once it has issued the rest)
+  auto softmax_issue_dq = [&](int kb) {
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     const int key0 = kb * BN;
     if (key0 + BN - 1 > wg_key_max) dq_p_ds_rows<NT, true>(s, dp, lse2, delta, scale_log2, key0, key_max, qc);
     else dq_p_ds_rows<NT, false>(s, dp, lse2, delta, scale_log2, key0, key_max, qc);
     pack_acc_as_a<T, BN / 16>(dp, ds_a);
-  };
-  auto issue_dq = [&](int kb) {
+    if constexpr (PP) pp.before();
     wgmma_fence_operand(acc_dq);
     wgmma_fence();
     wgmma_rs_mnmajor<T, D, BN / 16>(acc_dq, ds_a, smem_u32(sK(kb % NST)), BN, kb > 0 ? 1 : 0);
     wgmma_commit();
   };
-  PingPong pp{1, cwg};  // PP: named barriers 1, 2; n_kblk + 1 issue points
   mbar_wait(qbar, 0);
 #pragma unroll
   for (int h2 = 0; h2 < 2; ++h2) {
@@ -780,9 +780,7 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
     // every block but the last: the groups issued unconditionally (as the v9 loop, so that ptxas
     // sees which group wait<1> retires): dQ(kb), then S/dP(kb + 1) queued behind it
     for (int kb = 0; kb + 1 < n_kblk; ++kb) {
-      softmax(kb);
-      if constexpr (PP) pp.before();
-      issue_dq(kb);
+      softmax_issue_dq(kb);
       issue_sdp(kb + 1);
       if constexpr (PP) pp.after(false);
       wgmma_wait<1>();  // dQ(kb) retired: block kb's K/V are read
@@ -790,9 +788,7 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
       mbar_arrive(&empty[kb % NST]);
       wgmma_wait<0>();
     }
-    softmax(n_kblk - 1);
-    if constexpr (PP) pp.before();
-    issue_dq(n_kblk - 1);
+    softmax_issue_dq(n_kblk - 1);
     if constexpr (PP) pp.after(true);
     wgmma_wait<0>();
     wgmma_fence_operand(acc_dq);
