@@ -35,6 +35,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <type_traits>
 
 #include "moda_cuda_internal.cuh"
 #include "mma_helpers.cuh"
@@ -642,8 +643,11 @@ __device__ __forceinline__ void dq_p_ds_rows(float (&s)[NT][4], float (&dp)[NT][
 }
 
 // PP: the issue points (S/dP of block 0; dQ of block kb with S/dP of kb + 1; dQ of the last) in
-// PingPong order.
-template <typename T, bool PP = false>
+// PingPong order. PIPE (MODA_CUDA_BWD_DQ_WS=2, opt-in until measured): each warpgroup walks the
+// stages in 64-key halves with two register sets, S/dP of half h + 1 issued before the softmax of
+// half h, so that the softmax runs under the warpgroup's own GEMMs (FA3's intra-warpgroup
+// overlap; 128-key blocks leave no registers for a second set).
+template <typename T, bool PP = false, bool PIPE = false>
 __global__ void __launch_bounds__(DqWsConfig::NTHREADS, 1)
 bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const float *ws_delta, float *dq_buf,
                        const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -772,7 +776,61 @@ bwd_dq_wgmma_ws_kernel(const moda_attn_params p, const float *ws_lse2, const flo
     lse2[h2] = sLse[rloc + 8 * h2];
     delta[h2] = sDelta[rloc + 8 * h2];
   }
-  if (n_kblk > 0) {
+  if constexpr (PIPE) {
+    static_assert(!PP, "PIPE without PP");
+    // halves h = 0 .. 2 n_kblk - 1 (keys 64 h ..): even h in the X registers, odd h in Y
+    constexpr int NH = 8;  // n8 tiles of a 64-key half
+    float sX[NH][4], dpX[NH][4], sY[NH][4], dpY[NH][4];
+    uint32_t dsX[4][4], dsY[4][4];
+    auto half_k = [&](int h) { return smem_u32(sK((h >> 1) % NST)) + (h & 1) * TILE; };
+    auto half_v = [&](int h) { return smem_u32(sV((h >> 1) % NST)) + (h & 1) * TILE; };
+    auto issue_sdp_h = [&](int h, float (&sr)[NH][4], float (&dpr)[NH][4]) {
+      if ((h & 1) == 0) mbar_wait(&full[(h >> 1) % NST], ((h >> 1) / NST) & 1);
+      wgmma_fence_operand(sr);
+      wgmma_fence_operand(dpr);
+      wgmma_fence();
+      wgmma_ss_kmajor_d64<T, 64>(sr, q_w, half_k(h), 0);
+      wgmma_ss_kmajor_d64<T, 64>(dpr, do_w, half_v(h), 0);
+      wgmma_commit();
+    };
+    // P, dS of half h packed into ds, dQ += dS K_h issued; FENCE_ACC = false where dQ of the
+    // previous half is still running (wgmma-to-wgmma accumulation needs no fence, and a fence
+    // of acc_dq there made ptxas serialise, C7514)
+    auto softmax_issue_dq_h = [&](int h, float (&sr)[NH][4], float (&dpr)[NH][4], uint32_t (&ds)[4][4],
+                                  auto fence_acc) {
+      wgmma_fence_operand(sr);
+      wgmma_fence_operand(dpr);
+      const int key0 = h * 64;
+      if (key0 + 63 > wg_key_max) dq_p_ds_rows<NH, true>(sr, dpr, lse2, delta, scale_log2, key0, key_max, qc);
+      else dq_p_ds_rows<NH, false>(sr, dpr, lse2, delta, scale_log2, key0, key_max, qc);
+      pack_acc_as_a<T, 4>(dpr, ds);
+      if constexpr (decltype(fence_acc)::value) wgmma_fence_operand(acc_dq);
+      wgmma_fence();
+      wgmma_rs_mnmajor<T, D, 4>(acc_dq, ds, half_k(h), 64, h > 0 ? 1 : 0);
+      wgmma_commit();
+    };
+    // per stage (halves h, h + 1): both S/dP issued, the softmax of h under S/dP(h + 1), that of
+    // h + 1 under dQ(h); every group retired inside the body (a group in flight across the
+    // back-edge made ptxas serialise: v9, and this loop's first form)
+    for (int kb = 0; kb < n_kblk; ++kb) {
+      const int h = 2 * kb;
+      issue_sdp_h(h, sX, dpX);
+      issue_sdp_h(h + 1, sY, dpY);
+      wgmma_wait<1>();  // S/dP(h) retired
+      softmax_issue_dq_h(h, sX, dpX, dsX, std::true_type{});
+      wgmma_wait<1>();  // S/dP(h + 1) retired; dQ(h) may run on
+      softmax_issue_dq_h(h + 1, sY, dpY, dsY, std::false_type{});
+      wgmma_wait<0>();
+      wgmma_fence_operand(acc_dq);
+      mbar_arrive(&empty[kb % NST]);
+    }
+    if (n_kblk == 0) {
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_dq[j][e] = 0.f;
+    }
+  } else if (n_kblk > 0) {
     if constexpr (PP) pp.before();
     issue_sdp(0);
     if constexpr (PP) pp.after(false);
@@ -871,13 +929,13 @@ int launch_ws_q128(const moda_attn_params *p, cudaStream_t stream, const float *
   return MODA_OK;
 }
 
-template <typename T, bool PP = false>
+template <typename T, bool PP = false, bool PIPE = false>
 int launch_dq_ws(const moda_attn_params *p, cudaStream_t stream, const float *lse2, const float *delta, float *dq_buf,
                  const CUtensorMap &tm_k, const CUtensorMap &tm_v, const CUtensorMap &tm_q, const CUtensorMap &tm_do) {
-  if (const int st = allow_dynamic_smem<bwd_dq_wgmma_ws_kernel<T, PP>>(DqWsConfig::SMEM_BYTES, "bwd_dq_wgmma_ws")) return st;
+  if (const int st = allow_dynamic_smem<bwd_dq_wgmma_ws_kernel<T, PP, PIPE>>(DqWsConfig::SMEM_BYTES, "bwd_dq_wgmma_ws")) return st;
   const int64_t tiles = (p->T * p->G + DqWsConfig::BM - 1) / DqWsConfig::BM;
   dim3 grid((unsigned)tiles, (unsigned)p->Hk, (unsigned)p->B);
-  bwd_dq_wgmma_ws_kernel<T, PP><<<grid, DqWsConfig::NTHREADS, DqWsConfig::SMEM_BYTES, stream>>>(*p, lse2, delta, dq_buf, tm_k,
+  bwd_dq_wgmma_ws_kernel<T, PP, PIPE><<<grid, DqWsConfig::NTHREADS, DqWsConfig::SMEM_BYTES, stream>>>(*p, lse2, delta, dq_buf, tm_k,
                                                                                           tm_v, tm_q, tm_do);
   MODA_CUDA_CHECK_LAUNCH("bwd_dq_wgmma_ws_kernel");
   return MODA_OK;
@@ -974,9 +1032,15 @@ namespace moda_cuda {
 // wherever a dQ kernel writes the float32 sequence part for the depth kernel; 0: bwd_dq_mma_kernel.
 // Measured (H100, session 22): LM-64's concurrent backward 0.23 vs 0.40 ms for the dQ kernel (f+b
 // 1.300 vs 1.324 ms); with it the paper's shapes drop the atomic dQ (bwd_atomic_dq_selected).
+// 2: its PIPE variant (64-key halves, S/dP of the next half under this half's softmax; opt-in
+// until measured).
 static int dq_ws_mode() {
-  static const int on = env_on_unless_zero("MODA_CUDA_BWD_DQ_WS");
-  return on;
+  static int mode = -1;
+  if (mode < 0) {
+    const char *e = getenv("MODA_CUDA_BWD_DQ_WS");
+    mode = e && e[0] == '0' ? 0 : e && e[0] == '2' ? 2 : 1;
+  }
+  return mode;
 }
 
 bool bwd_dq_ws_selected(const moda_attn_params *p) {
@@ -992,6 +1056,9 @@ int bwd_dq_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float
   if (!ws_bwd_maps(p, &tm_k, &tm_v, &tm_q, &tm_do)) return MODA_OK;
   *launched = true;
   const bool bf16 = p->dtype == MODA_BF16;
+  if (dq_ws_mode() == 2)
+    return bf16 ? launch_dq_ws<__nv_bfloat16, false, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do)
+                : launch_dq_ws<__half, false, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do);
   if (pp_mode())
     return bf16 ? launch_dq_ws<__nv_bfloat16, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do)
                 : launch_dq_ws<__half, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do);

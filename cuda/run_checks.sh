@@ -176,6 +176,9 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_pp_split      MODA_CUDA_BWD_PP=1 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
     step quick_pp_split    MODA_CUDA_BWD_PP=1 MODA_CUDA_BWD_ATOMIC_DQ=0 -- quick
     step bwd_pp_conc       MODA_CUDA_BWD_PP=1 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    # the dQ kernel in 64-key halves, S/dP of the next half under this half's softmax (MODA_CUDA_BWD_DQ_WS=2)
+    step bwd_dqws_pipe     MODA_CUDA_BWD_DQ_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    step quick_dqws_pipe   MODA_CUDA_BWD_DQ_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0 -- quick
     step bwd_ws_v8_atomic  MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
     step quick_ws_v8_atomic MODA_CUDA_BWD_WS=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_default_nd    MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
@@ -256,6 +259,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_ws128o_nd $tool san MODA_CUDA_BWD_WS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_dqws_v10 $tool san MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_pp_split $tool san MODA_CUDA_BWD_PP=1 MODA_CUDA_BWD_ATOMIC_DQ=0
+      san bwd_dqws_pipe $tool san MODA_CUDA_BWD_DQ_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0
     done
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
