@@ -226,11 +226,12 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       local name=$1 tool=$2 t=$3; shift 3
       if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi
       local log="$OUTDIR/v6_san_${name}_${tool}.log"
-      env "$@" timeout 60 compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
+      env "$@" timeout "${SAN_LIMIT:-60}" compute-sanitizer --tool $tool $OBJ/attn_check $t > "$log" 2>&1
       printf "%-28s rc=%d  %s | %s\n" "${name}_${tool}" $? "$(grep -E '^[0-9]+ cases' "$log" | tail -1)" \
         "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)" | tee -a "$SUM"
     }
     for tool in memcheck racecheck; do
+      # (SAN_LIMIT: seconds per run, default 60; racecheck of the ws backward kernels needs more)
       # the forwards: wgmma (flags 1), wgmma ws with two (33) and three (41) consumer warpgroups, both with the alternating phase order (161, 169: the cp.async depth ring), ws3 staggered (425), split (4265), the TMA-fed depth rings of split (12457) and ws3 (8361: the default flags since session 20), mma.sync with 16 and 32 rows per warp
       san fwd_wgmma $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=1
       san fwd_wgmma_ws $tool depthsan MODA_CUDA_WGMMA=2 MODA_CUDA_FWD_FLAGS=33
