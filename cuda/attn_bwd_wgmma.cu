@@ -643,7 +643,8 @@ __device__ __forceinline__ void dq_p_ds_rows(float (&s)[NT][4], float (&dp)[NT][
 }
 
 // PP: the issue points (S/dP of block 0; dQ of block kb with S/dP of kb + 1; dQ of the last) in
-// PingPong order. PIPE (MODA_CUDA_BWD_DQ_WS=2, opt-in until measured): each warpgroup walks the
+// PingPong order (the default, pp_mode). PIPE (MODA_CUDA_BWD_DQ_WS=2, opt-in: 92.2 ms at T=65536
+// against PP's 85.3, session 23): each warpgroup walks the
 // stages in 64-key halves with two register sets, S/dP of half h + 1 issued before the softmax of
 // half h, so that the softmax runs under the warpgroup's own GEMMs (FA3's intra-warpgroup
 // overlap; 128-key blocks leave no registers for a second set).
@@ -952,14 +953,18 @@ int launch_dq_ws(const moda_attn_params *p, cudaStream_t stream, const float *ls
 // without dQ v10 / v9 T=4096 0.48 / 0.67 ms, T=16384 7.6 / 9.9, T=65536 129 / 164, LM-64 0.30 /
 // 0.40, DeiT-Tiny 0.075 / 0.088, DeiT-Tiny-64 0.074 / 0.086; with dQ about level at T=4096 and
 // T=16384 (1.19 / 1.18, 16.6 / 16.6) and behind at DeiT-Tiny (0.130 / 0.121).
-// MODA_CUDA_BWD_PP=1: PingPong issue order in v10 without dQ and in v11 (opt-in until measured).
+// MODA_CUDA_BWD_PP: PingPong issue order of the two consumer warpgroups, a bit mask: 1 = in v11
+// (the dQ kernel), 2 = in v10 without dQ; unset = 1. Measured (H100, session 23, nd, two rounds,
+// kernel ms, PP off / on): v11 T=65536 96.6 97.3 / 85.4 85.2, T=16384 6.06 5.94 / 5.04 5.09,
+// LM-64 0.229 / 0.210, DeiT-Tiny 0.088 / 0.080; v10 T=65536 128.3 129.3 / 135.1 136.0 (slower:
+// its steps' four GEMMs keep the tensor cores busy without it, and the barriers cost).
 static int pp_mode() {
-  static int on = -1;
-  if (on < 0) {
+  static int mask = -1;
+  if (mask < 0) {
     const char *e = getenv("MODA_CUDA_BWD_PP");
-    on = e && e[0] == '1';
+    mask = e && e[0] >= '0' && e[0] <= '3' ? e[0] - '0' : 1;
   }
-  return on;
+  return mask;
 }
 
 static int ws_mode() {
@@ -1005,7 +1010,7 @@ int bwd_dkv_ws_launch(const moda_attn_params *p, cudaStream_t stream, const floa
     if (dq_accum)
       return bf16 ? launch_ws_q128<__nv_bfloat16, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do)
                   : launch_ws_q128<__half, true>(p, stream, lse2, delta, dq_accum, tm_k, tm_v, tm_q, tm_do);
-    if (pp_mode())
+    if (pp_mode() & 2)
       return bf16 ? launch_ws_q128<__nv_bfloat16, false, false, true>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
                   : launch_ws_q128<__half, false, false, true>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do);
     return bf16 ? launch_ws_q128<__nv_bfloat16, false>(p, stream, lse2, delta, nullptr, tm_k, tm_v, tm_q, tm_do)
@@ -1032,8 +1037,8 @@ namespace moda_cuda {
 // wherever a dQ kernel writes the float32 sequence part for the depth kernel; 0: bwd_dq_mma_kernel.
 // Measured (H100, session 22): LM-64's concurrent backward 0.23 vs 0.40 ms for the dQ kernel (f+b
 // 1.300 vs 1.324 ms); with it the paper's shapes drop the atomic dQ (bwd_atomic_dq_selected).
-// 2: its PIPE variant (64-key halves, S/dP of the next half under this half's softmax; opt-in
-// until measured).
+// 2: its PIPE variant (64-key halves, S/dP of the next half under this half's softmax; opt-in:
+// H100, session 23, T=65536 92.2 ms against 96.9 without PP and 85.3 with PP, the default).
 static int dq_ws_mode() {
   static int mode = -1;
   if (mode < 0) {
@@ -1059,7 +1064,7 @@ int bwd_dq_ws_launch(const moda_attn_params *p, cudaStream_t stream, const float
   if (dq_ws_mode() == 2)
     return bf16 ? launch_dq_ws<__nv_bfloat16, false, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do)
                 : launch_dq_ws<__half, false, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do);
-  if (pp_mode())
+  if (pp_mode() & 1)
     return bf16 ? launch_dq_ws<__nv_bfloat16, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do)
                 : launch_dq_ws<__half, true>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do);
   return bf16 ? launch_dq_ws<__nv_bfloat16>(p, stream, lse2, delta, dq_buf, tm_k, tm_v, tm_q, tm_do)

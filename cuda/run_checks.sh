@@ -170,12 +170,13 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step bwd_dqws_v10      MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
     step quick_dqws_v10    MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0 -- quick
     step bwd_dqws_conc     MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
-    # PingPong issue order of the consumer warpgroups (MODA_CUDA_BWD_PP=1) in v10 without dQ and v11:
+    step bwd_dqws_nopp     MODA_CUDA_BWD_PP=0 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    # PingPong issue order of the consumer warpgroups in v10 without dQ too (MODA_CUDA_BWD_PP=3; v11 has it by default):
     # the defaults (split where long, deterministic), the split everywhere, and concurrent
-    step bwd_pp            MODA_CUDA_BWD_PP=1 -- bwd
-    step bwd_pp_split      MODA_CUDA_BWD_PP=1 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
-    step quick_pp_split    MODA_CUDA_BWD_PP=1 MODA_CUDA_BWD_ATOMIC_DQ=0 -- quick
-    step bwd_pp_conc       MODA_CUDA_BWD_PP=1 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    step bwd_pp            MODA_CUDA_BWD_PP=3 -- bwd
+    step bwd_pp_split      MODA_CUDA_BWD_PP=3 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
+    step quick_pp_split    MODA_CUDA_BWD_PP=3 MODA_CUDA_BWD_ATOMIC_DQ=0 -- quick
+    step bwd_pp_conc       MODA_CUDA_BWD_PP=3 MODA_CUDA_BWD_DEPTH_SMS=8 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
     # the dQ kernel in 64-key halves, S/dP of the next half under this half's softmax (MODA_CUDA_BWD_DQ_WS=2)
     step bwd_dqws_pipe     MODA_CUDA_BWD_DQ_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0 -- bwd
     step quick_dqws_pipe   MODA_CUDA_BWD_DQ_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0 -- quick
@@ -259,7 +260,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_ws128_det $tool san MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_ws128o_nd $tool san MODA_CUDA_BWD_WS=4 MODA_CUDA_BWD_ATOMIC_DQ=1
       san bwd_dqws_v10 $tool san MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0
-      san bwd_pp_split $tool san MODA_CUDA_BWD_PP=1 MODA_CUDA_BWD_ATOMIC_DQ=0
+      san bwd_pp_split $tool san MODA_CUDA_BWD_PP=3 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_dqws_pipe $tool san MODA_CUDA_BWD_DQ_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0
     done
   else

@@ -132,7 +132,7 @@ __device__ __forceinline__ void named_bar_arrive(int id, int nthreads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
 }
 // Ping-pong of the two consumer warpgroups' wgmma issues (FlashAttention-3's warp-scheduler
-// barriers; the backward's v10 and v11 kernels under MODA_CUDA_BWD_PP=1): their issue points
+// barriers; the backward's v11 kernel by default, v10 under MODA_CUDA_BWD_PP=2): their issue points
 // alternate, warpgroup 0 first, so that one warpgroup's softmax runs under the other's GEMMs instead of both waiting on
 // their own (ncu, session 22: WARPGROUP.DEPBAR was the top stall of v10 and v11). Each issue point
 // is bracketed by before() and after(last). Named barriers bar0 (warpgroup 0 waits for 1's issue)
