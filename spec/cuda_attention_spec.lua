@@ -217,6 +217,35 @@ describe("moda.attention on CUDA", function()
     end)
   end
 
+  -- The backward's flow rules (bwd_atomic_dq_selected in cuda/attn_bwd_mma.cu) on sm_90, where the
+  -- benchmarks chose them: with deterministic = false the dK/dV kernel sums dQ by atomics at the
+  -- DeiT shape (197 keys), while long causal sequences take the split flow (dK/dV without dQ, then
+  -- the dQ kernel). Session 22 once sent DeiT to the split flow, 5% slower, without a test noticing.
+  it("picks the measured backward flows on sm_90 (atomic dQ at DeiT, the split at long sequences)", function()
+    local ffi = require("ffi")
+    pcall(ffi.cdef, "extern char **environ;")
+    for i = 0, math.huge do  -- a MODA_CUDA_* switch in the environment changes the rules
+      local e = ffi.C.environ[i]
+      if e == nil then break end
+      local name = ffi.string(e):match("^(MODA_CUDA_[%w_]*)=")
+      if name and name ~= "MODA_CUDA_SPEC_TABLE" then return pending("rules switched by " .. name) end
+    end
+    if info.cc ~= 90 then return pending("the rules are sm_90's; this GPU is sm_" .. info.cc) end
+    local function bwd_name(B, T, Hk, G, L, mask)
+      local bf = { dtype = "bfloat16", device = "cuda" }
+      local q = moda.empty({ B, T, Hk * G, 64 }, bf)
+      local k, v = moda.empty({ B, T, Hk, 64 }, bf), moda.empty({ B, T, Hk, 64 }, bf)
+      local kd, vd = moda.empty({ B, T, L, Hk, 64 }, bf), moda.empty({ B, T, L, Hk, 64 }, bf)
+      local _, name = moda.attention_kernels(q, k, v, kd, vd, { mask = mask, deterministic = false })
+      return name
+    end
+    local deit = bwd_name(2, 197, 1, 4, 22, "full")
+    assert.truthy(deit:find("ws_atomic_dq", 1, true), "DeiT-Tiny shape: " .. deit)
+    local long = bwd_name(1, 4096, 1, 8, 64, "causal")
+    assert.falsy(long:find("atomic", 1, true), "causal T=4096: " .. long)
+    assert.truthy(long:find("_ws_", 1, true), "causal T=4096: " .. long)
+  end)
+
   it("moves tensors to the GPU and back with strides and dtype conversion", function()
     local x = moda.randn({ 3, 5, 7 }, { dtype = "float64" })
     local xt = x:transpose(1, 3)                       -- strided source
