@@ -21,7 +21,13 @@
 #            table rows, then tools/ab_summary.py's table of all rounds (ab_summary.txt)
 # Expects what tools/device_pack.sh packs (.devcarry: libraries and the prebuilt checkers) and
 # .deb; logs of every stage are packed into $OUT/logs.tar.xz (the tool returns 8 files at most).
-# DEADLINE (seconds from start, default 560) bounds the whole call.
+# DEADLINE (seconds from start, default 560) bounds the whole call. Stages that need different
+# variables (ONLY for v6 and v6san, say) go in one device call as several runs of this script,
+# each with DEADLINE set to what is left of the call: the logs and the summary accumulate in
+# /tmp/moda_logs, and the last run's logs.tar.xz holds them all, e.g.
+#   T0=$(date +%s); left() { echo $(( 560 - ($(date +%s) - T0) )); }
+#   ONLY='^bwd_default$' DEADLINE=$(left) tools/device_run.sh v6 spec
+#   SAN_LIMIT=150 ONLY='^bwd_pp_split$' DEADLINE=$(left) tools/device_run.sh v6san
 set -u
 cd "$(dirname "$0")/.."
 T0=$(date +%s); DEADLINE=${DEADLINE:-560}
