@@ -15,6 +15,7 @@
 #   ncu      Nsight Compute on $NCU_KERNEL (regex, default bwd_dq) at bench shape $NCU_SHAPE
 #   ncusrc   the same kernel with PC sampling: its top stall locations in the SASS (tools/ncu_top_stalls.py)
 #   copysms  build and run bench/copy_sms.cu (what N SMs can copy: plain, bulk, rings, TMA token ring)
+#   dqred    build and run bench/dq_reduce.cu (dQ partials summed in L2 vs reduce-scattered in clusters first)
 #   ab       A/B of kernel switches: for each word of $AB_ENVS (e.g. "MODA_CUDA_BWD_WS=1
 #            MODA_CUDA_BWD_WS=2"; "-" = the defaults; "A=1,B=2" sets both), twice in alternation, one bench process
 #            with --profile --ours-only and $BENCH_ARGS (--nondet, --only=...): per-kernel lines + the
@@ -81,6 +82,7 @@ for st in "$@"; do
          ncu --import /tmp/ncusrc.ncu-rep --page source --print-source sass --csv > $LOGS/ncusrc.csv 2>&1
          TAIL=${NCU_TAIL:-60} stage ncusrc 60 python3 tools/ncu_top_stalls.py $LOGS/ncusrc.csv ${NCU_TOP:-50} ;;
     copysms) TAIL=60 stage copysms 150 bash -c 'nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/copy_sms.cu -o /tmp/copy_sms && /tmp/copy_sms' ;;
+    dqred) TAIL=30 stage dqred 150 bash -c 'nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/dq_reduce.cu -o /tmp/dq_reduce && /tmp/dq_reduce' ;;
     ab) for rep in 1 2; do
           for env in ${AB_ENVS:--}; do
             e=; [ "$env" != - ] && e=${env//,/ }  # "A=1,B=2": two variables for one run
