@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""tools/sass_diff.py A.sass B.sass [NAME_REGEX]: which kernels of two builds have the same SASS.
+"""tools/sass_diff.py [--strip-false-tail] A.sass B.sass [NAME_REGEX]: which kernels of two builds have the same SASS.
 
 Input: `cuobjdump -sass LIB` of each build (see tools/sass_hist.sh for cuobjdump). Per kernel
 and architecture (`Function :` sections, matched by mangled name; NAME_REGEX keeps a subset) the instructions are
@@ -12,6 +12,10 @@ one instruction differs.
 Why: a kernel whose SASS is unchanged runs as the build that was timed, so a refactor that leaves
 it identical needs no new device call (docs/CUDA_NOTES.md, sessions 19-20); one that moves it
 needs a timed A/B (session 17 saw a refactor alone cost ~4 us at DeiT-Tiny).
+
+--strip-false-tail: drop trailing `false` template arguments (`Lb0E` before the list's end) from
+the names on both sides, so a kernel template that gained a defaulted `bool X = false` parameter
+(a new opt-in variant) matches its old instances by name (sessions 22-23 did this by sed).
 
 Prints one line per differing kernel (its changed instruction lines, its sizes), the kernels found
 in one build only, and a summary `sass-diff: N identical, M differ, K only in A, J only in B`.
@@ -29,9 +33,14 @@ ENC = re.compile(r"/\*\s*0x[0-9a-f]+\s*\*/")
 HASHES = (re.compile(r"_GLOBAL__N__[0-9a-f]+_"), re.compile(r"_cu_[0-9a-f]{8}"))
 
 
+FALSE_TAIL = re.compile(r"(?:Lb0E)+(?=EE?v)")
+strip_false_tail = False
+
+
 def normalise_name(name):
     name = HASHES[0].sub("_GLOBAL__N__", name)
-    return HASHES[1].sub("_cu_", name)
+    name = HASHES[1].sub("_cu_", name)
+    return FALSE_TAIL.sub("", name) if strip_false_tail else name
 
 
 def kernels(path):
@@ -56,6 +65,10 @@ def kernels(path):
 
 
 def main(argv):
+    global strip_false_tail
+    if len(argv) > 1 and argv[1] == "--strip-false-tail":
+        strip_false_tail = True
+        argv = argv[:1] + argv[2:]
     if len(argv) < 3:
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
         return 2
