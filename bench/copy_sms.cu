@@ -30,14 +30,8 @@
 #include <algorithm>
 #include <vector>
 
-#define CK(x)                                                                         \
-  do {                                                                                \
-    cudaError_t e_ = (x);                                                             \
-    if (e_ != cudaSuccess) {                                                          \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                        \
-    }                                                                                 \
-  } while (0)
+#include "bench_cuda.h"
+
 
 constexpr int kThreads = 512;
 constexpr int kUnroll = 8;  // 16-byte loads in flight per thread

@@ -31,16 +31,10 @@
 
 #include <vector>
 
+#include "bench_cuda.h"
+
 namespace cg = cooperative_groups;
 
-#define CK(x)                                                                         \
-  do {                                                                                \
-    cudaError_t e_ = (x);                                                             \
-    if (e_ != cudaSuccess) {                                                          \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      exit(1);                                                                        \
-    }                                                                                 \
-  } while (0)
 
 constexpr int kThreads = 256;
 constexpr int kFloats = 32;                    // floats of the partial per thread (32 KB per CTA)
