@@ -32,7 +32,6 @@
 
 #include "bench_cuda.h"
 
-
 constexpr int kThreads = 512;
 constexpr int kUnroll = 8;  // 16-byte loads in flight per thread
 
