@@ -24,8 +24,14 @@ if [ ! -x $CHK/attn_check ] || [ ! -x $CHK/wgmma_check ] || [ ! -x $CHK/tma_chec
    [ -n "$(find cuda -newer $CHK/attn_check \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' \))" ]; then
   bash cuda/run_checks.sh build >/dev/null || { echo "device_pack: checker build failed" >&2; exit 1; }
 fi
+# the standalone benchmarks of device_run's stages copysms and dqred, prebuilt the same way
+for b in copy_sms dq_reduce; do
+  if [ ! -x $CHK/$b ] || [ bench/$b.cu -nt $CHK/$b ] || [ bench/bench_cuda.h -nt $CHK/$b ]; then
+    nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/$b.cu -o $CHK/$b || { echo "device_pack: $b build failed" >&2; exit 1; }
+  fi
+done
 tar -cJf .devcarry/checkobj.tar.xz -C /tmp moda_check_obj/attn_check moda_check_obj/wgmma_check moda_check_obj/tma_check \
-    $(cd /tmp && ls moda_check_obj/*.log)
+    moda_check_obj/copy_sms moda_check_obj/dq_reduce $(cd /tmp && ls moda_check_obj/*.log)
 # AB_REFS="ref1 ref2 ...": each git ref's libraries too, built (sm_90a only) in a worktree under
 # /tmp/moda_ab_wt/<ref>, packed as <ref>/libmoda*.so into .devcarry/ab.tar.xz for the A/B stage of
 # tools/device_run.sh (which unpacks them to /tmp/ab/<ref>/)

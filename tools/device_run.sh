@@ -14,8 +14,8 @@
 #            method of the tables before session 12; bench and benchnd time the GPU alone)
 #   ncu      Nsight Compute on $NCU_KERNEL (regex, default bwd_dq) at bench shape $NCU_SHAPE
 #   ncusrc   the same kernel with PC sampling: its top stall locations in the SASS (tools/ncu_top_stalls.py)
-#   copysms  build and run bench/copy_sms.cu (what N SMs can copy: plain, bulk, rings, TMA token ring)
-#   dqred    build and run bench/dq_reduce.cu (dQ partials summed in L2 vs reduce-scattered in clusters first)
+#   copysms  bench/copy_sms.cu, what N SMs can copy: plain, bulk, rings, TMA token ring (prebuilt by device_pack.sh)
+#   dqred    bench/dq_reduce.cu, dQ partials summed in L2 vs reduce-scattered in clusters first (prebuilt too)
 #   ab       A/B of kernel switches: for each word of $AB_ENVS (e.g. "MODA_CUDA_BWD_WS=1
 #            MODA_CUDA_BWD_WS=2"; "-" = the defaults; "A=1,B=2" sets both), twice in alternation, one bench process
 #            with --profile --ours-only and $BENCH_ARGS (--nondet, --only=...): per-kernel lines + the
@@ -54,6 +54,10 @@ stage() {  # stage NAME MAXSECONDS CMD...: run with the smaller of MAXSECONDS an
   echo "== $name: rc=$rc in $(( $(date +%s) - s ))s" | tee -a $SUMMARY
   tail -n "${TAIL:-25}" $LOGS/$name.log
 }
+bench_bin() {  # the command that runs bench/$1.cu: tools/device_pack.sh's prebuilt binary, else built here
+  if [ -x /tmp/moda_check_obj/$1 ]; then echo "/tmp/moda_check_obj/$1"
+  else echo "nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/$1.cu -o /tmp/$1 && /tmp/$1"; fi
+}
 for st in "$@"; do
   case $st in
     wgmma) stage wgmma 120 bash cuda/run_checks.sh wgmma diag ;;
@@ -81,8 +85,8 @@ for st in "$@"; do
            --section WarpStateStats -f -o /tmp/ncusrc python3 bench/cuda_attention.py --ours-only --only "${NCU_SHAPE:-DeiT-Tiny-64}"
          ncu --import /tmp/ncusrc.ncu-rep --page source --print-source sass --csv > $LOGS/ncusrc.csv 2>&1
          TAIL=${NCU_TAIL:-60} stage ncusrc 60 python3 tools/ncu_top_stalls.py $LOGS/ncusrc.csv ${NCU_TOP:-50} ;;
-    copysms) TAIL=60 stage copysms 150 bash -c 'nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/copy_sms.cu -o /tmp/copy_sms && /tmp/copy_sms' ;;
-    dqred) TAIL=30 stage dqred 150 bash -c 'nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a bench/dq_reduce.cu -o /tmp/dq_reduce && /tmp/dq_reduce' ;;
+    copysms) TAIL=60 stage copysms 150 bash -c "$(bench_bin copy_sms)" ;;
+    dqred) TAIL=30 stage dqred 150 bash -c "$(bench_bin dq_reduce)" ;;
     ab) for rep in 1 2; do
           for env in ${AB_ENVS:--}; do
             e=; [ "$env" != - ] && e=${env//,/ }  # "A=1,B=2": two variables for one run
