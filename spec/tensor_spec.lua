@@ -160,6 +160,26 @@ describe("copies and conversions", function()
     assert.is_false(pcall(function() dst:copy(moda.zeros(3)) end))
   end)
 
+  it("says why there is no GPU when a tensor is asked for on one", function()
+    if moda.cuda.available() then
+      pending("a GPU is present here: nothing to refuse")
+      return
+    end
+    local reason = moda.cuda.reason()
+    assert.is_string(reason)
+    local asks = {
+      function() return moda.zeros({ 2, 3 }, { device = "cuda" }) end,
+      function() return moda.ones(4):cuda() end,
+      function() return moda.ones(4):to({ device = "cuda", dtype = "float16" }) end,
+      function() return moda.empty_like(moda.ones(4), { device = "cuda" }) end,
+    }
+    for i, ask in ipairs(asks) do
+      local ok, err = pcall(ask)
+      assert.is_false(ok, "ask " .. i)
+      assert.is_truthy(tostring(err):find("CUDA not available: " .. reason, 1, true), "ask " .. i .. ": " .. tostring(err))
+    end
+  end)
+
   it("clone is a deep copy", function()
     local a = moda.ones(3)
     local b = a:clone()

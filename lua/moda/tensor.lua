@@ -83,6 +83,11 @@ local function device_id(name, what)
   if id == nil then
     error(string.format("%s: device: expected \"cpu\" or \"cuda\", got %s", what, tostring(name)), 4)
   end
+  -- say why there is no GPU here (moda.cuda.reason()), not only that the core has no backend for it
+  local cuda = package.loaded["moda.cuda"]
+  if id == DEVICES.cuda and cuda and not cuda.available() then
+    error(string.format("%s: device \"cuda\": CUDA not available: %s", what, tostring(cuda.reason())), 4)
+  end
   return id
 end
 
@@ -387,7 +392,7 @@ function Tensor.to(t, what)
     if what.dtype then dt = dtype_id(what.dtype, "to") end
     if what.device then dev = device_id(what.device, "to") end
   elseif DTYPES[what] then dt = DTYPES[what]
-  elseif DEVICES[what] then dev = DEVICES[what]
+  elseif DEVICES[what] then dev = device_id(what, "to")
   else
     argerror("to: expected a dtype name, \"cpu\", \"cuda\" or {dtype=, device=}, got %s", tostring(what))
   end
