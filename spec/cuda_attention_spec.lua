@@ -262,6 +262,22 @@ describe("moda.attention on CUDA", function()
     assert.is_true(gi:equal(xt:to("int32")))
   end)
 
+  it("runs examples/cuda_attention.lua, the GPU tour, within the bf16 tolerance", function()
+    -- (dofile runs the tour in _G: its print is _G.print; its output is kept for the messages)
+    local lines, print_ = {}, _G.print
+    _G.print = function(...) lines[#lines + 1] = table.concat({ ... }, "\t") end
+    local ok, res = pcall(dofile, "examples/cuda_attention.lua")
+    _G.print = print_
+    local said = table.concat(lines, "\n")
+    assert.is_true(ok, tostring(res) .. "\n" .. said)
+    assert.is_table(res, said)
+    assert.falsy(res.kernels[1]:find("^cpu") or res.kernels[2]:find("^cpu"), said)
+    for _, name in ipairs({ "o", "lse", "dq", "dk", "dv", "dkd", "dvd" }) do
+      local e = res.errors[name]
+      assert.is_true(e == e and e < TOL.bfloat16, name .. ": " .. tostring(e) .. "\n" .. said)
+    end
+  end)
+
   it("reports device count and raises Lua errors for bad inputs", function()
     assert.is_true(moda.cuda.device_count() >= 1)
     local q = moda.randn({ 1, 4, 2, 64 }, { dtype = "bfloat16" }):to("cuda")
