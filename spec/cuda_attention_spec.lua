@@ -28,6 +28,14 @@ for _, dt in ipairs({ "bfloat16", "float16", "float32" }) do
   add({ 1, 200, 211, 1, 5, 5, 64, "causal", "token", 64, dt, true, false })  -- odd G, S > T
   add({ 2, 128, 133, 2, 2, 0, 128, "causal", "token", 64, dt, true })      -- L = 0: plain attention
 end
+-- head dims off the tensor-core kernels' 64 and 128 (the SIMT kernels take them, 1..256): 32, 256,
+-- 40 and 96 (rows of 80 and 192 bytes), 1; forward and backward, both masks, chunk depth, S > T
+add({ 2, 37, 37, 2, 4, 5, 32, "causal", "token", 64, "bfloat16", true })
+add({ 1, 29, 33, 1, 4, 3, 256, "causal", "chunk", 8, "float16", true })
+add({ 1, 41, 41, 2, 2, 5, 256, "full", "token", 64, "float32", true })
+add({ 1, 23, 23, 2, 1, 1, 40, "causal", "token", 64, "bfloat16", true })
+add({ 1, 17, 17, 1, 3, 2, 1, "full", "chunk", 4, "float32", true })
+add({ 1, 3, 1500, 1, 4, 2, 96, "causal", "token", 64, "bfloat16", false })  -- a decode shape the split-K path does not take
 -- Backward grid for the tensor-core backward (bf16/fp16, d 64/128): T incl. primes up to 997,
 -- G 1..16, L 0/1/5/64, both masks, token and chunk depth (C 4/16/64), S > T, deterministic on
 -- and off. G is halved until the float64 reference's work B*T*Hq*(S + visible depth) <= 3e6.
@@ -286,6 +294,12 @@ describe("moda.attention on CUDA", function()
     assert.has_error(function() moda.attention(q, kc, k) end)
     local k32 = moda.randn({ 1, 4, 1, 32 }, { dtype = "bfloat16" }):to("cuda")
     assert.has_error(function() moda.attention(q, k32, k32) end)
+    -- a head dim past what any CUDA kernel takes (1..256): a Lua error that says so, not a launch failure
+    local q300 = moda.randn({ 1, 4, 2, 300 }, { dtype = "bfloat16" }):to("cuda")
+    local k300 = moda.randn({ 1, 4, 1, 300 }, { dtype = "bfloat16" }):to("cuda")
+    local ok, err = pcall(moda.attention, q300, k300, k300)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("head dim 300", 1, true), tostring(err))
     moda.cuda.synchronize()
   end)
 end)
