@@ -22,9 +22,11 @@ STAGES=(v6); run STEP_TIMEOUT=90 ONLY='^(quick_default|bwd_default|bwd_default_n
 STAGES=(benchnd); run BENCH_ARGS=
 mkdir -p /tmp/moda_logs
 timeout 60 python3 bench/memory_floor.py > /tmp/moda_logs/memfloor.log 2>&1; cat /tmp/moda_logs/memfloor.log
-# 3. v10 HALVES (branch s23-v10half) and the depth kernel's share of SMs at LM-64 and DeiT
+# 3. v10 HALVES (branch s23-v10half) and the depth kernel's share of SMs at LM-64 and DeiT (a
+#    forced share runs the concurrent flow at DeiT too, with the token depth kernel on an H100
+#    unless MODA_CUDA_BWD_DEPTH_TMA=1: DeiT's own depth kernel is the TMA one)
 STAGES=(v6); run STEP_TIMEOUT=90 ONLY='^(bwd_halves|quick_halves)$'
-STAGES=(ab); run AB_ENVS="- MODA_CUDA_BWD_HALVES=1 MODA_CUDA_BWD_DEPTH_SMS=66 MODA_CUDA_BWD_DEPTH_SMS=74 MODA_CUDA_BWD_DEPTH_SMS=82" \
+STAGES=(ab); run AB_ENVS="- MODA_CUDA_BWD_HALVES=1 MODA_CUDA_BWD_DEPTH_SMS=66 MODA_CUDA_BWD_DEPTH_SMS=74 MODA_CUDA_BWD_DEPTH_SMS=82 MODA_CUDA_BWD_DEPTH_SMS=74,MODA_CUDA_BWD_DEPTH_TMA=1" \
   BENCH_ARGS="--nondet --only=T=4096,T=16384,T=65536,L=22,L=126"
 # 4. PingPong (the default in v11) and HALVES under memcheck and racecheck
 STAGES=(v6san); run SAN_LIMIT=90 ONLY='^(bwd_pp_split|bwd_default_nd|bwd_halves)$'
