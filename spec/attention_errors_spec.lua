@@ -209,3 +209,16 @@ describe("moda.attention_kernels", function()
     assert.truthy(tostring(err):find('opts.mask: expected "causal" or "full"', 1, true), tostring(err))
   end)
 end)
+
+describe("random calls", function()
+  it("raise errors that name the function, or return finite outputs of the right shapes", function()
+    local fuzz = require("support.attention_fuzz")
+    local seed = os.time() % 100000  -- fresh each run; a failure message carries it
+    local stats = {}
+    local bad = fuzz.run(moda, { calls = 400, seed = seed, stats = stats })
+    assert.is_nil(bad, bad)
+    -- the draw reaches valid calls too, not only errors
+    assert.is_true(stats.fwd_ok > 40 and stats.bwd_ok > 20, string.format("seed %d: %d forwards, %d backwards ran",
+      seed, stats.fwd_ok, stats.bwd_ok))
+  end)
+end)

@@ -286,6 +286,16 @@ describe("moda.attention on CUDA", function()
     end
   end)
 
+  it("answers random calls (GPU tensors, some on the CPU) with named errors or finite outputs", function()
+    local fuzz = require("support.attention_fuzz")
+    local seed = os.time() % 100000
+    local stats = {}
+    local bad = fuzz.run(moda, { calls = 300, seed = seed, stats = stats, devices = { "cuda", "cuda", "cpu" } })
+    assert.is_nil(bad, bad)
+    assert.is_true(stats.fwd_ok > 20 and stats.bwd_ok > 10, string.format("seed %d: %d forwards, %d backwards ran",
+      seed, stats.fwd_ok, stats.bwd_ok))
+  end)
+
   it("reports device count and raises Lua errors for bad inputs", function()
     assert.is_true(moda.cuda.device_count() >= 1)
     local q = moda.randn({ 1, 4, 2, 64 }, { dtype = "bfloat16" }):to("cuda")
