@@ -63,7 +63,7 @@ function M.run(moda, opts)
     local B, T, Hk, G = math.random(0, 2), math.random(0, 9), math.random(1, 2), math.random(1, 3)
     local S = math.random(10) == 1 and math.random(0, 3) or T + math.random(0, 4)
     local L = pick({ 0, 0, 1, 2, 5 })
-    local d = pick(opts.head_dims or { 1, 8, 16, 32, 40, 64, 128, 256 })
+    local d = pick(opts.head_dims or { 1, 8, 16, 32, 40, 64, 64, 128, 256, 300 })
     local base = { dtype = pick(DTYPES), device = pick(devices), devices = devices }
     local q = tensor(moda, { B, T, Hk * G, d }, base)
     local k, v = tensor(moda, { B, S, Hk, d }, base), tensor(moda, { B, S, Hk, d }, base)
