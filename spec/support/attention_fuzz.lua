@@ -36,6 +36,13 @@ local function finite(t)
   return x:numel() == 0 or x:absmax() < math.huge
 end
 
+-- nil when err is a message that names fname ("fname: ..."), else what is wrong
+local function unnamed(err, fname, what)
+  if type(err) ~= "string" or not err:find(fname .. ": ", 1, true) then
+    return string.format("%s: an error that does not name %s: %s", what, fname, tostring(err))
+  end
+end
+
 local function check_shapes(got, want, n, what)  -- (n: the lists hold nils)
   for i = 1, n do
     local t, g = want[i], got[i]
@@ -83,9 +90,8 @@ function M.run(moda, opts)
     local ok, o, lse = pcall(moda.attention, q, k, v, kd, vd, o_opts)
     stats.calls = stats.calls + 1
     if not ok then
-      if type(o) ~= "string" or not o:find("moda.attention", 1, true) then
-        return what .. ": an error that does not name moda.attention: " .. tostring(o)
-      end
+      local bad = unnamed(o, "moda.attention", what)
+      if bad then return bad end
     else
       stats.fwd_ok = stats.fwd_ok + 1
       local bad = check_shapes({ o }, { q }, 1, what)
@@ -98,9 +104,8 @@ function M.run(moda, opts)
       local dout = tensor(moda, q:shape(), { dtype = q.dtype, device = q.device, devices = devices })
       local okb, dq, dk, dv, dkd, dvd = pcall(moda.attention_backward, dout, q, k, v, kd, vd, o, lse, o_opts)
       if not okb then
-        if type(dq) ~= "string" or not dq:find("moda.attention_backward", 1, true) then
-          return what .. ": a backward error that does not name moda.attention_backward: " .. tostring(dq)
-        end
+        bad = unnamed(dq, "moda.attention_backward", what .. " (backward)")
+        if bad then return bad end
       else
         stats.bwd_ok = stats.bwd_ok + 1
         bad = check_shapes({ dq, dk, dv, dkd, dvd }, { q, k, v, kd, vd }, 5, what .. " (backward)")
