@@ -451,6 +451,10 @@ int main(int argc, char **argv) {
         cases.push_back({2, 129, 129, 1, 2, 0, d, 1, 0, dt, true});
       }
     }
+    // head dims the tensor-core kernels do not take (the SIMT kernels: 1..256)
+    cases.push_back({2, 37, 37, 2, 4, 5, 32, 1, 0, dt, true});
+    cases.push_back({1, 29, 33, 1, 4, 3, 256, 1, 8, dt, true});   // chunk causal, S > T
+    cases.push_back({1, 23, 23, 2, 1, 1, 40, 0, 0, dt, true});    // 80-byte rows in half precision
   }
   const size_t bwd_grid_begin = cases.size();
   // Backward grid (tensor-core backward, attn_bwd_mma.cu): T incl. primes up to 997, G 1..16,
@@ -548,6 +552,9 @@ int main(int argc, char **argv) {
     // the depth kernel: several items per unit, G = 32, d = 128
     cases.push_back({1, 21, 21, 2, 4, 70, 64, 0, 0, MODA_BF16, true, 0, 1});
     cases.push_back({1, 9, 9, 1, 32, 5, 128, 1, 0, MODA_F16, true, 0, 0});
+    // the SIMT kernels at d = 256 (8 elements per lane) and 40
+    cases.push_back({1, 29, 33, 1, 4, 3, 256, 1, 8, MODA_BF16, true, 0, 1});
+    cases.push_back({1, 23, 23, 2, 1, 1, 40, 0, 0, MODA_F32, true, 0, 1});
   }
   // Forward-only cases aimed at the depth phase of the tensor-core forward (the ring: chunk
   // sequence across groups, L not a multiple of 16, tokens spanning groups, chunk visibility,
