@@ -12,23 +12,23 @@ set -u
 cd "$(dirname "$0")/.."
 T0=$(date +%s); TOTAL=${TOTAL:-540}
 left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
-run() { local l; l=$(left); [ "$l" -ge 30 ] && env DEADLINE="$l" "$@" tools/device_run.sh "${STAGES[@]}"; }
-# 1. the merged defaults (v11 PingPong, DeiT's atomic flow): the spec with the flow test, the
-#    default checker steps
+run() { local l; l=$(left); [ "$l" -ge 30 ] && env DEADLINE="$l" "$@" bash tools/device_run.sh "${STAGES[@]}"; }
+# 1. main's defaults (v11 PingPong, DeiT's atomic flow): the spec (its SIMT head dims, fuzz and
+#    tour included), the default checker steps
 STAGES=(spec); run SPEC_LIMIT=120
-STAGES=(v6); run STEP_TIMEOUT=90 ONLY='^(quick_default|bwd_default|bwd_default_nd|bwd_dqws_nopp|quick_pp_split)$'
-# 2. the full table beside FLASH and cuDNN in one process (the cuDNN stretch at T=65536), and the
-#    depth rows' bytes floor at the model shapes on this card
-STAGES=(benchnd); run BENCH_ARGS=
+STAGES=(v6); run STEP_TIMEOUT=90 ONLY='^(quick_default|depth_default|decode_default|bwd_default|bwd_default_nd)$'
+# 2. compute-sanitizer memcheck and racecheck on a small case of every kernel: the v6san list (every
+#    forward and backward variant, the SIMT head dims), then the decode kernels (split + combine)
+STAGES=(v6san); run SAN_LIMIT=60
 mkdir -p /tmp/moda_logs
+if [ -x /tmp/moda_check_obj/attn_check ] && [ "$(left)" -ge 40 ]; then
+  for tool in memcheck racecheck; do
+    timeout 60 compute-sanitizer --tool $tool /tmp/moda_check_obj/attn_check decsmall > /tmp/moda_logs/decsan_$tool.log 2>&1
+    echo "decode_$tool rc=$? $(grep -E '^[0-9]+ cases' /tmp/moda_logs/decsan_$tool.log | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' /tmp/moda_logs/decsan_$tool.log | tail -1)" | tee -a /tmp/moda_logs/summary.txt
+  done
+fi
+# 3. the full table beside FLASH, cuDNN and the authors' forward in one process, and the depth
+#    rows' bytes floor at the model shapes on this card
+STAGES=(benchnd); run BENCH_ARGS=
 timeout 60 python3 bench/memory_floor.py > /tmp/moda_logs/memfloor.log 2>&1; cat /tmp/moda_logs/memfloor.log
-# 3. v10 HALVES (branch s23-v10half) and the depth kernel's share of SMs at LM-64 and DeiT (a
-#    forced share runs the concurrent flow at DeiT too, with the token depth kernel on an H100
-#    unless MODA_CUDA_BWD_DEPTH_TMA=1: DeiT's own depth kernel is the TMA one)
-STAGES=(v6); run STEP_TIMEOUT=90 ONLY='^(bwd_halves|quick_halves)$'
-STAGES=(ab); run AB_ENVS="- MODA_CUDA_BWD_HALVES=1 MODA_CUDA_BWD_DEPTH_SMS=66 MODA_CUDA_BWD_DEPTH_SMS=74 MODA_CUDA_BWD_DEPTH_SMS=82 MODA_CUDA_BWD_DEPTH_SMS=74,MODA_CUDA_BWD_DEPTH_TMA=1" \
-  BENCH_ARGS="--nondet --only=T=4096,T=16384,T=65536,L=22,L=126"
-# 4. PingPong (the default in v11) and HALVES under memcheck and racecheck
-STAGES=(v6san); run SAN_LIMIT=90 ONLY='^(bwd_pp_split|bwd_default_nd|bwd_halves)$'
-# 5. the SM-to-SM network against L2 reductions for dQ partials
-STAGES=(dqred); run
+tar -cJf "${OUT:-/tmp}/logs.tar.xz" -C /tmp/moda_logs .
