@@ -223,7 +223,14 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
     step quick_wgmma_all   MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- quick
     step bwd_wgmma_all     MODA_CUDA_WGMMA=2 MODA_CUDA_BWD_FUSE_DEPTH=1 MODA_CUDA_BWD_ATOMIC_DQ=1 -- bwd
   elif [ "$MODE" = v6san ]; then
-    san() {  # san NAME TOOL CASES ENV...: one compute-sanitizer run, one summary line
+    san() {  # san NAME TOOL CASES ENV...: san_one, SAN_JOBS of them at once (racecheck is slow and
+      # its small grids leave the card mostly idle, so parallel runs cost little wall time)
+      if [ "${SAN_JOBS:-1}" -gt 1 ]; then
+        while [ "$(jobs -rp | wc -l)" -ge "$SAN_JOBS" ]; do wait -n; done
+        san_one "$@" &
+      else san_one "$@"; fi
+    }
+    san_one() {  # san_one NAME TOOL CASES ENV...: one compute-sanitizer run, one summary line
       local name=$1 tool=$2 t=$3; shift 3
       if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi
       local log="$OUTDIR/v6_san_${name}_${tool}.log"
@@ -263,6 +270,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_pp_split $tool san MODA_CUDA_BWD_PP=3 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_dqws_pipe $tool san MODA_CUDA_BWD_DQ_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0
     done
+    wait
   else
     MODA_CUDA_WGMMA=2 timeout 500 $OBJ/attn_check wgmmabench > "$OUTDIR/v6_bench.log" 2>&1 || echo "wgmmabench rc=$?" | tee -a "$SUM"
     grep -A12 "^forward, bf16" "$OUTDIR/v6_bench.log"

@@ -13,13 +13,11 @@ cd "$(dirname "$0")/.."
 T0=$(date +%s); TOTAL=${TOTAL:-540}
 left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
 run() { local l; l=$(left); [ "$l" -ge 30 ] && env DEADLINE="$l" "$@" bash tools/device_run.sh "${STAGES[@]}"; }
-# 1. main's defaults (v11 PingPong, DeiT's atomic flow): the spec (its SIMT head dims, fuzz and
-#    tour included), the default checker steps
-STAGES=(spec); run SPEC_LIMIT=120
-STAGES=(v6); run STEP_TIMEOUT=90 ONLY='^(quick_default|depth_default|decode_default|bwd_default|bwd_default_nd)$'
-# 2. compute-sanitizer memcheck and racecheck on a small case of every kernel: the v6san list (every
-#    forward and backward variant, the SIMT head dims), then the decode kernels (split + combine)
-STAGES=(v6san); run SAN_LIMIT=60
+# 1. compute-sanitizer: racecheck of the backward variants that session 25's serial run left
+#    unfinished at 60 s a run (memcheck again with them), 8 at once; then the decode kernels
+#    (split + combine) under memcheck and racecheck
+STAGES=(v6san); run SAN_LIMIT=280 SAN_JOBS=8 \
+  ONLY='^(bwd_default_det|bwd_depth_conc|bwd_depth_tma|bwd_ws128o_nd|bwd_dqws_v10|bwd_pp_split|bwd_dqws_pipe)$'
 mkdir -p /tmp/moda_logs
 if [ -x /tmp/moda_check_obj/attn_check ] && [ "$(left)" -ge 40 ]; then
   for tool in memcheck racecheck; do
@@ -27,7 +25,7 @@ if [ -x /tmp/moda_check_obj/attn_check ] && [ "$(left)" -ge 40 ]; then
     echo "decode_$tool rc=$? $(grep -E '^[0-9]+ cases' /tmp/moda_logs/decsan_$tool.log | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' /tmp/moda_logs/decsan_$tool.log | tail -1)" | tee -a /tmp/moda_logs/summary.txt
   done
 fi
-# 3. the full table beside FLASH, cuDNN and the authors' forward in one process, and the depth
+# 2. the full table beside FLASH, cuDNN and the authors' forward in one process, and the depth
 #    rows' bytes floor at the model shapes on this card
 STAGES=(benchnd); run BENCH_ARGS=
 timeout 60 python3 bench/memory_floor.py > /tmp/moda_logs/memfloor.log 2>&1; cat /tmp/moda_logs/memfloor.log
