@@ -1,5 +1,6 @@
 #!/bin/bash
-# tools/device_next.sh: the Next list of docs/CUDA_NOTES.md as one device call, in priority order,
+# tools/device_next.sh: one device call that checks main's build whole, in priority order (the
+# proof issue 3 was resolved on, session 25; run it after any kernel change that becomes a default),
 # all under TOTAL seconds (default 540; the device tool's limit is 600 a call), so that the call
 # that finally gets a machine does everything in turn and what finished comes back. Each line is a
 # run of tools/device_run.sh with the time that is left (its logs and summary accumulate in
@@ -13,11 +14,13 @@ cd "$(dirname "$0")/.."
 T0=$(date +%s); TOTAL=${TOTAL:-540}
 left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
 run() { local l; l=$(left); [ "$l" -ge 30 ] && env DEADLINE="$l" "$@" bash tools/device_run.sh "${STAGES[@]}"; }
-# 1. compute-sanitizer: racecheck of the backward variants that session 25's serial run left
-#    unfinished at 60 s a run (memcheck again with them), 8 at once; then the decode kernels
-#    (split + combine) under memcheck and racecheck
-STAGES=(v6san); run SAN_LIMIT=280 SAN_JOBS=8 \
-  ONLY='^(bwd_default_det|bwd_depth_conc|bwd_depth_tma|bwd_ws128o_nd|bwd_dqws_v10|bwd_pp_split|bwd_dqws_pipe)$'
+# 1. the defaults: the CUDA spec, the default checker steps
+STAGES=(spec); run SPEC_LIMIT=120
+STAGES=(v6); run STEP_TIMEOUT=90 ONLY='^(quick_default|depth_default|decode_default|bwd_default|bwd_default_nd)$'
+# 2. compute-sanitizer memcheck and racecheck on a small case of every kernel: the v6san list (every
+#    forward and backward variant, the SIMT head dims among its cases), 8 runs at once (serially
+#    some racecheck runs took over 60 s, session 25), then the decode kernels (split + combine)
+STAGES=(v6san); run SAN_LIMIT=280 SAN_JOBS=8
 mkdir -p /tmp/moda_logs
 if [ -x /tmp/moda_check_obj/attn_check ] && [ "$(left)" -ge 40 ]; then
   for tool in memcheck racecheck; do
@@ -25,7 +28,7 @@ if [ -x /tmp/moda_check_obj/attn_check ] && [ "$(left)" -ge 40 ]; then
     echo "decode_$tool rc=$? $(grep -E '^[0-9]+ cases' /tmp/moda_logs/decsan_$tool.log | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' /tmp/moda_logs/decsan_$tool.log | tail -1)" | tee -a /tmp/moda_logs/summary.txt
   done
 fi
-# 2. the full table beside FLASH, cuDNN and the authors' forward in one process, and the depth
+# 3. the full table beside FLASH, cuDNN and the authors' forward in one process, and the depth
 #    rows' bytes floor at the model shapes on this card
 STAGES=(benchnd); run BENCH_ARGS=
 timeout 60 python3 bench/memory_floor.py > /tmp/moda_logs/memfloor.log 2>&1; cat /tmp/moda_logs/memfloor.log
