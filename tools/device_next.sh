@@ -5,7 +5,7 @@
 # that finally gets a machine does everything in turn and what finished comes back. Each line is a
 # run of tools/device_run.sh with the time that is left (its logs and summary accumulate in
 # /tmp/moda_logs; the last run's $OUT/logs.tar.xz holds them all). Update it with Next.
-#   bash tools/device_pack.sh      # here, from the branch that holds every variant below
+#   bash tools/device_pack.sh      # here, on main (the pack is the library and checkers it proves)
 #   run(carry=[".deb", ".devcarry", ".thirdparty"], command="TOTAL=540 bash tools/device_next.sh")
 # With little device time left, a smaller TOTAL runs the first lines only (deadline-skipped stages
 # print SKIPPED in the summary).
