@@ -269,6 +269,7 @@ if [ "$MODE" = v6 ] || [ "$MODE" = v6san ] || [ "$MODE" = v6bench ]; then
       san bwd_dqws_v10 $tool san MODA_CUDA_BWD_DQ_WS=1 MODA_CUDA_BWD_WS=3 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_pp_split $tool san MODA_CUDA_BWD_PP=3 MODA_CUDA_BWD_ATOMIC_DQ=0
       san bwd_dqws_pipe $tool san MODA_CUDA_BWD_DQ_WS=2 MODA_CUDA_BWD_ATOMIC_DQ=0
+      san decode $tool decsmall  # the decode path's split + combine kernels
     done
     wait
   else

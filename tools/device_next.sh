@@ -19,15 +19,9 @@ STAGES=(spec); run SPEC_LIMIT=120
 STAGES=(v6); run STEP_TIMEOUT=90 ONLY='^(quick_default|depth_default|decode_default|bwd_default|bwd_default_nd)$'
 # 2. compute-sanitizer memcheck and racecheck on a small case of every kernel: the v6san list (every
 #    forward and backward variant, the SIMT head dims among its cases), 8 runs at once (serially
-#    some racecheck runs took over 60 s, session 25), then the decode kernels (split + combine)
+#    some racecheck runs took over 60 s, session 25), the decode kernels (split + combine) last
 STAGES=(v6san); run SAN_LIMIT=280 SAN_JOBS=8
 mkdir -p /tmp/moda_logs
-if [ -x /tmp/moda_check_obj/attn_check ] && [ "$(left)" -ge 40 ]; then
-  for tool in memcheck racecheck; do
-    timeout 60 compute-sanitizer --tool $tool /tmp/moda_check_obj/attn_check decsmall > /tmp/moda_logs/decsan_$tool.log 2>&1
-    echo "decode_$tool rc=$? $(grep -E '^[0-9]+ cases' /tmp/moda_logs/decsan_$tool.log | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' /tmp/moda_logs/decsan_$tool.log | tail -1)" | tee -a /tmp/moda_logs/summary.txt
-  done
-fi
 # 3. the full table beside FLASH, cuDNN and the authors' forward in one process, and the depth
 #    rows' bytes floor at the model shapes on this card
 STAGES=(benchnd); run BENCH_ARGS=
